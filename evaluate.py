@@ -1,0 +1,151 @@
+"""Benchmarks, metrics and baselines (paper section: experiments). One implementation of every metric and baseline;
+distill.py calls it.
+
+    python evaluate.py --bench beir --datasets scifact --data-dir DIR --systems bm25
+    python evaluate.py --bench esconv --data-dir ../shared/data/esconv --systems bm25,llm-biencoder,minilm,teacher,student
+    python evaluate.py --bench virtualhome --systems bm25,llm-biencoder,minilm,teacher,student      # embedded, offline
+    python evaluate.py --bench virtualhome --systems bm25 --max-queries 50                       # quick CPU check
+
+Reported by the paper (Qwen2-7B, METHOD.md): ESConv R@1 student 32.8 / teacher 34.4 / best bi-encoder 23.9;
+SayCan R@1 67.3 / 71.2 / 44.2; MS MARCO dev MRR@10 49.3 / 52.4; BEIR mean nDCG@10 58.2 (GritLM 59.2, E5-Mistral 59.0).
+Public reference points to sanity-check a run: BM25 (Pyserini flat) nDCG@10 on SciFact 0.665-0.679, NFCorpus 0.325,
+ArguAna 0.397-0.414, FiQA 0.236, MS MARCO dev MRR@10 0.184-0.187.
+
+Choices not fixed by the paper:
+- BM25 with k1 0.9, b 0.4 (Pyserini's defaults), Lucene idf, lowercase word tokens minus Lucene's 33 English stop
+  words, no stemming (so BEIR numbers sit a little below Pyserini's Porter-stemmed index);
+- `teacher` reranks the top `--rerank-k` of a first stage (`--first-stage`, default student when a checkpoint is
+  given, else bm25); when the pool has at most `--rerank-k` documents it scores every candidate;
+- runs keep the top 100 documents per query; metrics are means over queries with at least one relevant document,
+  a query missing from a run counting 0 (trec_eval -c).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import add_dataclass_args, config_from_args, field, progress, set_seed, write_json, write_run_config
+
+KS = (1, 3, 5, 10, 100)
+TOP = 100
+
+
+# ---------------------------------------------------------------------------- metrics
+def ranked(scores: dict[str, float]) -> list[str]:
+    """Documents by score, descending; ties broken by document id descending, exactly as trec_eval does."""
+    return [d for d, _ in sorted(scores.items(), key=lambda x: (x[1], x[0]), reverse=True)]
+
+
+def recall_at(rank: list[str], rel: dict[str, int], k: int) -> float:
+    """Fraction of the relevant documents (grade > 0) found in the top k (trec_eval recall_k)."""
+    good = {d for d, g in rel.items() if g > 0}
+    return len(good.intersection(rank[:k])) / len(good)
+
+
+def mrr_at(rank: list[str], rel: dict[str, int], k: int) -> float:
+    """1 / rank of the first relevant document within the top k, else 0 (MS MARCO's MRR@10)."""
+    for i, d in enumerate(rank[:k]):
+        if rel.get(d, 0) > 0:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def ndcg_at(rank: list[str], rel: dict[str, int], k: int) -> float:
+    """sum_i g_i / log2(i + 1) over the top k, divided by the same for the ideal order; gain = the grade itself
+    (trec_eval ndcg_cut and BEIR's convention, not 2^g - 1)."""
+    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(rank[:k]) if rel.get(d, 0) > 0)
+    ideal = sorted((g for g in rel.values() if g > 0), reverse=True)[:k]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg
+
+
+def evaluate_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], ks=KS) -> dict[str, float]:
+    """Mean R@k, MRR@k, nDCG@k over the queries of `qrels` that have a relevant document."""
+    per: dict[str, list[float]] = {}
+    for qid, rel in qrels.items():
+        if not any(g > 0 for g in rel.values()):
+            continue
+        rank = ranked(run.get(qid, {}))
+        for k in ks:
+            per.setdefault(f"R@{k}", []).append(recall_at(rank, rel, k))
+            per.setdefault(f"MRR@{k}", []).append(mrr_at(rank, rel, k))
+            per.setdefault(f"nDCG@{k}", []).append(ndcg_at(rank, rel, k))
+    return {m: float(np.mean(v)) for m, v in per.items()}
+
+
+def drop_identical(run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """BEIR convention: a document whose id equals the query id is never counted (ArguAna, Quora)."""
+    return {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
+
+
+def top_run(qids: list[str], doc_ids: list[str], scores: torch.Tensor, k: int = TOP) -> dict[str, dict[str, float]]:
+    """(n_q, n_docs) score matrix -> run keeping each query's top k."""
+    k = min(k, scores.shape[1])
+    vals, idx = scores.topk(k, dim=1)
+    return {q: {doc_ids[j]: float(v) for j, v in zip(i.tolist(), s.tolist())}
+            for q, i, s in zip(qids, idx, vals)}
+
+
+# ---------------------------------------------------------------------------- BM25
+STOP = set("a an and are as at be but by for if in into is it no not of on or such that the their then there these "
+           "they this to was will with".split())
+
+
+def tokenize(text: str) -> list[str]:
+    return [t for t in re.findall(r"\w+", text.lower()) if t not in STOP]
+
+
+class BM25:
+    """Okapi BM25 over an inverted index: score(q, d) = sum_{t in q} idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b dl/avgdl)),
+    idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)) (Lucene). Repeated query terms count once per occurrence."""
+
+    def __init__(self, docs: dict[str, str], k1: float = 0.9, b: float = 0.4):
+        self.ids = list(docs)
+        toks = [tokenize(docs[d]) for d in self.ids]
+        lengths = np.array([len(t) for t in toks], dtype=np.float64)
+        avgdl = max(lengths.mean(), 1e-9) if len(toks) else 1.0
+        norm = k1 * (1 - b + b * lengths / avgdl)
+        postings: dict[str, tuple[list[int], list[int]]] = {}
+        for i, t in enumerate(toks):
+            for term, tf in Counter(t).items():
+                p = postings.setdefault(term, ([], []))
+                p[0].append(i)
+                p[1].append(tf)
+        n = len(self.ids)
+        self.index = {}
+        for term, (rows, tfs) in postings.items():
+            tf = np.array(tfs, dtype=np.float64)
+            rows_a = np.array(rows)
+            idf = math.log(1 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
+            self.index[term] = (rows_a, idf * tf * (k1 + 1) / (tf + norm[rows_a]))
+
+    def scores(self, query: str) -> np.ndarray:
+        s = np.zeros(len(self.ids))
+        for term in tokenize(query):
+            if term in self.index:
+                rows, w = self.index[term]
+                s[rows] += w
+        return s
+
+    def top(self, query: str, k: int) -> list[str]:
+        s = self.scores(query)
+        k = min(k, len(s))
+        idx = np.argpartition(-s, k - 1)[:k]
+        return [self.ids[i] for i in sorted(idx, key=lambda i: (-s[i], self.ids[i]))]
+
+    def run(self, queries: dict[str, str], k: int = TOP, quiet: bool = False) -> dict[str, dict[str, float]]:
+        out = {}
+        for qid, text in progress(queries.items(), desc="bm25", quiet=quiet):
+            s = self.scores(text)
+            kk = min(k, len(s))
+            idx = np.argpartition(-s, kk - 1)[:kk]
+            out[qid] = {self.ids[i]: float(s[i]) for i in idx}
+        return out

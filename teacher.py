@@ -1,0 +1,405 @@
+"""The teacher: an LLM generative reranker that reads the document first, then the query, and scores relevance by the
+log-probabilities of "yes" / "no" (METHOD.md equations (1)-(4); the paper's teacher is LaHoRe, arXiv 2412.16615).
+
+    python teacher.py train --bench virtualhome                          # SFT (4) on the embedded model, ~4 min CPU
+    python teacher.py train --bench esconv --data-dir ../shared/data/esconv
+    python teacher.py score --query "I feel so alone" --doc "Reflection of feelings" [--checkpoint runs/teacher-esconv]
+    python teacher.py bench                                               # pairs/s at total lengths 128 and 512
+
+Choices not fixed by the paper:
+- exact prompt wording, rendered with the model's chat template (plain text + "Answer:" when it has none);
+- score s_T = z_T[yes] - z_T[no] (3), which ranks like p(yes | {yes, no});
+- only the document is truncated (`--max-doc-tokens`), never the query or the instruction;
+- SFT negatives: per query `--neg-bm25` hard negatives from BM25's top ranks plus `--neg-random` from the pool;
+- `--train-layers N` (default 2 on CPU) trains only the last N blocks and the final norm; 0 = full fine-tune
+  (the paper's setting). The head is tied to the embeddings in SmolLM2 and stays frozen unless N = 0.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from common import (add_dataclass_args, config_from_args, field, load_tensors, progress, save_tensors, set_seed,
+                    write_json, write_run_config)
+from llm import DEFAULT_MODEL, fingerprint, forward_last, last_hidden, load_llm
+
+YES, NO = "yes", "no"
+INSTRUCTION = "Does the document fit the query? Answer yes or no."
+_D, _Q = "\ue000", "\ue001"  # private-use markers that no template or tokenizer touches
+
+
+# ---------------------------------------------------------------------------- prompts (1), (5), (6)
+class Prompt:
+    """Token pieces of the teacher prompt (1) and of its two halves used by the student, (5) and (6).
+
+    teacher(q, d)   = pre + doc(d) + mid + query(q) + post     document first, then query        (1)
+    doc_prefix(d)   = pre + doc(d)                             exactly what the teacher reads before the query (6)
+    query_only(q)   = pre_q + query(q) + post_q                the teacher prompt without its Document line (5)
+    Each piece is tokenised on its own, so these are exact prefixes / sub-sequences of one another."""
+
+    def __init__(self, tok, max_doc_tokens: int = 256):
+        self.tok, self.max_doc_tokens = tok, max_doc_tokens
+        pre, rest = self.render(f"Document:{_D}\nQuery:{_Q}\n{INSTRUCTION}").split(_D)
+        mid, post = rest.split(_Q)
+        pre_q, post_q = self.render(f"Query:{_Q}\n{INSTRUCTION}").split(_Q)
+        bos = [tok.bos_token_id] if self._adds_bos() else []
+        self.pre, self.mid, self.post = bos + self.enc(pre), self.enc(mid), self.enc(post)
+        self.pre_q, self.post_q = bos + self.enc(pre_q), self.enc(post_q)
+
+    def render(self, content: str) -> str:
+        if self.tok.chat_template:
+            return self.tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                add_generation_prompt=True)
+        return content + "\nAnswer:"
+
+    def _adds_bos(self) -> bool:
+        bos = self.tok.bos_token_id
+        ids = self.tok("a").input_ids
+        return bos is not None and len(ids) > 0 and ids[0] == bos and not self.tok.chat_template
+
+    def enc(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    def doc(self, d: str) -> list[int]:
+        return self.enc(" " + d)[:self.max_doc_tokens]  # only the document is ever cut
+
+    def query(self, q: str) -> list[int]:
+        return self.enc(" " + q)
+
+    def teacher(self, q: str, d: str) -> list[int]:
+        return self.pre + self.doc(d) + self.mid + self.query(q) + self.post
+
+    def doc_prefix(self, d: str) -> list[int]:
+        return self.pre + self.doc(d)
+
+    def query_only(self, q: str) -> list[int]:
+        return self.pre_q + self.query(q) + self.post_q
+
+    def describe(self) -> dict:
+        """What a cache of encodings depends on besides the weights."""
+        dec = self.tok.decode
+        return {"pre": dec(self.pre), "mid": dec(self.mid), "post": dec(self.post), "pre_q": dec(self.pre_q),
+                "post_q": dec(self.post_q), "max_doc_tokens": self.max_doc_tokens}
+
+
+def answer_ids(tok, name: str = "") -> tuple[int, int]:
+    """Token ids of y+ = "yes" and y- = "no"; each must be a single token of this tokenizer."""
+    ids = []
+    for word in (YES, NO):
+        t = tok(word, add_special_tokens=False).input_ids
+        if len(t) != 1:
+            raise ValueError(f"model {name or tok.name_or_path}: answer word {word!r} is {len(t)} tokens {t}, "
+                             "not one; the score (3) needs single-token answers")
+        ids.append(t[0])
+    return ids[0], ids[1]
+
+
+# ---------------------------------------------------------------------------- the teacher model
+class Teacher:
+    """Generative reranker around one causal LM. Outputs per (q, d): h_T (1), z_T (2), s_T (3)."""
+
+    def __init__(self, lm, tok, max_doc_tokens: int = 256, batch_size: int = 8, quiet: bool = False):
+        self.lm, self.tok = lm, tok
+        self.prompt = Prompt(tok, max_doc_tokens)
+        self.y_pos, self.y_neg = answer_ids(tok, getattr(lm, "name_or_id", ""))
+        self.batch_size, self.quiet = batch_size, quiet
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    @property
+    def head(self) -> torch.Tensor:
+        """W, the LM head (V, H), float32 on the CPU-side device of the model."""
+        return self.lm.lm_head.weight
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(2) z = W h, for h (N, H) -> (N, V) float32."""
+        return (h.to(self.head.dtype).to(self.head.device) @ self.head.T).float().cpu()
+
+    def score_from_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """(3) s = z[y+] - z[y-] = log p(y+) - log p(y-) (tau = 1)."""
+        return z[..., self.y_pos] - z[..., self.y_neg]
+
+    def encode_pairs(self, queries: list[str], docs: list[str], desc: str = "teacher") -> torch.Tensor:
+        """(1) h_T(q, d) = f(prompt(d, q))[last] for each pair, (N, H)."""
+        seqs = [self.prompt.teacher(q, d) for q, d in zip(queries, docs)]
+        return last_hidden(self.lm, seqs, self.batch_size, self.pad_id, desc, self.quiet)
+
+    def score(self, queries: list[str], docs: list[str], desc: str = "teacher") -> torch.Tensor:
+        """s_T for each pair, (N,). Only the two answer rows of W are used."""
+        h = self.encode_pairs(queries, docs, desc)
+        u = (self.head[self.y_pos] - self.head[self.y_neg]).float().cpu()  # (H,)
+        return h @ u
+
+
+# ---------------------------------------------------------------------------- training (4)
+@dataclass
+class TrainConfig:
+    bench: str = field("virtualhome", "virtualhome | esconv | saycan | msmarco | BEIR name")
+    data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
+    model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder")
+    device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    dtype: str = field("auto", "auto (fp32 CPU, bf16 GPU) | float32 | bfloat16")
+    output_dir: str = field("", "where the checkpoint goes (default runs/teacher-{bench})")
+    train_layers: int = field(2, "train only the last N blocks + final norm; 0 = full fine-tune")
+    lr: float = field(1e-4, "AdamW peak learning rate")
+    weight_decay: float = field(0.0, "AdamW weight decay")
+    epochs: int = field(1, "passes over the SFT pairs")
+    batch_size: int = field(8, "pairs per forward")
+    grad_accum: int = field(1, "batches per optimiser step")
+    warmup: float = field(0.1, "fraction of steps with linear warmup, then cosine decay")
+    clip: float = field(1.0, "gradient norm clip")
+    neg_bm25: int = field(1, "hard negatives per query from BM25's top ranks")
+    neg_random: int = field(1, "random negatives per query from the pool")
+    max_train_queries: int = field(320, "training queries used (0 = all)")
+    max_dev_queries: int = field(96, "held-out queries for the dev metric (0 = all)")
+    rerank_k: int = field(16, "dev metric: rerank all candidates if the pool has at most this many, else BM25 top-k")
+    max_doc_tokens: int = field(256, "document truncation budget in tokens")
+    seed: int = field(0, "seed for sampling and shuffling")
+    quiet: bool = field(False, "no progress bars")
+
+    def __post_init__(self):
+        if self.train_layers < 0 or self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("train_layers >= 0, epochs >= 1, batch_size >= 1, grad_accum >= 1")
+        if not 0 <= self.warmup < 1 or self.lr <= 0:
+            raise ValueError("0 <= warmup < 1 and lr > 0")
+        self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
+
+
+def set_trainable(lm, train_layers: int) -> list[torch.nn.Parameter]:
+    """Freeze all, then unfreeze the last `train_layers` blocks and the final norm (all weights when 0)."""
+    for p in lm.parameters():
+        p.requires_grad_(train_layers == 0)
+    if train_layers > 0:
+        for module in list(lm.model.layers[-train_layers:]) + [lm.model.norm]:
+            for p in module.parameters():
+                p.requires_grad_(True)
+    return [p for p in lm.parameters() if p.requires_grad]
+
+
+def sft_loss(z: torch.Tensor, labels: torch.Tensor, y_pos: int, y_neg: int) -> torch.Tensor:
+    """(4) cross-entropy of the answer token over the full vocabulary: target y+ if label 1, else y-.
+    z (B, V) logits at the last prompt position, labels (B,) in {0, 1}; mean over the batch."""
+    target = torch.where(labels.bool(), torch.full_like(labels, y_pos), torch.full_like(labels, y_neg))
+    return F.cross_entropy(z.float(), target)
+
+
+def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) -> list[tuple[str, str, int]]:
+    """(query text, doc id, label): every gold doc as positive, plus BM25-hard and random negatives per query."""
+    queries, qrels = data.split(split)
+    qids = subset(list(queries), cfg.max_train_queries, gen)
+    doc_ids = list(data.corpus)
+    pairs = []
+    for qid in qids:
+        gold = {d for d, g in qrels[qid].items() if g > 0}
+        pairs += [(queries[qid], d, 1) for d in sorted(gold)]
+        hard = [d for d in bm25.top(queries[qid], cfg.neg_bm25 + len(gold) + 5) if d not in gold][:cfg.neg_bm25]
+        pairs += [(queries[qid], d, 0) for d in hard]
+        pool = [d for d in doc_ids if d not in gold and d not in hard]
+        for i in torch.randperm(len(pool), generator=gen)[:cfg.neg_random].tolist():
+            pairs.append((queries[qid], pool[i], 0))
+    return pairs
+
+
+def subset(items: list, k: int, gen: torch.Generator) -> list:
+    """A seeded random subset of size k (all when k == 0 or k >= len), kept in the original order."""
+    if k <= 0 or k >= len(items):
+        return items
+    keep = sorted(torch.randperm(len(items), generator=gen)[:k].tolist())
+    return [items[i] for i in keep]
+
+
+def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25) -> dict:
+    """SFT (4) with AdamW, warmup + cosine, gradient accumulation and clipping. Returns the loss history."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pairs = sft_pairs(data, split, cfg, bm25, gen)
+    params = set_trainable(teacher.lm, cfg.train_layers)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(pairs) / cfg.batch_size / cfg.grad_accum) * cfg.epochs
+    sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
+    teacher.lm.train()
+    losses, step, t0 = [], 0, time.time()
+    bar = progress(total=steps, desc="teacher SFT", quiet=cfg.quiet)
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(pairs), generator=gen).tolist()
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        for b, idx in enumerate(batches):
+            seqs = [teacher.prompt.teacher(pairs[i][0], data.doc_text(pairs[i][1])) for i in idx]
+            labels = torch.tensor([pairs[i][2] for i in idx])
+            h = forward_last(teacher.lm, seqs, teacher.pad_id)  # (B, H)
+            loss = sft_loss(teacher.lm.lm_head(h), labels.to(h.device), teacher.y_pos, teacher.y_neg)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"teacher SFT: loss {loss.item()} at epoch {epoch} batch {b}")
+            (loss / cfg.grad_accum).backward()
+            losses.append(loss.item())
+            if (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches):
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    bar.close()
+    teacher.lm.eval().requires_grad_(False)
+    return {"losses": losses, "steps": step, "pairs": len(pairs), "seconds": time.time() - t0}
+
+
+# ---------------------------------------------------------------------------- dev metric
+def rerank_candidates(data, split: str, bm25, k: int, max_queries: int, seed: int) -> dict[str, list[str]]:
+    """Candidate lists for the teacher: the whole pool if it has at most k documents, else BM25's top k."""
+    queries, _ = data.split(split)
+    qids = subset(list(queries), max_queries, torch.Generator().manual_seed(seed + 1))
+    pool = list(data.corpus)
+    return {q: (pool if len(pool) <= k else bm25.top(queries[q], k)) for q in qids}
+
+
+def teacher_run(teacher: Teacher, data, split: str, candidates: dict[str, list[str]], desc="teacher") -> dict:
+    """Score every (query, candidate) and return a run {qid: {doc id: s_T}}."""
+    queries, _ = data.split(split)
+    flat = [(q, d) for q, ds in candidates.items() for d in ds]
+    s = teacher.score([queries[q] for q, _ in flat], [data.doc_text(d) for _, d in flat], desc)
+    run: dict[str, dict[str, float]] = {}
+    for (q, d), v in zip(flat, s.tolist()):
+        run.setdefault(q, {})[d] = v
+    return run
+
+
+def dev_metric(teacher, data, split, bm25, cfg: TrainConfig, desc: str) -> dict:
+    from evaluate import evaluate_run
+
+    cands = rerank_candidates(data, split, bm25, cfg.rerank_k, cfg.max_dev_queries, cfg.seed)
+    _, qrels = data.split(split)
+    m = evaluate_run(teacher_run(teacher, data, split, cands, desc), {q: qrels[q] for q in cands})
+    protocol = "all candidates" if len(data.corpus) <= cfg.rerank_k else f"BM25 top-{cfg.rerank_k}"
+    return {"R@1": m["R@1"], "MRR@10": m["MRR@10"], "n_queries": len(cands), "protocol": protocol, "split": split}
+
+
+# ---------------------------------------------------------------------------- checkpoint
+def save_checkpoint(teacher: Teacher, out_dir: str | Path, cfg: TrainConfig, base_fp: str, meta: dict) -> Path:
+    """Only the trained tensors (all of them for a full fine-tune) + sidecar with base model id and fingerprint."""
+    lm = teacher.lm
+    if cfg.train_layers == 0:
+        names = list(lm.state_dict())
+    else:
+        n = len(lm.model.layers)
+        keep = tuple(f"model.layers.{i}." for i in range(n - cfg.train_layers, n)) + ("model.norm.",)
+        names = [k for k in lm.state_dict() if k.startswith(keep)]
+    path = Path(out_dir) / "teacher.safetensors"
+    sd = lm.state_dict()
+    save_tensors(path, {k: sd[k] for k in names},
+                 {"kind": "teacher", "base_model": cfg.model, "base_fingerprint": base_fp,
+                  "fingerprint": fingerprint(lm), "max_doc_tokens": cfg.max_doc_tokens,
+                  "config": dataclasses.asdict(cfg), **meta})
+    return path
+
+
+def load_teacher(checkpoint: str | Path | None = None, model: str = DEFAULT_MODEL, device: str = "auto",
+                 dtype: str = "auto", batch_size: int = 8, quiet: bool = False) -> tuple[Teacher, dict]:
+    """Base model (+ trained tensors from `checkpoint`, a folder or .safetensors file). Checks the base model."""
+    meta: dict = {}
+    if checkpoint:
+        path = Path(checkpoint)
+        path = path / "teacher.safetensors" if path.is_dir() else path
+        import json
+        meta = json.loads(Path(str(path) + ".json").read_text())
+        model = meta["base_model"]
+    lm, tok = load_llm(model, device, dtype)
+    if checkpoint:
+        base_fp = fingerprint(lm)
+        tensors, meta = load_tensors(path, {"kind": "teacher"})
+        if meta["base_fingerprint"] != base_fp:
+            raise ValueError(f"{path}.json: base_fingerprint {meta['base_fingerprint']} != fingerprint {base_fp} of "
+                             f"the loaded base model '{model}': the checkpoint was trained on other weights")
+        missing = set(tensors) - set(lm.state_dict())
+        if missing:
+            raise ValueError(f"{path}: tensors {sorted(missing)[:3]} do not exist in model '{model}'")
+        lm.load_state_dict(tensors, strict=False)
+        lm.tie_weights()
+    return Teacher(lm, tok, meta.get("max_doc_tokens", 256), batch_size, quiet), meta
+
+
+# ---------------------------------------------------------------------------- CLI
+def cmd_train(cfg: TrainConfig) -> dict:
+    from data import load_bench, train_test_splits
+    from evaluate import BM25
+
+    set_seed(cfg.seed)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    write_run_config(cfg.output_dir, cfg)
+    data = load_bench(cfg.bench, cfg.data_dir or None)
+    train_split, test_split = train_test_splits(data)
+    bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
+    lm, tok = load_llm(cfg.model, cfg.device, cfg.dtype)
+    base_fp = fingerprint(lm)
+    teacher = Teacher(lm, tok, cfg.max_doc_tokens, cfg.batch_size, cfg.quiet)
+    before = dev_metric(teacher, data, test_split, bm25, cfg, "dev (zero-shot)")
+    print(f"[teacher] zero-shot {test_split}: R@1 {before['R@1']:.4f} MRR@10 {before['MRR@10']:.4f} "
+          f"({before['n_queries']} queries, {before['protocol']})")
+    hist = train(teacher, data, train_split, cfg, bm25)
+    after = dev_metric(teacher, data, test_split, bm25, cfg, "dev (trained)")
+    print(f"[teacher] trained   {test_split}: R@1 {after['R@1']:.4f} MRR@10 {after['MRR@10']:.4f} "
+          f"({hist['pairs']} SFT pairs on {train_split}, {hist['steps']} steps, {hist['seconds']:.0f}s)")
+    meta = {"step": hist["steps"], "train_split": train_split, "dev_before": before, "dev_after": after,
+            "train_seconds": hist["seconds"], "loss_first": hist["losses"][0], "loss_last": hist["losses"][-1]}
+    path = save_checkpoint(teacher, cfg.output_dir, cfg, base_fp, meta)
+    write_json(Path(cfg.output_dir) / "teacher_metrics.json", meta | {"losses": hist["losses"]})
+    print(f"[teacher] saved {path}")
+    return meta
+
+
+def cmd_score(args) -> None:
+    teacher, _ = load_teacher(args.checkpoint, args.model, args.device)
+    s = teacher.score([args.query], [args.doc]).item()
+    print(f"s_T = {s:.4f}   p(yes | yes, no) = {1 / (1 + math.exp(-s)):.4f}")
+
+
+def cmd_bench(args) -> None:
+    """Throughput in pairs/s at fixed total lengths (random token ids of exactly that length)."""
+    lm, tok = load_llm(args.model, args.device)
+    rows = []
+    for length in (128, 512):
+        seqs = torch.randint(100, lm.config.vocab_size - 100, (args.pairs, length)).tolist()
+        last_hidden(lm, seqs[:args.batch_size], args.batch_size, 0, quiet=True)  # warm-up
+        t0 = time.perf_counter()
+        last_hidden(lm, seqs, args.batch_size, 0, desc=f"L={length}")
+        dt = time.perf_counter() - t0
+        rows.append({"total_tokens": length, "batch_size": args.batch_size, "pairs": args.pairs,
+                     "pairs_per_s": args.pairs / dt, "threads": torch.get_num_threads(),
+                     "device": str(next(lm.parameters()).device), "model": args.model})
+        print(rows[-1])
+    write_json(Path(args.output), rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_dataclass_args(sub.add_parser("train", help="SFT (4) and save a checkpoint"), TrainConfig)
+    s = sub.add_parser("score", help="score one (query, document) pair")
+    s.add_argument("--query", required=True)
+    s.add_argument("--doc", required=True)
+    s.add_argument("--checkpoint", default=None)
+    s.add_argument("--model", default=DEFAULT_MODEL)
+    s.add_argument("--device", default="auto")
+    b = sub.add_parser("bench", help="teacher throughput")
+    b.add_argument("--model", default=DEFAULT_MODEL)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--pairs", type=int, default=32)
+    b.add_argument("--output", default="results/teacher_throughput.json")
+    args = p.parse_args(argv)
+    if args.cmd == "train":
+        cmd_train(config_from_args(TrainConfig, args))
+    elif args.cmd == "score":
+        cmd_score(args)
+    else:
+        cmd_bench(args)
+
+
+if __name__ == "__main__":
+    main()

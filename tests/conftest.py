@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny randomly initialised Llama-style model with a word-level tokenizer (no download)."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WORDS = ("yes no document query does the fit answer or a an and to of in on with walk find grab put switch turn "
+         "computer chair mouse keyboard email write cup water drink kitchen office sit open close plate sink "
+         "task steps done so far none seeker supporter i feel sad lonely ask question share suggest help you "
+         "what how why is are it this that my your").split()
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS + list("0123456789.,;:?!#-_'\n"))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = TEMPLATE
+    return fast
+
+
+def make_lm(tok, seed=0, layers=2, hidden=32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    lm = LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    lm.name_or_id = "tiny-random-llama"
+    return lm
+
+
+@pytest.fixture
+def tiny():
+    """(lm, tok): a 2-layer random Llama and its word-level tokenizer with a chat template."""
+    tok = make_tokenizer()
+    return make_lm(tok), tok
+
+
+def write_virtualhome(root: Path, n_programs: int = 10) -> Path:
+    """A VirtualHome-layout folder: executable_programs/<scene>/<dir>/fileN.txt, title, description, steps."""
+    folder = root / "dataset" / "programs" / "executable_programs" / "Scene1" / "results"
+    folder.mkdir(parents=True)
+    objs = ["computer", "chair", "mouse", "keyboard", "cup", "plate", "sink"]
+    for p in range(n_programs):
+        a, b = objs[p % 7], objs[(p + 3) % 7]
+        steps = [f"[WALK] <{a}> (1.{p})", f"[FIND] <{a}> (1.{p})", f"[GRAB] <{b}> (1.2)",
+                 f"[PUTBACK] <{b}> (1.2) <{a}> (1.{p})"]
+        (folder / f"file{p}_1.txt").write_text(f"Task {p} with {a}\nwalk to the {a} and put the {b} on it\n\n\n"
+                                               + "\n".join(steps) + "\n")
+    return root / "dataset"

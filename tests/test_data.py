@@ -1,0 +1,216 @@
+"""data.py: every loader on fixtures written here, the real VirtualHome package, the BEIR download path, bad input."""
+import functools
+import http.server
+import json
+import os
+import threading
+import zipfile
+
+import pytest
+
+import data
+from conftest import write_virtualhome
+
+
+def write_beir(folder, corpus=None, queries=None, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n"):
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = corpus if corpus is not None else [{"_id": "d1", "title": "Cats", "text": "cats purr"},
+                                                {"_id": "d2", "title": "", "text": "dogs bark loudly"}]
+    queries = queries if queries is not None else [{"_id": "q1", "text": "purring cats"},
+                                                   {"_id": "q2", "text": "barking dogs"}]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (folder / "qrels").mkdir(exist_ok=True)
+    (folder / "qrels" / "test.tsv").write_text(qrels)
+    return folder
+
+
+def test_beir_folder(tmp_path):
+    """A BEIR folder loads corpus, queries and graded qrels; titles are prefixed to the text."""
+    d = data.load_beir(write_beir(tmp_path / "toy"))
+    q, r = d.split("test")
+    assert q == {"q1": "purring cats", "q2": "barking dogs"} and r == {"q1": {"d1": 1}, "q2": {"d2": 2}}
+    assert d.doc_text("d1") == "Cats. cats purr" and d.doc_text("d2") == "dogs bark loudly"
+    assert d.stats("test") == {"bench": "toy", "split": "test", "queries": 2, "documents": 2, "qrels": 2,
+                               "splits": {"test": 2}}
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("json", "corpus.jsonl:2: malformed JSON"),
+    ("field", "corpus.jsonl:2: missing field 'text'"),
+    ("empty", "corpus.jsonl:2: field 'text' is empty"),
+    ("qdoc", "test.tsv:2: field 'corpus-id' names unknown document 'd9'"),
+    ("qquery", "test.tsv:3: field 'query-id' names unknown query 'q7'"),
+])
+def test_beir_bad_input(tmp_path, kind, needle):
+    """Each kind of bad BEIR input raises an error naming the file, the line and the field."""
+    folder = write_beir(tmp_path / "toy")
+    if kind == "json":
+        (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": \n')
+    elif kind == "field":
+        (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d2", "title": "x"}\n')
+    elif kind == "empty":
+        (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": " "}\n')
+    elif kind == "qdoc":
+        (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td9\t1\n")
+    else:
+        (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq7\td1\t1\n")
+    with pytest.raises(data.DataError, match=needle.replace("'", ".")):
+        data.load_beir(folder)
+
+
+def test_missing_split(tmp_path):
+    """Asking for a split that does not exist names the splits that do."""
+    with pytest.raises(KeyError, match="split 'dev' does not exist"):
+        data.load_beir(write_beir(tmp_path / "toy"), splits=("dev",))
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+
+def _serve(folder):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_beir_download_and_truncated_zip(tmp_path, monkeypatch):
+    """The official-zip path downloads from a local HTTP server, unpacks into the cache, reuses it; a truncated zip
+    is a clear error and is deleted."""
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
+    src = write_beir(tmp_path / "src" / "toy")
+    www = tmp_path / "www"
+    www.mkdir()
+    with zipfile.ZipFile(www / "toy.zip", "w") as z:
+        for p in src.rglob("*"):
+            z.write(p, p.relative_to(src.parent))
+    (www / "bad.zip").write_bytes((www / "toy.zip").read_bytes()[:60])
+    server = _serve(www)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/" + "{name}.zip"
+        monkeypatch.setattr(data, "BEIR_URL", url)
+        d = data.load_bench("toy")
+        assert len(d.corpus) == 2 and (tmp_path / "cache" / "beir" / "toy" / "corpus.jsonl").exists()
+        server.shutdown()
+        assert len(data.load_bench("toy").corpus) == 2  # reused from the cache, no server needed
+        server = _serve(www)
+        monkeypatch.setattr(data, "BEIR_URL", f"http://127.0.0.1:{server.server_port}/" + "{name}.zip")
+        with pytest.raises(data.DataError, match="bad.zip: not a complete zip"):
+            data.fetch_beir("bad")
+        assert not (tmp_path / "cache" / "beir" / "bad.zip").exists()
+    finally:
+        server.shutdown()
+
+
+def test_no_network_message(tmp_path, monkeypatch):
+    """Without network and without --data-dir the error names the URL and --data-dir."""
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
+    with pytest.raises(ConnectionError, match=r"http://127.0.0.1:9/scifact.zip.*--data-dir"):
+        data.load_bench("scifact")
+
+
+ESCONV_LINE = ("1.0 0 0 I feel so alone lately  EOS 1.0 1 1 [Questions] Why do you feel that way? EOS "
+               "0.0 0 2 My friends moved away  EOS 1.0 1 3 [Reflection of feelings] That sounds lonely.\n")
+
+
+def test_esconv_tsv(tmp_path):
+    """Split files: one query per line, earlier strategy labels stripped, the last turn's strategy is relevant."""
+    (tmp_path / "devWithStrategy_short.tsv").write_text(ESCONV_LINE)
+    (tmp_path / "testWithStrategy_short.tsv").write_text(ESCONV_LINE.replace("[Reflection of feelings]", "[Other]"))
+    d = data.load_esconv(str(tmp_path))
+    q, r = d.split("dev")
+    assert q == {"dev-1": "Seeker: I feel so alone lately\nSupporter: Why do you feel that way?\n"
+                          "Seeker: My friends moved away"}
+    assert r == {"dev-1": {"Reflection of feelings": 1}} and d.split("test")[1] == {"test-1": {"Other": 1}}
+    assert len(d.corpus) == 8 and data.train_test_splits(d) == ("dev", "test")
+
+
+def test_esconv_tsv_bad_line(tmp_path):
+    """A line whose last turn has no strategy, or an unknown strategy, names file, line and field."""
+    (tmp_path / "testWithStrategy_short.tsv").write_text(ESCONV_LINE + "1.0 0 0 hi EOS 1.0 0 1 hello\n")
+    with pytest.raises(data.DataError, match=r"testWithStrategy_short.tsv:2: utterance 2: field 'strategy'"):
+        data.load_esconv(str(tmp_path))
+    (tmp_path / "testWithStrategy_short.tsv").write_text(ESCONV_LINE.replace("Reflection of feelings", "Magic"))
+    with pytest.raises(data.DataError, match=r":1: utterance 4: field 'strategy' has unknown value 'Magic'"):
+        data.load_esconv(str(tmp_path))
+
+
+def test_esconv_json(tmp_path):
+    """ESConv.json: one query per supporter turn with a strategy and some context; split by conversation."""
+    convs = [{"dialog": [{"speaker": "seeker", "content": f"hello {c}", "annotation": {}},
+                         {"speaker": "supporter", "content": "hi", "annotation": {"strategy": "Others"}},
+                         {"speaker": "seeker", "content": "sad", "annotation": {}},
+                         {"speaker": "supporter", "content": "why?", "annotation": {"strategy": "Question"}}]}
+             for c in range(10)]
+    (tmp_path / "ESConv.json").write_text(json.dumps(convs))
+    d = data.load_esconv(str(tmp_path))
+    assert sum(len(v) for v in d.queries.values()) == 20
+    conv_split = {}
+    for s, qs in d.queries.items():
+        for qid in qs:
+            assert conv_split.setdefault(qid.split("-")[0], s) == s  # a conversation lives in one split
+    assert d.qrels["train"][f"{next(iter(d.queries['train'])).split('-')[0]}-t1"] == {"Other": 1}
+    convs[3]["dialog"][1].pop("content")
+    (tmp_path / "ESConv.json").write_text(json.dumps(convs))
+    with pytest.raises(data.DataError, match="conversation 3, turn 1: missing field 'content'"):
+        data.load_esconv(str(tmp_path))
+
+
+def test_esconv_real_json():
+    """The real FailedESConv.json (older spellings included) loads, when the shared copy is present."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "esconv", "FailedESConv.json")
+    if not os.path.exists(path):
+        pytest.skip("shared ESConv copy not present")
+    d = data.load_esconv_json(path)
+    assert d.stats("all")["queries"] == 2306 and len(d.corpus) == 8
+
+
+def test_saycan(tmp_path):
+    """SayCan plan file: query = instruction + steps so far, documents = distinct steps, split by instruction."""
+    lines = ["INPUT\tOUTPUT"] + [
+        f"Can you bring me item {i}?\t1. find a item {i}, 2. pick up the item {i}, 3. bring it to you, "
+        f"4. put down the item {i}, 5. done." for i in range(10)]
+    (tmp_path / "saycan_plan_v0_l.tsv").write_text("\n".join(lines) + "\n")
+    d = data.load_saycan(tmp_path / "saycan_plan_v0_l.tsv")
+    assert d.stats("all")["queries"] == 50 and len(d.corpus) == 10 * 3 + 2
+    assert len(d.queries["train"]) == 40
+    q, r = d.split("train")
+    k = next(k for k in q if k.endswith("#2"))
+    n = q[k].split("item ")[1].split("?")[0]
+    assert q[k] == f"Task: Can you bring me item {n}?\nSteps done so far: 1. find a item {n}; 2. pick up the item {n}"
+    assert r[k] == {"bring it to you": 1}
+    (tmp_path / "bad.tsv").write_text("INPUT\tOUTPUT\nonly one field\n")
+    with pytest.raises(data.DataError, match="bad.tsv:2: expected 2 tab-separated fields"):
+        data.load_saycan(tmp_path / "bad.tsv")
+
+
+def test_virtualhome_fixture(tmp_path):
+    """VirtualHome layout: steps rendered as text skills, the next step is relevant, 80/20 split by program."""
+    d = data.load_virtualhome(str(write_virtualhome(tmp_path)))
+    assert d.stats("all")["queries"] == 40 and len(d.queries["test"]) == 8
+    q, r = d.split("train")
+    k = next(k for k in q if k.endswith("#3"))
+    assert "3. grab" in q[k] and list(r[k])[0].startswith("put ") and " on " in list(r[k])[0]
+    bad = tmp_path / "dataset" / "programs" / "executable_programs" / "Scene1" / "results" / "file99_1.txt"
+    bad.write_text("Title\ndesc\n\n[WALK] computer\n")
+    with pytest.raises(data.DataError, match="file99_1.txt:4: field 'step'"):
+        data.load_virtualhome(str(tmp_path / "dataset"))
+
+
+def test_virtualhome_real_package():
+    """The installed eai-eval package: 518 programs, 4707 steps, 592 skills; no program in both splits."""
+    d = data.load_virtualhome()
+    s = d.stats("all")
+    assert (s["queries"], s["documents"]) == (4707, 592)
+    progs = {sp: {q.split("#")[0] for q in d.queries[sp]} for sp in ("train", "test")}
+    assert len(progs["train"]) + len(progs["test"]) == 518 and not progs["train"] & progs["test"]
+
+
+def test_stats_cli(tmp_path, capsys):
+    """`python data.py stats` prints one JSON line with the counts."""
+    data.main(["stats", "--bench", "virtualhome", "--data-dir", str(write_virtualhome(tmp_path)), "--split", "test"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["bench"] == "virtualhome" and out["queries"] == 8 and out["documents"] == 28
