@@ -113,16 +113,17 @@ def forward_last(lm, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     return hidden[torch.arange(len(seqs), device=dev), lengths.to(dev) - 1]
 
 
-@torch.inference_mode()
 def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0, desc: str = "encode",
                 quiet: bool = False) -> torch.Tensor:
     """forward_last over many sequences: sorted by length (little padding), batched, returned in input order as
-    (N, H) float32 on the CPU."""
+    (N, H) float32 on the CPU. The forward runs in torch.inference_mode; `out` is an ordinary tensor, so the
+    result can feed autograd (as the predictor's input)."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = torch.empty(len(seqs), lm.config.hidden_size)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in progress(batches, desc=desc, quiet=quiet or len(batches) < 3):
-        out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id).float().cpu()
+        with torch.inference_mode():
+            out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id).float().cpu()
     return out
 
 

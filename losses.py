@@ -55,4 +55,4 @@ def total_loss(h_hat: torch.Tensor, h_T: torch.Tensor, student_logits: torch.Ten
     kl_fn = reverse_kl if kl == "reverse" else forward_kl
     l_kl = kl_fn(student_logits, teacher_logits, tau, support) if lmbda else h_hat.new_zeros(())
     loss = l_jepa + lmbda * l_kl
-    return loss, {"jepa": float(l_jepa), "kl": float(l_kl), "total": float(loss)}
+    return loss, {"jepa": l_jepa.item(), "kl": l_kl.item(), "total": loss.item()}

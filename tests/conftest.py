@@ -7,7 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WORDS = ("yes no document query does the fit answer or a an and to of in on with walk find grab put switch turn "
+WORDS = ("Document Query Does Answer user assistant system Task Steps Seeker Supporter yes no document query does the fit answer or a an and to of in on with walk find grab put switch turn "
          "computer chair mouse keyboard email write cup water drink kitchen office sit open close plate sink "
          "task steps done so far none seeker supporter i feel sad lonely ask question share suggest help you "
          "what how why is are it this that my your").split()

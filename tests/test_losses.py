@@ -1,0 +1,70 @@
+"""losses.py: equations (8)-(10) against closed forms and hand-written sums."""
+import math
+
+import pytest
+import torch
+
+from losses import forward_kl, jepa_loss, reverse_kl, total_loss
+
+
+def test_kl_zero_for_identical():
+    """KL of a distribution with itself is 0, both directions."""
+    z = torch.randn(4, 11)
+    assert reverse_kl(z, z.clone()).item() == pytest.approx(0, abs=1e-6)
+    assert forward_kl(z, z.clone()).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_kl_nonnegative_and_matches_hand_sum():
+    """Reverse KL >= 0 and equals mean_n sum_v p_S (log p_S - log p_T) written out in float64, with temperature."""
+    g = torch.Generator().manual_seed(0)
+    for tau in (1.0, 2.0, 0.5):
+        zs, zt = torch.randn(5, 13, generator=g, dtype=torch.float64), torch.randn(5, 13, generator=g, dtype=torch.float64)
+        ps, pt = torch.softmax(zs / tau, -1), torch.softmax(zt / tau, -1)
+        want = (ps * (ps.log() - pt.log())).sum(-1).mean().item()
+        got = reverse_kl(zs, zt, tau).item()
+        assert got >= 0 and got == pytest.approx(want, rel=1e-10)
+        fwd = (pt * (pt.log() - ps.log())).sum(-1).mean().item()
+        assert forward_kl(zs, zt, tau).item() == pytest.approx(fwd, rel=1e-10)
+
+
+def test_reverse_and_forward_differ_by_hand():
+    """p_S = (0.9, 0.1), p_T = (0.5, 0.5): KL(p_S||p_T) = 0.9 ln 1.8 + 0.1 ln 0.2 = 0.368064,
+    KL(p_T||p_S) = 0.5 ln(0.5/0.9) + 0.5 ln(0.5/0.1) = 0.510826."""
+    zs = torch.tensor([[math.log(0.9), math.log(0.1)]], dtype=torch.float64)
+    zt = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    assert reverse_kl(zs, zt).item() == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2), abs=1e-12)
+    assert reverse_kl(zs, zt).item() == pytest.approx(0.368064, abs=1e-6)
+    assert forward_kl(zs, zt).item() == pytest.approx(0.510826, abs=1e-6)
+
+
+def test_answer_support_restricts():
+    """support=(i, j) is the KL between the renormalised two-token distributions."""
+    zs, zt = torch.randn(3, 9, dtype=torch.float64), torch.randn(3, 9, dtype=torch.float64)
+    got = reverse_kl(zs, zt, support=(2, 5))
+    assert got.item() == pytest.approx(reverse_kl(zs[:, [2, 5]], zt[:, [2, 5]]).item(), rel=1e-12)
+
+
+def test_kl_gradcheck():
+    """torch.autograd.gradcheck passes for both KLs in float64 (w.r.t. the student logits)."""
+    zs = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    zt = torch.randn(3, 7, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a: reverse_kl(a, zt, 1.5), (zs,))
+    assert torch.autograd.gradcheck(lambda a: forward_kl(a, zt, 0.7), (zs,))
+
+
+def test_teacher_side_gets_no_gradient():
+    """Gradients reach h_hat and the student logits, never h_T or the teacher logits (stop-gradient)."""
+    h_hat, h_t = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    zs, zt = torch.randn(4, 9, requires_grad=True), torch.randn(4, 9, requires_grad=True)
+    loss, parts = total_loss(h_hat, h_t, zs, zt, lmbda=0.5)
+    loss.backward()
+    assert h_hat.grad is not None and zs.grad is not None and h_t.grad is None and zt.grad is None
+    assert jepa_loss(h_hat, h_t).item() == pytest.approx(((h_hat - h_t) ** 2).mean().item())
+    assert parts["total"] == pytest.approx(parts["jepa"] + 0.5 * parts["kl"], rel=1e-6)
+
+
+def test_ablations_switch_parts_off():
+    """use_jepa=False leaves only the KL; lmbda=0 leaves only the JEPA loss."""
+    h, ht, zs, zt = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 5), torch.randn(2, 5)
+    assert total_loss(h, ht, zs, zt, lmbda=1, use_jepa=False)[0].item() == pytest.approx(reverse_kl(zs, zt).item())
+    assert total_loss(h, ht, zs, zt, lmbda=0)[0].item() == pytest.approx(jepa_loss(h, ht).item())

@@ -1,0 +1,93 @@
+"""teacher.py on a tiny random Llama: equations (1)-(4), batching, prompt order, training and checkpoints."""
+import pytest
+import torch
+
+import teacher as T
+from conftest import make_lm, make_tokenizer
+
+
+def test_score_equals_log_softmax_by_hand(tiny):
+    """(3) s_T = log_softmax(z)[yes] - log_softmax(z)[no], z the plain forward's logits at the last position."""
+    lm, tok = tiny
+    t = T.Teacher(lm, tok)
+    q, d = "i feel sad", "ask a question"
+    ids = torch.tensor([t.prompt.teacher(q, d)])
+    with torch.no_grad():
+        z = lm(input_ids=ids).logits[0, -1]
+    lp = torch.log_softmax(z.double(), -1)
+    want = (lp[t.y_pos] - lp[t.y_neg]).item()
+    assert t.score([q], [d]).item() == pytest.approx(want, abs=1e-5)
+    h = t.encode_pairs([q], [d])
+    assert torch.allclose(t.logits(h)[0], z, atol=1e-5)  # (2) z_T = W h_T
+
+
+def test_batched_equals_one_by_one(tiny):
+    """Right-padded batches of mixed lengths give the same scores as scoring each pair alone."""
+    lm, tok = tiny
+    t = T.Teacher(lm, tok, batch_size=3)
+    qs = ["i feel sad", "how do you write an email to my office", "walk", "what is this cup of water", "help"]
+    ds = ["ask a question", "share", "walk to computer and sit on the chair", "drink water", "suggest help"]
+    batched = t.score(qs, ds)
+    alone = torch.stack([t.score([q], [d])[0] for q, d in zip(qs, ds)])
+    assert torch.allclose(batched, alone, atol=1e-5)
+
+
+def test_prompt_order_and_truncation(tiny):
+    """The document comes before the query; only the document is cut to max_doc_tokens; (5) and (6) are exact
+    sub-sequences of the teacher prompt."""
+    _, tok = tiny
+    p = T.Prompt(tok, max_doc_tokens=4)
+    q, d = "how you write an email", "walk to the office and sit on the chair"
+    ids = p.teacher(q, d)
+    dq, qq = p.doc(d), p.query(q)
+    text = tok.decode(ids)
+    assert text.index("walk") < text.index("how") and len(dq) == 4 and "chair" not in text
+    assert tok.decode(qq).split() == q.split()  # query intact
+    assert ids[:len(p.doc_prefix(d))] == p.doc_prefix(d)
+    assert p.query_only(q) == p.pre_q + qq + p.post_q and p.post_q == p.post  # same last position as (1)
+    assert "Document" not in tok.decode(p.pre_q) and "Document" in tok.decode(p.pre)
+
+
+def test_answer_tokens_checked():
+    """A tokenizer where 'yes' is not a single token is refused with the model named."""
+    tok = make_tokenizer()
+    class Split:
+        name_or_path = "toy"
+        def __call__(self, text, add_special_tokens=False):
+            return tok("yes no" if text == "yes" else text, add_special_tokens=False)
+    with pytest.raises(ValueError, match="model toy: answer word 'yes' is 2 tokens"):
+        T.answer_ids(Split())
+
+
+def _toy_data():
+    from data import Retrieval
+    corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(
+        ["walk to computer", "find mouse", "grab cup", "drink water", "sit on chair", "open sink"])}
+    queries = {f"q{i}": f"task {i} write an email steps done so far walk to computer" for i in range(12)}
+    qrels = {f"q{i}": {f"d{i % 6}": 1} for i in range(12)}
+    return Retrieval("toy", corpus, {"train": queries, "test": dict(queries)}, {"train": qrels, "test": dict(qrels)})
+
+
+def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path, monkeypatch):
+    """A few SFT steps (4) lower the loss; saving and loading the trained tensors gives identical scores; a
+    checkpoint on another base model is refused."""
+    from evaluate import BM25
+    tok = make_tokenizer()
+    lm = make_lm(tok)
+    t = T.Teacher(lm, tok, batch_size=8)
+    d = _toy_data()
+    cfg = T.TrainConfig(bench="toy", train_layers=1, lr=3e-3, epochs=6, batch_size=6, warmup=0.0,
+                        max_train_queries=0, quiet=True, output_dir=str(tmp_path))
+    hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
+    first, last = sum(hist["losses"][:3]) / 3, sum(hist["losses"][-3:]) / 3
+    assert last < first
+    from llm import fingerprint
+    base_fp = fingerprint(make_lm(tok))
+    path = T.save_checkpoint(t, tmp_path, cfg, base_fp, {"step": hist["steps"]})
+    qs, ds = ["task 1 write"] * 3, ["walk to computer", "find mouse", "grab cup"]
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    loaded, meta = T.load_teacher(tmp_path)
+    assert torch.equal(loaded.score(qs, ds), t.score(qs, ds)) and meta["step"] == hist["steps"]
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok, seed=1), tok))
+    with pytest.raises(ValueError, match="base_fingerprint"):
+        T.load_teacher(path)
