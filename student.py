@@ -81,19 +81,21 @@ class Student:
 
 
 # ---------------------------------------------------------------------------- document-embedding cache
-def cache_key(student: Student, doc_ids: list[str], texts: list[str]) -> dict:
+def cache_key(student: Student, doc_ids: list[str], texts: list[str], kind: str) -> dict:
     h = hashlib.blake2b(digest_size=12)
     for d, t in zip(doc_ids, texts):
         h.update(d.encode() + b"\0" + t.encode() + b"\1")
-    return {"model_fingerprint": fingerprint(student.lm), "prompt": student.prompt.describe(),
+    return {"model_fingerprint": fingerprint(student.lm), "prompt": student.prompt.describe(), "kind": kind,
             "corpus": h.hexdigest(), "n_docs": len(doc_ids)}
 
 
 def encode_corpus(student: Student, doc_ids: list[str], texts: list[str], folder: str | Path,
-                  refresh: bool = False) -> torch.Tensor:
-    """h_d for a corpus, cached in `folder` as shards of SHARD documents; resumes after a kill; (n, H)."""
+                  refresh: bool = False, kind: str = "docs") -> torch.Tensor:
+    """h_d (6) for a corpus (kind="docs"), or h_q (5) for a query set (kind="queries"), cached in `folder` as
+    shards of SHARD texts; resumes after a kill; (n, H)."""
     folder = Path(folder)
-    key = cache_key(student, doc_ids, texts)
+    encode = {"docs": student.encode_docs, "queries": student.encode_queries}[kind]
+    key = cache_key(student, doc_ids, texts, kind)
     meta_path = folder / "key.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
@@ -113,7 +115,7 @@ def encode_corpus(student: Student, doc_ids: list[str], texts: list[str], folder
         if path.exists() and Path(str(path) + ".json").exists():
             tensors, _ = load_tensors(path, {"start": i, "corpus": key["corpus"]})
         else:
-            tensors = {"h_d": student.encode_docs(texts[i:i + SHARD], desc=f"documents {i}+")}
+            tensors = {"h_d": encode(texts[i:i + SHARD], desc=f"{kind} {i}+")}
             save_tensors(path, tensors, {"start": i, "corpus": key["corpus"]})
         shards.append(tensors["h_d"])
     return torch.cat(shards) if shards else torch.empty(0, student.lm.config.hidden_size)

@@ -259,11 +259,11 @@ def rerank_candidates(data, split: str, bm25, k: int, max_queries: int, seed: in
     return {q: (pool if len(pool) <= k else bm25.top(queries[q], k)) for q in qids}
 
 
-def teacher_run(teacher: Teacher, data, split: str, candidates: dict[str, list[str]], desc="teacher") -> dict:
-    """Score every (query, candidate) and return a run {qid: {doc id: s_T}}."""
-    queries, _ = data.split(split)
+def teacher_run(teacher: Teacher, queries: dict[str, str], candidates: dict[str, list[str]], doc_text,
+                desc: str = "teacher") -> dict[str, dict[str, float]]:
+    """Score every (query, candidate) and return a run {qid: {doc id: s_T}}; doc_text maps a doc id to its text."""
     flat = [(q, d) for q, ds in candidates.items() for d in ds]
-    s = teacher.score([queries[q] for q, _ in flat], [data.doc_text(d) for _, d in flat], desc)
+    s = teacher.score([queries[q] for q, _ in flat], [doc_text(d) for _, d in flat], desc)
     run: dict[str, dict[str, float]] = {}
     for (q, d), v in zip(flat, s.tolist()):
         run.setdefault(q, {})[d] = v
@@ -274,8 +274,8 @@ def dev_metric(teacher, data, split, bm25, cfg: TrainConfig, desc: str) -> dict:
     from evaluate import evaluate_run
 
     cands = rerank_candidates(data, split, bm25, cfg.rerank_k, cfg.max_dev_queries, cfg.seed)
-    _, qrels = data.split(split)
-    m = evaluate_run(teacher_run(teacher, data, split, cands, desc), {q: qrels[q] for q in cands})
+    queries, qrels = data.split(split)
+    m = evaluate_run(teacher_run(teacher, queries, cands, data.doc_text, desc), {q: qrels[q] for q in cands})
     protocol = "all candidates" if len(data.corpus) <= cfg.rerank_k else f"BM25 top-{cfg.rerank_k}"
     return {"R@1": m["R@1"], "MRR@10": m["MRR@10"], "n_queries": len(cands), "protocol": protocol, "split": split}
 

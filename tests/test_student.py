@@ -95,7 +95,7 @@ def test_doc_cache_round_trip_resume_and_stale(tiny, tmp_path, monkeypatch):
     (tmp_path / "c" / "shard-00002.safetensors").unlink()  # as if killed before the last shard
     calls = []
     orig = s.encode_docs
-    s.encode_docs = lambda t, desc="": calls.append(len(t)) or orig(t)
+    s.encode_docs = lambda t, desc="": calls.append(len(t)) or orig(t)  # noqa: E731
     h2 = encode_corpus(s, ids, texts, tmp_path / "c")
     assert torch.equal(h1, h2) and calls == [1]
     other = Student(Teacher(make_lm(tok, seed=3), tok), width=8)

@@ -1,0 +1,340 @@
+"""On-policy distillation of the teacher into the JEPA student: the project's main job (METHOD.md, "On-policy
+distillation", equations (8)-(10)).
+
+    python distill.py                                   # embedded SmolLM2-135M on VirtualHome, offline, CPU
+    python distill.py --quick                           # a smaller CPU run of the same pipeline
+    python distill.py --bench esconv --data-dir ../shared/data/esconv
+    python distill.py --model Qwen/Qwen2-7B-Instruct --bench esconv --max-train-queries 0 --max-test-queries 0  # GPU
+
+Steps, numbered as in METHOD.md:
+    (0) teacher: load runs/teacher-{bench}/ or train it (teacher.py)
+    (1) student: frozen teacher + predictor; encode and cache the corpus (6) and the training queries (5)
+    rounds r = 0..R-1:
+        (2) score every candidate for every training query with the current student (7, factorised)
+        (3) sample k documents per query from softmax(s_S / tau_s), plus the gold ones (policy off: fixed
+            BM25 + random negatives, the same number of teacher calls)
+        (4) teacher targets h_T for pairs not seen yet (cached by pair; z_T = W h_T is recomputed, W is frozen)
+        (5) train the predictor E epochs on all pairs so far with L_JEPA + lmbda * L_RKL (10)
+    (6) evaluate on the held-out split: bm25, llm-biencoder, teacher, student
+    (7) save the predictor (safetensors + JSON sidecar) and the results
+
+Choices not fixed by the paper: the whole procedure above (rounds, k, tau_s, the pair cache), a fresh AdamW per
+round, sampling without replacement, every random draw seeded from (seed, round). `--resume` continues from the last
+finished round and from every finished chunk of teacher targets, and ends with the same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common import (add_dataclass_args, atomic_write, cache_dir, config_from_args, field, load_tensors, progress,
+                    save_tensors, set_seed, write_json, write_run_config)
+from llm import DEFAULT_MODEL, fingerprint
+from losses import total_loss
+from student import Student, encode_corpus, save_predictor
+
+CHUNK = 64  # teacher targets are computed and saved in chunks of this many pairs
+
+
+@dataclass
+class DistillConfig:
+    bench: str = field("virtualhome", "virtualhome | esconv | saycan | msmarco | BEIR name")
+    data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
+    model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder (for a new teacher)")
+    device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")
+    rounds: int = field(2, "on-policy rounds R")
+    k: int = field(4, "documents sampled per training query per round (plus the gold ones)")
+    tau_s: float = field(1.0, "temperature of the student's sampling policy softmax(s_S / tau_s)")
+    lmbda: float = field(1.0, "weight of the reverse KL in (10)")
+    tau: float = field(1.0, "temperature of the KL distributions (9)")
+    kl_support: str = field("full", "full vocabulary or only the answer tokens", choices=["full", "answer"])
+    policy: str = field("on", "on: sample from the student; off: fixed BM25 + random negatives", choices=["on", "off"])
+    no_jepa: bool = field(False, "ablation: drop L_JEPA")
+    no_rkl: bool = field(False, "ablation: drop L_RKL (same as --lmbda 0)")
+    width: int = field(256, "predictor width P")
+    epochs: int = field(30, "predictor epochs E per round over all pairs so far")
+    lr: float = field(1e-3, "AdamW learning rate of the predictor")
+    batch_size: int = field(32, "pairs per predictor step")
+    seed: int = field(0, "seed of every random draw")
+    max_train_queries: int = field(160, "training queries (0 = all)")
+    max_test_queries: int = field(96, "held-out queries evaluated (0 = all)")
+    rerank_k: int = field(8, "teacher reranks all candidates if the pool has at most this many, else the student's top-k")
+    teacher_batch: int = field(8, "pairs per teacher / encoder forward")
+    output_dir: str = field("", "outputs (default runs/distill-{bench}[-quick])")
+    resume: bool = field(False, "continue a killed run in output_dir")
+    refresh_cache: bool = field(False, "rebuild a document cache made for other weights or prompts")
+    quick: bool = field(False, "small CPU run: fewer queries, rounds and epochs")
+    quiet: bool = field(False, "no progress bars")
+
+    def __post_init__(self):
+        if self.quick:
+            self.max_train_queries, self.max_test_queries = min(self.max_train_queries or 32, 32), min(
+                self.max_test_queries or 24, 24)
+            self.rounds, self.k, self.epochs, self.rerank_k = min(self.rounds, 2), min(self.k, 2), min(self.epochs, 20), min(self.rerank_k, 4)
+        if self.rounds < 1 or self.k < 1 or self.epochs < 1 or self.width < 1 or self.batch_size < 1:
+            raise ValueError("rounds, k, epochs, width and batch_size must be >= 1")
+        if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0:
+            raise ValueError("tau_s > 0, tau > 0, lmbda >= 0, lr > 0")
+        if self.no_jepa and (self.no_rkl or self.lmbda == 0):
+            raise ValueError("--no-jepa together with --no-rkl leaves no loss")
+        suffix = "-quick" if self.quick else ""
+        self.teacher = self.teacher or f"runs/teacher-{self.bench}{suffix}"
+        self.output_dir = self.output_dir or f"runs/distill-{self.bench}{suffix}"
+
+    @property
+    def lmbda_eff(self) -> float:
+        return 0.0 if self.no_rkl else self.lmbda
+
+
+# ---------------------------------------------------------------------------- (0) teacher
+def step0_teacher(cfg: DistillConfig):
+    from teacher import TrainConfig, cmd_train, load_teacher
+
+    if not Path(cfg.teacher, "teacher.safetensors").exists():
+        print(f"[distill] (0) no teacher at {cfg.teacher}: training one")
+        tcfg = TrainConfig(bench=cfg.bench, data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
+                           output_dir=cfg.teacher, seed=cfg.seed, quiet=cfg.quiet, batch_size=cfg.teacher_batch)
+        if cfg.quick:
+            tcfg.max_train_queries, tcfg.max_dev_queries, tcfg.rerank_k = 32, 16, 4
+        cmd_train(tcfg)
+    teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet)
+    return teacher, meta
+
+
+# ---------------------------------------------------------------------------- (3) sampling
+def sample_policy(scores: torch.Tensor, exclude: list[set[int]], k: int, tau_s: float,
+                  gen: torch.Generator) -> list[list[int]]:
+    """k documents per query without replacement from softmax(s_S / tau_s) over the documents not excluded (the
+    gold ones and those already sent to the teacher), so every round costs the same number of teacher calls."""
+    out = []
+    for row, g in zip(scores, exclude):
+        logits = row / tau_s
+        logits[list(g)] = -math.inf
+        probs = torch.softmax(logits.double(), 0)
+        kk = min(k, int((probs > 0).sum()))
+        out.append(torch.multinomial(probs, kk, replacement=False, generator=gen).tolist())
+    return out
+
+
+def sample_fixed(bm25_top: list[list[int]], gold: list[set[int]], n_docs: int, k: int, r: int,
+                 gen: torch.Generator) -> list[list[int]]:
+    """Policy off: round r takes the next k of a fixed list alternating BM25 hard negatives and random ones."""
+    out = []
+    for top, g in zip(bm25_top, gold):
+        rand = [d for d in torch.randperm(n_docs, generator=gen).tolist() if d not in g]
+        hard = [d for d in top if d not in g]
+        mixed, seen = [], set()
+        for pair in zip(hard, rand):
+            for d in pair:
+                if d not in seen:
+                    seen.add(d)
+                    mixed.append(d)
+        out.append(mixed[r * k:(r + 1) * k])
+    return out
+
+
+# ---------------------------------------------------------------------------- (4) teacher targets
+class PairCache:
+    """h_T by (query id, doc id), persisted as one safetensors file per finished chunk."""
+
+    def __init__(self, folder: Path, teacher_fp: str):
+        self.folder, self.fp = folder, teacher_fp
+        self.h: dict[tuple[str, str], torch.Tensor] = {}
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(folder.glob("chunk-*.safetensors")):
+            t, meta = load_tensors(path, {"teacher_fingerprint": teacher_fp})
+            for key, row in zip(meta["pairs"], t["h_T"]):
+                self.h[tuple(key)] = row
+
+    def fill(self, pairs: list[tuple[str, str]], teacher, queries: dict[str, str], doc_text, tag: str, quiet: bool):
+        todo = [p for p in dict.fromkeys(pairs) if p not in self.h]
+        chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
+        for c, chunk in enumerate(progress(chunks, desc=f"(4) teacher targets {tag}", quiet=quiet)):
+            h = teacher.encode_pairs([queries[q] for q, _ in chunk], [doc_text(d) for _, d in chunk], desc="teacher")
+            save_tensors(self.folder / f"chunk-{tag}-{c:05d}.safetensors", {"h_T": h},
+                         {"teacher_fingerprint": self.fp, "pairs": [list(p) for p in chunk]})
+            for p, row in zip(chunk, h):
+                self.h[p] = row
+        return len(todo)
+
+
+# ---------------------------------------------------------------------------- (5) predictor training
+def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str]]], h_q: torch.Tensor,
+                    h_d: torch.Tensor, cache: PairCache, cfg: DistillConfig, r: int, log: list[dict]) -> None:
+    """E epochs of (10) over all pairs so far; a fresh AdamW per round; NaN/inf stops the run."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
+    dev = student.u.device
+    qi = torch.tensor([p[0] for p in pairs])
+    di = torch.tensor([p[1] for p in pairs])
+    h_T = torch.stack([cache.h[p[2]] for p in pairs])
+    support = (student.y_pos, student.y_neg) if cfg.kl_support == "answer" else None
+    opt = torch.optim.AdamW(student.predictor.parameters(), lr=cfg.lr)
+    student.predictor.train()
+    step = 0
+    for epoch in progress(range(cfg.epochs), desc=f"(5) predictor round {r}", quiet=cfg.quiet):
+        order = torch.randperm(len(pairs), generator=gen)
+        parts_sum = {"jepa": 0.0, "kl": 0.0, "total": 0.0}
+        for i in range(0, len(order), cfg.batch_size):
+            b = order[i:i + cfg.batch_size]
+            hq, hd, ht = h_q[qi[b]].to(dev), h_d[di[b]].to(dev), h_T[b].to(dev)
+            h_hat, z_s, _ = student.forward(hq, hd)
+            z_t = ht @ student.head.T  # (2) z_T = W h_T, exact: the head is the teacher's, frozen
+            loss, parts = total_loss(h_hat, ht, z_s, z_t, cfg.lmbda_eff, cfg.tau, support, not cfg.no_jepa)
+            if not math.isfinite(parts["total"]):
+                raise FloatingPointError(f"round {r} epoch {epoch} step {step}: loss is {parts['total']} "
+                                         f"(jepa {parts['jepa']}, kl {parts['kl']})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            for k in parts_sum:
+                parts_sum[k] += parts[k] * len(b)
+        log.append({"round": r, "epoch": epoch, "step": step, "pairs": len(pairs),
+                    **{k: v / len(pairs) for k, v in parts_sum.items()}})
+    student.predictor.eval()
+
+
+def write_log(path: Path, log: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(log[0]))
+    w.writeheader()
+    w.writerows(log)
+    atomic_write(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------- the loop
+def run(cfg: DistillConfig) -> dict:
+    from data import load_bench, train_test_splits
+    from evaluate import BM25
+    from teacher import subset
+
+    t_start = time.time()
+    out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        raise FileExistsError(f"{out} is not empty: pass --resume to continue it or --output-dir for a new run")
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_config(out, cfg)
+    set_seed(cfg.seed)
+    timings: dict[str, float] = {}
+
+    data = load_bench(cfg.bench, cfg.data_dir or None)
+    train_split, test_split = train_test_splits(data)
+    train_q, train_rel = data.split(train_split)
+    qids = subset(list(train_q), cfg.max_train_queries, torch.Generator().manual_seed(cfg.seed))
+    doc_ids = list(data.corpus)
+    doc_index = {d: i for i, d in enumerate(doc_ids)}
+    gold = [{doc_index[d] for d, g in train_rel[q].items() if g > 0} for q in qids]
+
+    t0 = time.time()
+    teacher, tmeta = step0_teacher(cfg)
+    timings["0_teacher"] = time.time() - t0
+    teacher_fp = fingerprint(teacher.lm)
+
+    t0 = time.time()
+    student = Student(teacher, cfg.width)
+    h_d = encode_corpus(student, doc_ids, [data.doc_text(d) for d in doc_ids],
+                        cache_dir("docemb", f"{cfg.bench}-{teacher_fp}"), cfg.refresh_cache)
+    timings["1_encode_docs"] = time.time() - t0
+    t0 = time.time()
+    h_q = encode_corpus(student, qids, [train_q[q] for q in qids], out / "train_queries", kind="queries")
+    timings["1_encode_train_queries"] = time.time() - t0
+
+    cache = PairCache(out / "pairs", teacher_fp)
+    state = out / "state.safetensors"
+    first_round, log, pairs = 0, [], []
+    if cfg.resume and state.exists():
+        tensors, meta = load_tensors(state, {"teacher_fingerprint": teacher_fp})
+        student.predictor.load_state_dict(tensors)
+        first_round, log = meta["round"] + 1, meta["log"]
+        pairs = [(a, b, tuple(c)) for a, b, c in meta["pairs"]]
+        print(f"[distill] resuming after round {meta['round']}")
+    bm25 = BM25({d: data.doc_text(d) for d in doc_ids}) if cfg.policy == "off" else None
+    bm25_top = [[doc_index[d] for d in bm25.top(train_q[q], 4 * cfg.k * cfg.rounds + 8)] for q in qids] if bm25 else None
+    for r in range(first_round, cfg.rounds):
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
+        # (2) score every candidate with the current student; (3) sample k per query plus gold
+        if cfg.policy == "on":
+            scores = student.score_all(h_q, h_d)
+            seen = [set(g) for g in gold]
+            for i, d, _ in pairs:
+                seen[i].add(d)
+            picks = sample_policy(scores, seen, cfg.k, cfg.tau_s, gen)
+        else:
+            picks = sample_fixed(bm25_top, gold, len(doc_ids), cfg.k, r, gen)
+        new = [(i, d) for i, (p, g) in enumerate(zip(picks, gold)) for d in sorted(g) + p]
+        known = {p[:2] for p in pairs}
+        pairs += [(i, d, (qids[i], doc_ids[d])) for i, d in new if (i, d) not in known]
+        # (4) teacher targets for new pairs only
+        cache.fill([p[2] for p in pairs], teacher, train_q, data.doc_text, f"r{r}", cfg.quiet)
+        # (5) train the predictor on all pairs so far
+        train_predictor(student, pairs, h_q, h_d, cache, cfg, r, log)
+        last = log[-1]
+        print(f"[distill] round {r}: {len(pairs)} pairs, teacher calls so far {len(cache.h)}, "
+              f"loss {last['total']:.4f} (jepa {last['jepa']:.4f}, kl {last['kl']:.4f}), {time.time() - t0:.0f}s")
+        save_tensors(state, student.predictor.state_dict(),
+                     {"round": r, "log": log, "pairs": [[a, b, list(c)] for a, b, c in pairs],
+                      "teacher_fingerprint": teacher_fp})
+        write_log(out / "metrics.csv", log)
+        timings[f"round_{r}"] = time.time() - t0
+
+    # (6) evaluate on the held-out split
+    t0 = time.time()
+    res = evaluate_all(cfg, data, test_split, teacher, student, h_d, timings["1_encode_docs"])
+    timings["6_evaluate"] = time.time() - t0
+    # (7) save
+    meta = {"teacher_checkpoint": str(Path(cfg.teacher) / "teacher.safetensors"), "base_model": tmeta.get("base_model"),
+            "teacher_fingerprint": teacher_fp, "config": dataclasses.asdict(cfg), "rounds": cfg.rounds,
+            "pairs": len(pairs), "teacher_calls": len(cache.h), "metrics": res["systems"]["student"]}
+    save_predictor(student, out / "predictor.safetensors", meta)
+    timings["total"] = time.time() - t_start
+    res["timings_s"] = timings
+    res["teacher_calls"] = len(cache.h)
+    write_json(out / "results.json", res)
+    print(f"[distill] done in {timings['total']:.0f}s; outputs in {out}")
+    return res
+
+
+def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student, h_d: torch.Tensor,
+                 d_seconds: float) -> dict:
+    """bm25, llm-biencoder, teacher (all candidates or the student's top-k) and student on the held-out split."""
+    from evaluate import report, system_biencoder, system_bm25, system_student, system_teacher
+    from teacher import subset
+
+    queries, qrels = data.split(split)
+    qids = subset(list(queries), cfg.max_test_queries, torch.Generator().manual_seed(cfg.seed + 7))
+    queries = {q: queries[q] for q in qids}
+    doc_ids = list(data.corpus)
+    t0 = time.perf_counter()
+    h_q = student.encode_queries([queries[q] for q in qids], desc="(6) test queries")
+    q_seconds = time.perf_counter() - t0
+    results = {"bm25": system_bm25(data, queries, cfg.quiet),
+               "llm-biencoder": system_biencoder(qids, doc_ids, h_q, h_d, q_seconds, d_seconds),
+               "student": system_student(student, qids, doc_ids, h_q, h_d, q_seconds, d_seconds)}
+    results["teacher"] = system_teacher(teacher, data, queries, results["student"].run, cfg.rerank_k, "student")
+    header = (f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents; "
+              f"teacher: {results['teacher'].note}")
+    order = ["bm25", "llm-biencoder", "teacher", "student"]
+    return report(cfg.output_dir, cfg.bench, split, {q: qrels[q] for q in qids}, {k: results[k] for k in order},
+                  header, extra={"protocol": {"teacher": results["teacher"].note,
+                                              "student": "exact factorised scoring of every document"}})
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, DistillConfig)
+    return run(config_from_args(DistillConfig, p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

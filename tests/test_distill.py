@@ -1,0 +1,84 @@
+"""distill.py end to end on a tiny random model and a VirtualHome-layout fixture task."""
+import csv
+import json
+
+import pytest
+
+import distill
+import teacher as T
+from conftest import make_lm, make_tokenizer, write_virtualhome
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
+    tok = make_tokenizer()
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    root = write_virtualhome(tmp_path, n_programs=10)
+    return tmp_path, root
+
+
+def _args(tmp, root, out, *extra):
+    return ["--data-dir", str(root), "--teacher", str(tmp / "teacher"), "--output-dir", str(tmp / out),
+            "--rounds", "2", "--k", "3", "--epochs", "15", "--width", "16", "--lr", "3e-3", "--batch-size", "8",
+            "--max-train-queries", "0", "--max-test-queries", "0", "--rerank-k", "4", "--quiet", *extra]
+
+
+def test_end_to_end_schema_loss_and_determinism(env):
+    """Loss goes down; results.json has the schema; two runs with one seed give identical numbers."""
+    tmp, root = env
+    a = distill.main(_args(tmp, root, "a"))
+    for name in ("bm25", "llm-biencoder", "teacher", "student"):
+        assert set(a["systems"][name]) >= {"R@1", "R@3", "R@10", "MRR@10", "nDCG@10", "ms_per_query"}
+    assert {"bench", "split", "n_queries", "systems"} <= set(json.loads((tmp / "a" / "results.json").read_text()))
+    rows = list(csv.DictReader(open(tmp / "a" / "metrics.csv")))
+    r0 = [float(r["total"]) for r in rows if r["round"] == "0"]
+    assert r0[-1] < r0[0]
+    assert (tmp / "a" / "predictor.safetensors").exists() and (tmp / "a" / "results.md").exists()
+    assert json.loads((tmp / "a" / "predictor.safetensors.json").read_text())["teacher_checkpoint"].endswith(
+        "teacher.safetensors")
+    b = distill.main(_args(tmp, root, "b"))
+    assert a["systems"] == {**b["systems"], **{k: {**b["systems"][k], "ms_per_query": a["systems"][k]["ms_per_query"],
+                                                   "corpus_encode_s": a["systems"][k]["corpus_encode_s"]}
+                                                for k in b["systems"]}}
+
+
+def test_resume_equals_uninterrupted(env, monkeypatch):
+    """A run killed in round 1 and resumed ends with the same metrics as an uninterrupted run."""
+    tmp, root = env
+    full = distill.main(_args(tmp, root, "full"))
+    orig = distill.train_predictor
+
+    def dies(student, pairs, h_q, h_d, cache, cfg, r, log):
+        if r == 1:
+            raise KeyboardInterrupt("killed")
+        return orig(student, pairs, h_q, h_d, cache, cfg, r, log)
+    monkeypatch.setattr(distill, "train_predictor", dies)
+    with pytest.raises(KeyboardInterrupt):
+        distill.main(_args(tmp, root, "cut"))
+    monkeypatch.setattr(distill, "train_predictor", orig)
+    with pytest.raises(FileExistsError, match="--resume"):
+        distill.main(_args(tmp, root, "cut"))
+    resumed = distill.main(_args(tmp, root, "cut", "--resume"))
+    strip = lambda r: {k: {m: v for m, v in s.items() if m not in ("ms_per_query", "corpus_encode_s")}  # noqa: E731
+                       for k, s in r["systems"].items()}
+    assert strip(resumed) == strip(full)
+
+
+def test_nan_loss_stops_with_parts(env, monkeypatch):
+    """A non-finite loss stops the run and names the round, step and loss parts."""
+    tmp, root = env
+    monkeypatch.setattr(distill, "total_loss", lambda *a, **k: (a[0].sum() * float("nan"),
+                                                               {"jepa": float("nan"), "kl": 0.0, "total": float("nan")}))
+    with pytest.raises(FloatingPointError, match=r"round 0 epoch 0 step 0: loss is nan \(jepa nan, kl 0.0\)"):
+        distill.main(_args(tmp, root, "nan"))
+
+
+def test_policy_off_and_ablations_run(env):
+    """--policy off uses the same number of teacher calls per round; --no-jepa and --no-rkl run."""
+    tmp, root = env
+    on = distill.main(_args(tmp, root, "on"))
+    off = distill.main(_args(tmp, root, "off", "--policy", "off"))
+    assert off["teacher_calls"] == on["teacher_calls"]
+    distill.main(_args(tmp, root, "nj", "--no-jepa"))
+    distill.main(_args(tmp, root, "nr", "--no-rkl"))
