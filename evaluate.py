@@ -285,3 +285,176 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
     atomic_write(out / "results.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return res
+
+
+# ---------------------------------------------------------------------------- CLI
+@dataclass
+class EvalConfig:
+    bench: str = field("virtualhome", "beir | msmarco | esconv | saycan | virtualhome | a single BEIR name")
+    datasets: str = field("scifact,nfcorpus,arguana,fiqa,scidocs,trec-covid", "BEIR names for --bench beir")
+    data_dir: str = field("", "local copy (for beir: a folder holding one sub-folder per data set, or the set)")
+    systems: str = field("bm25,llm-biencoder,minilm,teacher,student", "comma-separated systems to compare")
+    split: str = field("", "split to evaluate (default: test, or dev where there is no test)")
+    max_queries: int = field(0, "evaluate a seeded subset of queries (0 = all)")
+    max_docs: int = field(0, "keep the judged documents plus a seeded random rest up to this many (0 = all)")
+    rerank_k: int = field(16, "teacher reranks the first stage's top-k (all candidates when the pool is smaller)")
+    first_stage: str = field("", "first stage for the teacher (default: student if available, else bm25)")
+    teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher)")
+    student: str = field("", "distill.py output folder with predictor.safetensors (default runs/distill-{bench})")
+    model: str = field("smollm2-135m", "LLM for llm-biencoder when no teacher checkpoint exists")
+    device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
+    output_dir: str = field("", "outputs (default runs/eval-{bench})")
+    seed: int = field(0, "seed of the query / document subsets")
+    quiet: bool = field(False, "no progress bars")
+
+    def __post_init__(self):
+        known = {"bm25", "llm-biencoder", "minilm", "teacher", "student"}
+        bad = set(self.system_list) - known
+        if bad:
+            raise ValueError(f"--systems: unknown {sorted(bad)}; choose from {sorted(known)}")
+        self.output_dir = self.output_dir or f"runs/eval-{self.bench}"
+
+    @property
+    def system_list(self) -> list[str]:
+        return [s.strip() for s in self.systems.split(",") if s.strip()]
+
+
+def shrink(data, split: str, cfg: EvalConfig):
+    """Seeded subsets of queries and documents (judged documents of the kept queries always stay)."""
+    from teacher import subset
+
+    queries, qrels = data.split(split)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    qids = subset(list(queries), cfg.max_queries, gen)
+    if cfg.max_docs and cfg.max_docs < len(data.corpus):
+        judged = {d for q in qids for d in qrels[q]}
+        rest = [d for d in data.corpus if d not in judged]
+        keep = judged | set(subset(rest, max(0, cfg.max_docs - len(judged)), gen))
+        data = type(data)(data.name, {d: v for d, v in data.corpus.items() if d in keep}, data.queries, data.qrels)
+    return data, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
+
+
+def load_models(cfg: EvalConfig, bench: str):
+    """(teacher or None, student or None, note). The student brings its own teacher checkpoint."""
+    from student import Student, load_predictor
+    from teacher import load_teacher
+
+    student_ckpt = Path(cfg.student or f"runs/distill-{bench}") / "predictor.safetensors"
+    wants_student = "student" in cfg.system_list
+    teacher_dir = cfg.teacher or f"runs/teacher-{bench}"
+    if wants_student and student_ckpt.exists():
+        teacher_dir = str(Path(__import__("json").loads(Path(str(student_ckpt) + ".json").read_text())
+                                ["teacher_checkpoint"]).parent)
+    needs_llm = {"llm-biencoder", "teacher", "student"} & set(cfg.system_list)
+    if not needs_llm:
+        return None, None
+    if Path(teacher_dir, "teacher.safetensors").exists():
+        teacher, _ = load_teacher(teacher_dir, device=cfg.device, quiet=cfg.quiet)
+    else:
+        if "teacher" in cfg.system_list:
+            print(f"[evaluate] no teacher checkpoint at {teacher_dir}: 'teacher' is the zero-shot {cfg.model}")
+        teacher, _ = load_teacher(None, cfg.model, cfg.device, quiet=cfg.quiet)
+    student = Student(teacher)
+    if wants_student:
+        if not student_ckpt.exists():
+            raise FileNotFoundError(f"{student_ckpt}: no student checkpoint; run `python distill.py --bench {bench}` "
+                                    "or pass --student DIR, or leave 'student' out of --systems")
+        from llm import fingerprint
+        load_predictor(student, student_ckpt, fingerprint(teacher.lm))
+    return teacher, student
+
+
+def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path) -> dict:
+    from common import cache_dir
+    from data import train_test_splits
+    from llm import fingerprint
+    from student import encode_corpus
+
+    if cfg.split:
+        split = cfg.split
+    else:
+        split = train_test_splits(data)[1] if len(data.queries) > 1 else next(iter(data.queries))
+    data, queries, qrels = shrink(data, split, cfg)
+    qids, doc_ids = list(queries), list(data.corpus)
+    results: dict[str, SystemResult] = {}
+    if "bm25" in cfg.system_list:
+        results["bm25"] = system_bm25(data, queries, cfg.quiet)
+    if "minilm" in cfg.system_list:
+        r = system_minilm(data, queries, cfg.quiet)
+        if r is not None:
+            results["minilm"] = r
+    if student is not None and {"llm-biencoder", "student"} & set(cfg.system_list):
+        t0 = time.perf_counter()
+        key = f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}"
+        h_d = encode_corpus(student, doc_ids, [data.doc_text(d) for d in doc_ids], cache_dir("docemb", key))
+        d_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        h_q = student.encode_queries([queries[q] for q in qids])
+        q_seconds = time.perf_counter() - t0
+        if "llm-biencoder" in cfg.system_list:
+            results["llm-biencoder"] = system_biencoder(qids, doc_ids, h_q, h_d, q_seconds, d_seconds)
+        if "student" in cfg.system_list:
+            results["student"] = system_student(student, qids, doc_ids, h_q, h_d, q_seconds, d_seconds)
+    if "teacher" in cfg.system_list:
+        first = cfg.first_stage or ("student" if "student" in results else "bm25")
+        if first not in results:
+            results[first] = {"bm25": lambda: system_bm25(data, queries, cfg.quiet)}[first]()
+        results["teacher"] = system_teacher(teacher, data, queries, results[first].run, cfg.rerank_k, first)
+    header = (f"{len(qids)} of {len(data.split(split)[0])} {split} queries"
+              f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
+              f"{' (subset)' if cfg.max_docs else ''}")
+    order = [s for s in cfg.system_list if s in results]
+    beir_format = name not in ("esconv", "saycan", "virtualhome")
+    return report(out, name, split, qrels, {k: results[k] for k in order}, header,
+                  ignore_identical=cfg.ignore_identical and beir_format)
+
+
+def run(cfg: EvalConfig) -> dict:
+    from data import load_bench
+
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_config(out, cfg)
+    names = [n.strip() for n in cfg.datasets.split(",")] if cfg.bench == "beir" else [cfg.bench]
+    loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}  # fail early (offline, bad files)
+    teacher, student = load_models(cfg, cfg.bench if cfg.bench != "beir" else names[0])
+    per = {n: evaluate_bench(cfg, n, d, teacher, student, out / n if len(names) > 1 else out)
+           for n, d in loaded.items()}
+    if len(names) > 1:
+        systems = sorted({s for r in per.values() for s in r["systems"]})
+        mean = {s: float(np.mean([per[n]["systems"][s]["nDCG@10"] for n in names if s in per[n]["systems"]]))
+                for s in systems}
+        summary = {"bench": "beir", "datasets": names, "mean_nDCG@10": mean,
+                   "per_dataset": {n: {s: r["systems"][s]["nDCG@10"] for s in r["systems"]} for n, r in per.items()}}
+        write_json(out / "results.json", summary)
+        print("mean nDCG@10 over " + ", ".join(names) + ": " + ", ".join(f"{s} {v:.4f}" for s, v in mean.items()))
+        return summary
+    return per[names[0]]
+
+
+def _data_dir(cfg: EvalConfig, name: str) -> str | None:
+    if not cfg.data_dir:
+        return None
+    if cfg.bench == "beir" and (Path(cfg.data_dir) / name).is_dir():
+        return str(Path(cfg.data_dir) / name)
+    return cfg.data_dir
+
+
+def main(argv=None) -> dict:
+    import sys
+
+    from data import DataError
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, EvalConfig)
+    cfg = config_from_args(EvalConfig, p.parse_args(argv))
+    try:
+        return run(cfg)
+    except (ConnectionError, DataError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Runtime against document length: the teacher's cost grows with L_d (quadratically once attention dominates), the
+student's online cost does not (METHOD.md, "Complexity"; the paper's claim "quadratic -> linear").
+
+    python complexity.py                       # embedded model, L_d = 16 .. 512, n = 16, about 5 min on 2 CPU cores
+    python complexity.py --quick               # L_d = 16 .. 128, n = 4, 1 repeat
+    python complexity.py --device cuda --max-len 8192 --model Qwen/Qwen2-7B-Instruct
+
+Per query with n candidates, l layers, hidden H, query length L_q:
+    (a) teacher:          n joint passes over T = L_d + L_q (+ template) tokens: n * l * (c1 T H^2 + c2 T^2 H)
+    (b) student online:   one pass over the query (+ template) + factorised scoring of n cached documents: O(n P)
+    (c) student offline:  one pass over the document prefix, once per document (amortised over all queries)
+    (d) FLOPs of each from the model config, the attention term (4 T^2 d_attn per layer) apart from the linear one.
+
+Choices not fixed by the paper: the FLOP accounting counts the full T x T attention matrix (what SDPA computes
+without a causal shortcut) and leaves out embeddings, norms and the head (the teacher needs two rows of it); texts
+are VirtualHome programs cut to exactly L tokens; slopes are least-squares fits of log time on log L_d over the upper
+half of the lengths.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import add_dataclass_args, atomic_write, config_from_args, field, progress, set_seed, write_json, write_run_config
+from llm import DEFAULT_MODEL, last_hidden, load_llm
+
+
+@dataclass
+class ComplexityConfig:
+    model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder")
+    device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    min_len: int = field(16, "shortest document length in tokens (then doubling)")
+    max_len: int = field(512, "cap on the document length (also capped by the model's limit)")
+    query_len: int = field(32, "query length L_q in tokens")
+    n: int = field(16, "candidate documents per query")
+    width: int = field(256, "predictor width P")
+    batch_size: int = field(16, "sequences per forward")
+    repeats: int = field(3, "timed repeats per point (after one warm-up)")
+    output_dir: str = field("results/complexity", "where csv, json, png and md go")
+    seed: int = field(0, "seed")
+    quick: bool = field(False, "L_d up to 128, n = 4, 1 repeat")
+    quiet: bool = field(False, "no progress bars")
+
+    def __post_init__(self):
+        if self.quick:
+            self.max_len, self.n, self.repeats = min(self.max_len, 128), min(self.n, 4), 1
+        if self.min_len < 1 or self.max_len < self.min_len or self.n < 1 or self.repeats < 1:
+            raise ValueError("need 1 <= min_len <= max_len, n >= 1, repeats >= 1")
+
+
+# ---------------------------------------------------------------------------- (d) FLOPs
+def layer_flops(cfg, tokens: int) -> tuple[float, float]:
+    """(linear, attention) FLOPs of one decoder layer over a sequence of `tokens`.
+    linear = 2 T (H d_attn + 2 H d_kv + d_attn H + 3 H I)   (q, k, v, o projections and the gated MLP)
+    attention = 4 T^2 d_attn                                 (Q K^T and A V, the full T x T matrix)"""
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    head_dim = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
+    d_attn = cfg.num_attention_heads * head_dim
+    d_kv = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * head_dim
+    linear = 2 * tokens * (h * d_attn + 2 * h * d_kv + d_attn * h + 3 * h * inter)
+    attention = 4 * tokens ** 2 * d_attn
+    return float(linear), float(attention)
+
+
+def pass_flops(cfg, tokens: int) -> tuple[float, float]:
+    lin, att = layer_flops(cfg, tokens)
+    return cfg.num_hidden_layers * lin, cfg.num_hidden_layers * att
+
+
+def crossover_length(cfg) -> float:
+    """Sequence length at which the attention FLOPs of a pass equal its linear FLOPs."""
+    lin1, _ = layer_flops(cfg, 1)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return lin1 / (4 * cfg.num_attention_heads * head_dim)
+
+
+def theory(cfg, l_d: int, l_q: int, template: int, n: int, width: int) -> dict[str, tuple[float, float]]:
+    """(linear, attention) FLOPs per query for (a), (b) and per document for (c)."""
+    t_lin, t_att = pass_flops(cfg, l_d + l_q + template)
+    q_lin, q_att = pass_flops(cfg, l_q + template)
+    d_lin, d_att = pass_flops(cfg, l_d + template)
+    h = cfg.hidden_size
+    predictor = 2 * h * width + n * (3 * width)  # A h_q once, then add + act + dot with v per document
+    return {"teacher": (n * t_lin, n * t_att), "student_online": (q_lin + predictor, q_att),
+            "student_offline": (d_lin, d_att)}
+
+
+# ---------------------------------------------------------------------------- measurement
+def real_tokens(tok, count: int) -> list[int]:
+    """`count` token ids of real text (VirtualHome programs, repeated if needed)."""
+    from data import load_virtualhome
+    data = load_virtualhome()
+    text = " ".join(f"{q}" for q in list(data.queries["train"].values())[::7])
+    ids = tok(text, add_special_tokens=False).input_ids
+    while len(ids) < count:
+        ids = ids + ids
+    return ids[:count]
+
+
+def median_time(fn, repeats: int) -> tuple[float, float, float]:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)), float(min(ts)), float(max(ts))
+
+
+def measure(lm, tok, cfg: ComplexityConfig) -> list[dict]:
+    from jepa import Predictor
+    from teacher import Prompt
+
+    prompt = Prompt(tok, max_doc_tokens=10 ** 9)
+    limit = getattr(lm.config, "max_position_embeddings", 10 ** 9) - cfg.query_len - 64
+    lengths = []
+    L = cfg.min_len
+    while L <= min(cfg.max_len, limit):
+        lengths.append(L)
+        L *= 2
+    pool = real_tokens(tok, cfg.max_len + cfg.query_len + cfg.n)
+    query = pool[:cfg.query_len]
+    dev = next(lm.parameters()).device
+    h = lm.config.hidden_size
+    pred = Predictor(h, cfg.width).to(dev)
+    with torch.no_grad():
+        pred.W2.weight.normal_(0, 0.01)
+    u = torch.randn(h, device=dev)
+    template = len(prompt.pre) + len(prompt.mid) + len(prompt.post)
+    pad = tok.pad_token_id or 0
+    rows = []
+    for L in progress(lengths, desc="lengths", quiet=cfg.quiet):
+        docs = [pool[cfg.query_len + i: cfg.query_len + i + L] for i in range(cfg.n)]
+        joint = [prompt.pre + d + prompt.mid + query + prompt.post for d in docs]
+        q_only = [prompt.pre_q + query + prompt.post_q]
+        d_prefix = [prompt.pre + docs[0]]
+        side = pred.doc_side(torch.randn(cfg.n, h, device=dev)).detach()
+
+        def teacher():
+            last_hidden(lm, joint, cfg.batch_size, pad, quiet=True)
+
+        def online():
+            hq = last_hidden(lm, q_only, 1, pad, quiet=True).to(dev)
+            with torch.no_grad():
+                pred.scores(hq, side, u)
+
+        def offline():
+            last_hidden(lm, d_prefix, 1, pad, quiet=True)
+
+        th = theory(lm.config, L, cfg.query_len, template, cfg.n, cfg.width)
+        for series, fn in (("teacher", teacher), ("student_online", online), ("student_offline", offline)):
+            med, lo, hi = median_time(fn, cfg.repeats)
+            lin, att = th[series]
+            rows.append({"L_d": L, "series": series, "median_s": med, "min_s": lo, "max_s": hi,
+                         "flops_linear": lin, "flops_attention": att, "flops_total": lin + att})
+    return rows
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log y on log x."""
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def summarize(rows: list[dict], lm_config) -> dict:
+    lengths = sorted({r["L_d"] for r in rows})
+    upper = lengths[len(lengths) // 2:] if len(lengths) > 2 else lengths
+    get = lambda s, key: [next(r[key] for r in rows if r["series"] == s and r["L_d"] == L) for L in upper]  # noqa: E731
+    series = ("teacher", "student_online", "student_offline")
+    med = {s: {r["L_d"]: r["median_s"] for r in rows if r["series"] == s} for s in series}
+    return {"slopes": {s: slope(upper, get(s, "median_s")) for s in series},
+            "flop_slopes": {s: slope(upper, get(s, "flops_total")) for s in series},
+            "fit_lengths": upper,
+            "speedup": {L: med["teacher"][L] / med["student_online"][L] for L in lengths},
+            "attention_overtakes_linear_at_tokens": crossover_length(lm_config)}
+
+
+def write_outputs(out: Path, rows: list[dict], summary: dict, cfg: ComplexityConfig, device: str) -> str:
+    keys = list(rows[0])
+    atomic_write(out / "complexity.csv", ",".join(keys) + "\n" +
+                 "".join(",".join(str(r[k]) for k in keys) + "\n" for r in rows))
+    write_json(out / "summary.json", summary)
+    lengths = sorted({r["L_d"] for r in rows})
+    by = {(r["series"], r["L_d"]): r for r in rows}
+    md = [f"n = {cfg.n} candidates, L_q = {cfg.query_len}, P = {cfg.width}, {cfg.repeats} repeats (median), "
+          f"{device}, {torch.get_num_threads()} threads, model {cfg.model}", "",
+          "| L_d | teacher ms/query | student online ms/query | student offline ms/doc | teacher / student online |"
+          " teacher GFLOP (attention share) |", "|---|---|---|---|---|---|"]
+    for L in lengths:
+        t, o, f = by[("teacher", L)], by[("student_online", L)], by[("student_offline", L)]
+        md.append(f"| {L} | {1000 * t['median_s']:.1f} | {1000 * o['median_s']:.1f} | {1000 * f['median_s']:.1f} | "
+                  f"{t['median_s'] / o['median_s']:.1f}x | {t['flops_total'] / 1e9:.1f} "
+                  f"({t['flops_attention'] / t['flops_total']:.1%}) |")
+    s = summary["slopes"]
+    md += ["", f"log-log slopes over L_d in {summary['fit_lengths']}: teacher {s['teacher']:.2f}, student online "
+           f"{s['student_online']:.2f}, student offline {s['student_offline']:.2f} (FLOP model: "
+           + ", ".join(f"{k} {v:.2f}" for k, v in summary["flop_slopes"].items())
+           + f"); attention FLOPs overtake the linear ones at {summary['attention_overtakes_linear_at_tokens']:.0f} tokens."]
+    text = "\n".join(md) + "\n"
+    atomic_write(out / "complexity.md", text)
+    plot(out / "complexity.png", rows, lengths)
+    return text
+
+
+def plot(path: Path, rows: list[dict], lengths: list[int]) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[complexity] matplotlib not installed: no plot (pip install matplotlib)")
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for s, c in (("teacher", "C3"), ("student_online", "C0"), ("student_offline", "C2")):
+        pts = [r for r in rows if r["series"] == s]
+        ax[0].errorbar([r["L_d"] for r in pts], [r["median_s"] for r in pts], fmt="o-", color=c, label=s,
+                       yerr=[[r["median_s"] - r["min_s"] for r in pts], [r["max_s"] - r["median_s"] for r in pts]])
+        ax[1].plot([r["L_d"] for r in pts], [r["flops_total"] for r in pts], "o--", color=c, label=s)
+    for a, t in ((ax[0], "measured seconds"), (ax[1], "theoretical FLOPs")):
+        a.set_xscale("log", base=2)
+        a.set_yscale("log")
+        a.set_xlabel("document length L_d (tokens)")
+        a.set_title(t)
+        a.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run(cfg: ComplexityConfig) -> dict:
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_config(out, cfg)
+    lm, tok = load_llm(cfg.model, cfg.device)
+    device = str(next(lm.parameters()).device)
+    print(f"[complexity] device {device}, torch threads {torch.get_num_threads()}")
+    rows = measure(lm, tok, cfg)
+    summary = summarize(rows, lm.config)
+    print(write_outputs(out, rows, summary, cfg, device))
+    return summary
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, ComplexityConfig)
+    return run(config_from_args(ComplexityConfig, p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""evaluate.py: metrics against pytrec_eval, BM25 against a hand computation, the systems on a tiny bench."""
+import json
+import math
+import random
+
+import pytest
+
+import evaluate as E
+
+
+def _random_case(seed):
+    rng = random.Random(seed)
+    qrels, run = {}, {}
+    for q in range(30):
+        docs = [f"d{i}" for i in range(rng.randint(3, 40))]
+        qrels[f"q{q}"] = {d: rng.choice([0, 1, 1, 2, 3]) for d in rng.sample(docs, rng.randint(1, min(8, len(docs))))}
+        if not any(qrels[f"q{q}"].values()):
+            qrels[f"q{q}"][docs[0]] = 1
+        # scores drawn from a few values: many ties, broken by doc id as trec_eval does
+        run[f"q{q}"] = {d: float(rng.choice([0.5, 1.0, 1.5, 2.0, rng.random()])) for d in docs}
+    return qrels, run
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_equal_pytrec_eval(seed):
+    """nDCG@k, R@k and MRR@k equal pytrec_eval on random graded qrels and runs with ties (1e-6)."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    qrels, run = _random_case(seed)
+    ours = {q: E.evaluate_run({q: run[q]}, {q: qrels[q]}) for q in qrels}
+    ks = ",".join(str(k) for k in E.KS)
+    ev = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{ks}", f"recall.{ks}"})
+    ref = ev.evaluate(run)
+    for q in qrels:
+        for k in E.KS:
+            assert ours[q][f"nDCG@{k}"] == pytest.approx(ref[q][f"ndcg_cut_{k}"], abs=1e-6)
+            assert ours[q][f"R@{k}"] == pytest.approx(ref[q][f"recall_{k}"], abs=1e-6)
+            top = {d: run[q][d] for d in E.ranked(run[q])[:k]}  # MRR@k = trec_eval recip_rank of the top-k list
+            rr = pytrec_eval.RelevanceEvaluator({q: qrels[q]}, {"recip_rank"}).evaluate({q: top})[q]["recip_rank"]
+            assert ours[q][f"MRR@{k}"] == pytest.approx(rr, abs=1e-6)
+
+
+def test_identical_id_rule():
+    """A document whose id equals the query id is dropped (BEIR), so it cannot earn or cost anything."""
+    run = {"q1": {"q1": 9.0, "d1": 1.0, "d2": 2.0}}
+    assert E.drop_identical(run) == {"q1": {"d1": 1.0, "d2": 2.0}}
+    assert E.evaluate_run(E.drop_identical(run), {"q1": {"d1": 1}})["MRR@10"] == 0.5
+
+
+def test_bm25_by_hand():
+    """BM25 (k1 0.9, b 0.4, Lucene idf) equals the formula evaluated by hand on a 3-document corpus."""
+    docs = {"a": "cat cat dog", "b": "dog bird", "c": "fish"}
+    bm = E.BM25(docs)
+    avgdl = (3 + 2 + 1) / 3
+    idf_cat = math.log(1 + (3 - 1 + 0.5) / (1 + 0.5))
+    idf_dog = math.log(1 + (3 - 2 + 0.5) / (2 + 0.5))
+    def part(idf, tf, dl):
+        return idf * tf * 1.9 / (tf + 0.9 * (1 - 0.4 + 0.4 * dl / avgdl))
+    s = bm.scores("the cat and dog")
+    assert s[0] == pytest.approx(part(idf_cat, 2, 3) + part(idf_dog, 1, 3), rel=1e-12)
+    assert s[1] == pytest.approx(part(idf_dog, 1, 2), rel=1e-12) and s[2] == 0
+    assert bm.top("cat dog", 2) == ["a", "b"]
+
+
+def test_beir_scifact_style_run_matches_pytrec(tmp_path):
+    """`evaluate.py --bench beir --datasets toy --systems bm25` on a BEIR folder writes results whose nDCG@10
+    equals pytrec_eval on the TREC run file it wrote."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    from test_data import write_beir
+    corpus = [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(
+        ["cats purr softly", "dogs bark", "birds sing songs", "fish swim", "cats and dogs play", "q1 itself"])]
+    queries = [{"_id": "q1", "text": "cats"}, {"_id": "q2", "text": "dogs bark"}, {"_id": "q3", "text": "songs"}]
+    qrels = "query-id\tcorpus-id\tscore\nq1\td0\t2\nq1\td4\t1\nq2\td1\t1\nq3\td2\t1\n"
+    write_beir(tmp_path / "beir" / "toy", corpus, queries, qrels)
+    res = E.main(["--bench", "beir", "--datasets", "toy", "--data-dir", str(tmp_path / "beir"), "--systems", "bm25",
+                  "--output-dir", str(tmp_path / "out"), "--quiet"])
+    trec = {}
+    for line in (tmp_path / "out" / "run.bm25.trec").read_text().splitlines():
+        q, _, d, _, s, _ = line.split()
+        trec.setdefault(q, {})[d] = float(s)
+    ref = pytrec_eval.RelevanceEvaluator({"q1": {"d0": 2, "d4": 1}, "q2": {"d1": 1}, "q3": {"d2": 1}},
+                                         {"ndcg_cut.10"}).evaluate(trec)
+    want = sum(v["ndcg_cut_10"] for v in ref.values()) / 3
+    assert res["systems"]["bm25"]["nDCG@10"] == pytest.approx(want, abs=1e-9)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["n_queries"] == 3
+
+
+def test_offline_message(tmp_path, monkeypatch, capsys):
+    """Without network and --data-dir, a BEIR bench stops with a message naming the URL and --data-dir."""
+    import data
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path))
+    monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
+    with pytest.raises(SystemExit, match=r"127.0.0.1:9/scifact.zip.*--data-dir"):
+        E.main(["--bench", "beir", "--datasets", "scifact", "--systems", "bm25", "--output-dir", str(tmp_path / "o")])
+
+
+def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
+    """Every system runs end to end on a fixture bench with a tiny random LLM and a distilled student."""
+    import distill
+    import teacher as T
+    from conftest import make_lm, make_tokenizer, write_virtualhome
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
+    tok = make_tokenizer()
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    root = write_virtualhome(tmp_path, 10)
+    distill.main(["--data-dir", str(root), "--teacher", str(tmp_path / "t"), "--output-dir", str(tmp_path / "s"),
+                  "--rounds", "1", "--k", "2", "--epochs", "2", "--width", "8", "--quiet"])
+    res = E.main(["--bench", "virtualhome", "--data-dir", str(root), "--student", str(tmp_path / "s"),
+                  "--systems", "bm25,llm-biencoder,minilm,teacher,student", "--rerank-k", "4",
+                  "--output-dir", str(tmp_path / "e"), "--quiet"])
+    assert {"bm25", "llm-biencoder", "teacher", "student"} <= set(res["systems"])
+    for name in res["systems"]:
+        assert (tmp_path / "e" / f"run.{name}.trec").exists()
