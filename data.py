@@ -10,7 +10,8 @@ Choices not fixed by the paper:
 - ESConv: query = the last `ESCONV_TURNS` utterances before a supporter turn ("Seeker: ..." / "Supporter: ..."),
   earlier strategy labels removed so the query is dialogue text only; documents = the 8 strategies, each its name
   plus a one-sentence description written for this project. The JSON corpus is split 80/10/10 by conversation.
-- SayCan and VirtualHome: query = task (+ description) + the steps done so far; documents = the distinct step texts;
+- SayCan and VirtualHome: query = task (+ description) + the last `HISTORY` steps done so far (numbered as in the
+  program); documents = the distinct step texts;
   relevant = the next step. Split by instruction / program, 80/20, seed 0.
 - An empty text, an unknown id in qrels or a malformed line is an error naming file, line and field; nothing is
   skipped silently.
@@ -39,6 +40,7 @@ ESCONV_URL = "https://raw.githubusercontent.com/thu-coai/Emotional-Support-Conve
 ESCONV_JSON_URL = "https://raw.githubusercontent.com/thu-coai/Emotional-Support-Conversation/main/ESConv.json"
 SAYCAN_URL = "https://raw.githubusercontent.com/say-can/say-can.github.io/main/data/saycan_plan_v0_l.tsv"
 ESCONV_TURNS = 6
+HISTORY = 6  # next-step tasks: the query keeps the task and the last HISTORY steps done (CPU budget)
 SPLIT_SEED = 0
 
 # The 8 ESConv strategies (spelled as in the split files) with descriptions written for this project.
@@ -347,7 +349,7 @@ def _next_step_task(name: str, programs: list[tuple[str, str, list[tuple[str, st
         split = "train" if p in train_ids else "test"
         for t, (sid, text) in enumerate(steps):
             corpus[sid] = {"title": "", "text": text}
-            done = "; ".join(f"{i + 1}. {s}" for i, (_, s) in enumerate(steps[:t])) or "none"
+            done = "; ".join(f"{i + 1}. {s}" for i, (_, s) in enumerate(steps[:t]) if i >= t - HISTORY) or "none"
             qid = f"{pid}#{t}"
             data.queries[split][qid] = f"Task: {task}\nSteps done so far: {done}"
             data.qrels[split][qid] = {sid: 1}

@@ -53,7 +53,7 @@ class DistillConfig:
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")
     rounds: int = field(2, "on-policy rounds R")
-    k: int = field(4, "documents sampled per training query per round (plus the gold ones)")
+    k: int = field(1, "documents sampled per training query per round (plus the gold ones)")
     tau_s: float = field(1.0, "temperature of the student's sampling policy softmax(s_S / tau_s)")
     lmbda: float = field(1.0, "weight of the reverse KL in (10)")
     tau: float = field(1.0, "temperature of the KL distributions (9)")
@@ -66,9 +66,9 @@ class DistillConfig:
     lr: float = field(1e-3, "AdamW learning rate of the predictor")
     batch_size: int = field(32, "pairs per predictor step")
     seed: int = field(0, "seed of every random draw")
-    max_train_queries: int = field(160, "training queries (0 = all)")
-    max_test_queries: int = field(96, "held-out queries evaluated (0 = all)")
-    rerank_k: int = field(8, "teacher reranks all candidates if the pool has at most this many, else the student's top-k")
+    max_train_queries: int = field(96, "training queries (0 = all)")
+    max_test_queries: int = field(64, "held-out queries evaluated (0 = all)")
+    rerank_k: int = field(4, "teacher reranks all candidates if the pool has at most this many, else the student's top-k")
     teacher_batch: int = field(8, "pairs per teacher / encoder forward")
     output_dir: str = field("", "outputs (default runs/distill-{bench}[-quick])")
     resume: bool = field(False, "continue a killed run in output_dir")
@@ -77,10 +77,10 @@ class DistillConfig:
     quiet: bool = field(False, "no progress bars")
 
     def __post_init__(self):
-        if self.quick:
-            self.max_train_queries, self.max_test_queries = min(self.max_train_queries or 32, 32), min(
-                self.max_test_queries or 24, 24)
-            self.rounds, self.k, self.epochs, self.rerank_k = min(self.rounds, 2), min(self.k, 2), min(self.epochs, 20), min(self.rerank_k, 4)
+        if self.quick:  # every size capped; the teacher is trained on fewer queries too (step0_teacher)
+            self.max_train_queries = min(self.max_train_queries or 24, 24)
+            self.max_test_queries = min(self.max_test_queries or 16, 16)
+            self.rounds, self.k, self.epochs, self.rerank_k = min(self.rounds, 2), 1, min(self.epochs, 20), min(self.rerank_k, 4)
         if self.rounds < 1 or self.k < 1 or self.epochs < 1 or self.width < 1 or self.batch_size < 1:
             raise ValueError("rounds, k, epochs, width and batch_size must be >= 1")
         if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0:
@@ -105,7 +105,7 @@ def step0_teacher(cfg: DistillConfig):
         tcfg = TrainConfig(bench=cfg.bench, data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
                            output_dir=cfg.teacher, seed=cfg.seed, quiet=cfg.quiet, batch_size=cfg.teacher_batch)
         if cfg.quick:
-            tcfg.max_train_queries, tcfg.max_dev_queries, tcfg.rerank_k = 32, 16, 4
+            tcfg.max_train_queries, tcfg.max_dev_queries = 24, 8
         cmd_train(tcfg)
     teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet)
     return teacher, meta

@@ -57,12 +57,14 @@ class Student:
     def encode_queries(self, texts: list[str], desc: str = "queries") -> torch.Tensor:
         """(5) h_q for each query, (N, H)."""
         seqs = [self.prompt.query_only(q) for q in texts]
-        return last_hidden(self.lm, seqs, self.teacher.batch_size, self.teacher.pad_id, desc, self.teacher.quiet)
+        return last_hidden(self.lm, seqs, self.teacher.batch_size, self.teacher.pad_id, desc, self.teacher.quiet,
+                           len(self.prompt.pre_q) if self.teacher.prefix_len else 0)
 
     def encode_docs(self, texts: list[str], desc: str = "documents") -> torch.Tensor:
         """(6) h_d for each document, (N, H)."""
         seqs = [self.prompt.doc_prefix(d) for d in texts]
-        return last_hidden(self.lm, seqs, self.teacher.batch_size, self.teacher.pad_id, desc, self.teacher.quiet)
+        return last_hidden(self.lm, seqs, self.teacher.batch_size, self.teacher.pad_id, desc, self.teacher.quiet,
+                           self.teacher.prefix_len)
 
     def forward(self, h_q: torch.Tensor, h_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Paired (N, H) inputs -> h_hat (N, H), z_S (N, V), s_S (N,). Gradients reach only the predictor."""

@@ -91,3 +91,13 @@ def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok, seed=1), tok))
     with pytest.raises(ValueError, match="base_fingerprint"):
         T.load_teacher(path)
+
+
+def test_prefix_cache_equals_uncached(tiny):
+    """Scores with the shared template prefix encoded once (key/value cache) equal the plain full forward."""
+    lm, tok = tiny
+    qs = ["i feel sad", "how you write an email to my office", "walk"]
+    ds = ["ask a question", "share", "walk to computer and sit on the chair"]
+    cached, plain = T.Teacher(lm, tok, batch_size=2), T.Teacher(lm, tok, batch_size=2, prefix_cache=False)
+    assert cached.prefix_len > 0 and plain.prefix_len == 0
+    assert torch.allclose(cached.encode_pairs(qs, ds), plain.encode_pairs(qs, ds), atol=1e-5)
