@@ -19,7 +19,6 @@ half of the lengths.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path

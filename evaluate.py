@@ -22,6 +22,7 @@ Choices not fixed by the paper:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import time
@@ -320,13 +321,20 @@ class EvalConfig:
         return [s.strip() for s in self.systems.split(",") if s.strip()]
 
 
+def eval_queries(queries: dict[str, str], n: int, seed: int) -> list[str]:
+    """The seeded subset of held-out queries evaluated (the same in distill.py and evaluate.py for one seed)."""
+    from teacher import subset
+
+    return subset(list(queries), n, torch.Generator().manual_seed(seed + 7))
+
+
 def shrink(data, split: str, cfg: EvalConfig):
     """Seeded subsets of queries and documents (judged documents of the kept queries always stay)."""
     from teacher import subset
 
     queries, qrels = data.split(split)
+    qids = eval_queries(queries, cfg.max_queries, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    qids = subset(list(queries), cfg.max_queries, gen)
     if cfg.max_docs and cfg.max_docs < len(data.corpus):
         judged = {d for q in qids for d in qrels[q]}
         rest = [d for d in data.corpus if d not in judged]
@@ -344,8 +352,7 @@ def load_models(cfg: EvalConfig, bench: str):
     wants_student = "student" in cfg.system_list
     teacher_dir = cfg.teacher or f"runs/teacher-{bench}"
     if wants_student and student_ckpt.exists():
-        teacher_dir = str(Path(__import__("json").loads(Path(str(student_ckpt) + ".json").read_text())
-                                ["teacher_checkpoint"]).parent)
+        teacher_dir = str(Path(json.loads(Path(str(student_ckpt) + ".json").read_text())["teacher_checkpoint"]).parent)
     needs_llm = {"llm-biencoder", "teacher", "student"} & set(cfg.system_list)
     if not needs_llm:
         return None, None

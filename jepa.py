@@ -67,3 +67,64 @@ def naive_scores(predictor: Predictor, h_q: torch.Tensor, h_d: torch.Tensor, hea
     h_hat = predictor(h_q[:, None, :].expand(b, n, -1), h_d[None, :, :].expand(b, n, -1))  # (B, n, H)
     z = h_hat @ head.T                                                                      # (B, n, V)
     return z[..., y_pos] - z[..., y_neg]
+
+
+# ---------------------------------------------------------------------------- benchmark: python jepa.py bench
+def matmul_rate(size: int = 1024, repeats: int = 5) -> float:
+    """Measured multiply-adds per second of a float32 (size x size) @ (size x size) matmul on this machine."""
+    import time
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * size ** 3 / (time.perf_counter() - t0)
+
+
+def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000), naive_max: int = 100_000,
+          output: str = "results/predictor_throughput.json") -> list[dict]:
+    """Candidates scored per second for one query: factorised (7) vs the naive per-pair predictor (A h_q + B h_d,
+    W2, then u . h_hat), next to the roofline n x P multiply-adds at the measured matmul rate."""
+    import time
+
+    from common import write_json
+
+    torch.manual_seed(0)
+    p = Predictor(hidden, width)
+    with torch.no_grad():
+        p.W2.weight.normal_(0, 0.02)
+    u, h_q = torch.randn(hidden), torch.randn(1, hidden)
+    macs = matmul_rate()
+    rows = []
+    for n in sizes:
+        h_d = torch.randn(n, hidden)
+        with torch.no_grad():
+            side = p.doc_side(h_d)                      # offline, once per corpus
+            p.scores(h_q, side[:1000], u)               # warm-up
+            t0 = time.perf_counter()
+            p.scores(h_q, side, u)
+            fast = time.perf_counter() - t0
+            slow = None
+            if n <= naive_max:
+                t0 = time.perf_counter()
+                for i in range(0, n, 65536):
+                    (p(h_q.expand(min(65536, n - i), -1), h_d[i:i + 65536]) @ u)
+                slow = time.perf_counter() - t0
+        rows.append({"n": n, "hidden": hidden, "width": width, "threads": torch.get_num_threads(),
+                     "factorised_cand_per_s": n / fast, "naive_cand_per_s": n / slow if slow else None,
+                     "roofline_cand_per_s": macs / width, "matmul_macs_per_s": macs})
+        print(rows[-1])
+    write_json(output, rows)
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser(description="python jepa.py bench: factorised scoring throughput")
+    ap.add_argument("cmd", choices=["bench"])
+    ap.add_argument("--hidden", type=int, default=576, help="H (576 = SmolLM2-135M, 3584 = Qwen2-7B)")
+    ap.add_argument("--width", type=int, default=256, help="predictor width P")
+    ap.add_argument("--naive-max", type=int, default=100_000, help="largest n timed for the naive predictor")
+    ap.add_argument("--output", default="results/predictor_throughput.json")
+    a = ap.parse_args()
+    bench(a.hidden, a.width, naive_max=a.naive_max, output=a.output)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -320,7 +321,6 @@ def load_teacher(checkpoint: str | Path | None = None, model: str = DEFAULT_MODE
     if checkpoint:
         path = Path(checkpoint)
         path = path / "teacher.safetensors" if path.is_dir() else path
-        import json
         meta = json.loads(Path(str(path) + ".json").read_text())
         model = meta["base_model"]
     lm, tok = load_llm(model, device, dtype)
