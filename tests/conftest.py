@@ -6,6 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+torch.set_num_threads(1)  # tiny models: thread start-up costs more than it saves
 
 WORDS = ("Document Query Does Answer user assistant system Task Steps Seeker Supporter yes no document query does the fit answer or a an and to of in on with walk find grab put switch turn "
          "computer chair mouse keyboard email write cup water drink kitchen office sit open close plate sink "
