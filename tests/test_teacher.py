@@ -101,3 +101,6 @@ def test_prefix_cache_equals_uncached(tiny):
     cached, plain = T.Teacher(lm, tok, batch_size=2), T.Teacher(lm, tok, batch_size=2, prefix_cache=False)
     assert cached.prefix_len > 0 and plain.prefix_len == 0
     assert torch.allclose(cached.encode_pairs(qs, ds), plain.encode_pairs(qs, ds), atol=1e-5)
+    # a document met by >= batch_size queries reuses its whole prefix (template head + document)
+    qs2, ds2 = qs + ["what is this cup", "help you"], ["share"] * 4 + ["drink water"]
+    assert torch.allclose(cached.encode_pairs(qs2, ds2), plain.encode_pairs(qs2, ds2), atol=1e-5)
