@@ -124,10 +124,6 @@ class Teacher:
         """(2) z = W h, for h (N, H) -> (N, V) float32."""
         return (h.to(self.head.dtype).to(self.head.device) @ self.head.T).float().cpu()
 
-    def score_from_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """(3) s = z[y+] - z[y-] = log p(y+) - log p(y-) (tau = 1)."""
-        return z[..., self.y_pos] - z[..., self.y_neg]
-
     def encode_pairs(self, queries: list[str], docs: list[str], desc: str = "teacher") -> torch.Tensor:
         """(1) h_T(q, d) = f(prompt(d, q))[last] for each pair, (N, H).
 
@@ -154,7 +150,8 @@ class Teacher:
         return out
 
     def score(self, queries: list[str], docs: list[str], desc: str = "teacher") -> torch.Tensor:
-        """s_T for each pair, (N,). Only the two answer rows of W are used."""
+        """(3) s_T = z_T[y+] - z_T[y-] = log p(y+) - log p(y-) (tau = 1) for each pair, (N,).
+        Computed as u . h_T with u = W[y+] - W[y-]: only the two answer rows of W are needed."""
         h = self.encode_pairs(queries, docs, desc)
         u = (self.head[self.y_pos] - self.head[self.y_neg]).float().cpu()  # (H,)
         return h @ u
