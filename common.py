@@ -102,7 +102,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
         help_ = f.metadata.get("help", "") + f" (default: {default})"
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool) and not default:
+            parser.add_argument(flag, action="store_true", help=help_)   # --no-jepa must mean no_jepa = True
+        elif f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)

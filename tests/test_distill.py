@@ -82,3 +82,16 @@ def test_policy_off_and_ablations_run(env):
     assert off["teacher_calls"] == on["teacher_calls"]
     distill.main(_args(tmp, root, "nj", "--no-jepa"))
     distill.main(_args(tmp, root, "nr", "--no-rkl"))
+
+
+def test_flags_parse():
+    """Boolean flags mean what they say: --no-jepa sets no_jepa, --no-eval-teacher clears eval_teacher."""
+    import argparse
+
+    from common import add_dataclass_args, config_from_args
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, distill.DistillConfig)
+    cfg = config_from_args(distill.DistillConfig, p.parse_args(["--no-jepa", "--no-eval-teacher", "--lmbda", "2"]))
+    assert cfg.no_jepa and not cfg.no_rkl and not cfg.eval_teacher and cfg.lmbda == 2.0 and cfg.lmbda_eff == 2.0
+    cfg = config_from_args(distill.DistillConfig, p.parse_args(["--no-rkl"]))
+    assert cfg.no_rkl and cfg.lmbda_eff == 0.0 and cfg.eval_teacher
