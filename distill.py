@@ -87,7 +87,8 @@ class DistillConfig:
             raise ValueError("tau_s > 0, tau > 0, lmbda >= 0, lr > 0")
         if self.no_jepa and (self.no_rkl or self.lmbda == 0):
             raise ValueError("--no-jepa together with --no-rkl leaves no loss")
-        suffix = "-quick" if self.quick else ""
+        suffix = ("" if self.model == DEFAULT_MODEL else "-" + self.model.strip("/").replace("/", "_")) + (
+            "-quick" if self.quick else "")
         self.teacher = self.teacher or f"runs/teacher-{self.bench}{suffix}"
         self.output_dir = self.output_dir or f"runs/distill-{self.bench}{suffix}"
 
@@ -108,6 +109,9 @@ def step0_teacher(cfg: DistillConfig):
             tcfg.max_train_queries, tcfg.max_dev_queries = 24, 8
         cmd_train(tcfg)
     teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet)
+    if meta.get("base_model") != cfg.model:
+        raise ValueError(f"{cfg.teacher}: teacher was trained from '{meta.get('base_model')}', but --model is "
+                         f"'{cfg.model}'; pass --teacher DIR for a new one")
     return teacher, meta
 
 
