@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import add_dataclass_args, config_from_args, field, progress, set_seed, write_json, write_run_config
+from common import (add_dataclass_args, atomic_write, config_from_args, field, progress, set_seed, write_json,
+                    write_run_config)
 
 KS = (1, 3, 5, 10, 100)
 TOP = 100
@@ -212,8 +213,9 @@ def system_minilm(data, queries: dict[str, str], quiet=False) -> SystemResult | 
     doc_ids = list(data.corpus)
     h_d, t_docs = timed(enc, [data.doc_text(d) for d in doc_ids], "minilm docs")
     qids = list(queries)
-    (h_q, run), dt = timed(lambda: (lambda h: (h, cosine_run(qids, doc_ids, h, h_d)))(
-        enc([queries[q] for q in qids], "minilm queries")))
+    t0 = time.perf_counter()
+    run = cosine_run(qids, doc_ids, enc([queries[q] for q in qids], "minilm queries"), h_d)
+    dt = time.perf_counter() - t0
     return SystemResult(run, 1000 * dt / max(1, len(qids)), t_docs, "all-MiniLM-L6-v2, mean pooling, cosine")
 
 
@@ -256,8 +258,6 @@ HEAD = ("R@1", "R@3", "R@10", "MRR@10", "nDCG@10")
 
 def write_trec(path: Path, run: dict[str, dict[str, float]], name: str) -> None:
     """TREC run file: `qid Q0 docid rank score run`."""
-    from common import atomic_write
-
     lines = []
     for q, docs in run.items():
         for i, d in enumerate(ranked(docs)[:TOP]):
@@ -282,7 +282,6 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
     for name, s in systems.items():
         md.append(f"| {name} | " + " | ".join(f"{s[h]:.4f}" for h in HEAD) + f" | {s['ms_per_query']:.1f} | {s['note']} |")
     write_json(out / "results.json", res)
-    from common import atomic_write
     atomic_write(out / "results.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return res
@@ -406,7 +405,9 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     if "teacher" in cfg.system_list:
         first = cfg.first_stage or ("student" if "student" in results else "bm25")
         if first not in results:
-            results[first] = {"bm25": lambda: system_bm25(data, queries, cfg.quiet)}[first]()
+            if first != "bm25":
+                raise ValueError(f"--first-stage {first}: add it to --systems (only bm25 is run on demand)")
+            results[first] = system_bm25(data, queries, cfg.quiet)
         results["teacher"] = system_teacher(teacher, data, queries, results[first].run, cfg.rerank_k, first)
     header = (f"{len(qids)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
