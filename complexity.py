@@ -1,9 +1,9 @@
 """Runtime against document length: the teacher's cost grows with L_d (quadratically once attention dominates), the
 student's online cost does not (METHOD.md, "Complexity"; the paper's claim "quadratic -> linear").
 
-    python complexity.py                       # embedded model, L_d = 16 .. 512, n = 16, about 5 min on 2 CPU cores
+    python complexity.py                       # embedded model, L_d = 16 .. 2048, n = 16, about 4 min on 2 CPU cores
     python complexity.py --quick               # L_d = 16 .. 128, n = 4, 1 repeat
-    python complexity.py --device cuda --max-len 8192 --model Qwen/Qwen2-7B-Instruct
+    python complexity.py --device cuda --max-len 8192 --timed-pairs 0 --model Qwen/Qwen2-7B-Instruct
 
 Per query with n candidates, l layers, hidden H, query length L_q:
     (a) teacher:          n joint passes over T = L_d + L_q (+ template) tokens: n * l * (c1 T H^2 + c2 T^2 H)
@@ -14,7 +14,10 @@ Per query with n candidates, l layers, hidden H, query length L_q:
 Choices not fixed by the paper: the FLOP accounting counts the full T x T attention matrix (what SDPA computes
 without a causal shortcut) and leaves out embeddings, norms and the head (the teacher needs two rows of it); texts
 are VirtualHome programs cut to exactly L tokens; slopes are least-squares fits of log time on log L_d over the upper
-half of the lengths.
+half of the lengths, and the local slope between neighbouring lengths shows the teacher's exponent rising.
+The n joint passes of (a) are independent forwards, so by default only `--timed-pairs` of them are timed and the
+per-query figure is n / timed_pairs times that (on 2 CPU cores one pass of 2k tokens takes ~15 s); `--timed-pairs 0`
+times all n in batches, which is what a GPU run should do (batching changes the per-pair cost there).
 """
 from __future__ import annotations
 
@@ -35,10 +38,11 @@ class ComplexityConfig:
     model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     min_len: int = field(16, "shortest document length in tokens (then doubling)")
-    max_len: int = field(512, "cap on the document length (also capped by the model's limit)")
+    max_len: int = field(2048, "cap on the document length (also capped by the model's limit)")
     query_len: int = field(32, "query length L_q in tokens")
     n: int = field(16, "candidate documents per query")
     width: int = field(256, "predictor width P")
+    timed_pairs: int = field(1, "teacher joint passes actually timed per length (x n / timed_pairs); 0 = all n")
     batch_size: int = field(16, "sequences per forward")
     repeats: int = field(3, "timed repeats per point (after one warm-up)")
     output_dir: str = field("results/complexity", "where csv, json, png and md go")
@@ -49,8 +53,8 @@ class ComplexityConfig:
     def __post_init__(self):
         if self.quick:
             self.max_len, self.n, self.repeats = min(self.max_len, 128), min(self.n, 4), 1
-        if self.min_len < 1 or self.max_len < self.min_len or self.n < 1 or self.repeats < 1:
-            raise ValueError("need 1 <= min_len <= max_len, n >= 1, repeats >= 1")
+        if self.min_len < 1 or self.max_len < self.min_len or self.n < 1 or self.repeats < 1 or self.timed_pairs < 0:
+            raise ValueError("need 1 <= min_len <= max_len, n >= 1, repeats >= 1, timed_pairs >= 0")
 
 
 # ---------------------------------------------------------------------------- (d) FLOPs
@@ -102,7 +106,8 @@ def real_tokens(tok, count: int) -> list[int]:
     return ids[:count]
 
 
-def median_time(fn, repeats: int) -> tuple[float, float, float]:
+def median_time(fn, repeats: int, scale: float = 1.0) -> tuple[float, float, float]:
+    """(median, min, max) seconds of `repeats` calls after one warm-up call, each multiplied by `scale`."""
     fn()  # warm-up
     ts = []
     for _ in range(repeats):
@@ -113,7 +118,7 @@ def median_time(fn, repeats: int) -> tuple[float, float, float]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), float(min(ts)), float(max(ts))
+    return scale * float(np.median(ts)), scale * min(ts), scale * max(ts)
 
 
 def measure(lm, tok, cfg: ComplexityConfig) -> list[dict]:
@@ -140,7 +145,8 @@ def measure(lm, tok, cfg: ComplexityConfig) -> list[dict]:
     rows = []
     for L in progress(lengths, desc="lengths", quiet=cfg.quiet):
         docs = [pool[cfg.query_len + i: cfg.query_len + i + L] for i in range(cfg.n)]
-        joint = [prompt.pre + d + prompt.mid + query + prompt.post for d in docs]
+        timed = cfg.n if cfg.timed_pairs == 0 else min(cfg.n, cfg.timed_pairs)
+        joint = [prompt.pre + d + prompt.mid + query + prompt.post for d in docs[:timed]]
         q_only = [prompt.pre_q + query + prompt.post_q]
         d_prefix = [prompt.pre + docs[0]]
         side = pred.doc_side(torch.randn(cfg.n, h, device=dev)).detach()
@@ -157,8 +163,11 @@ def measure(lm, tok, cfg: ComplexityConfig) -> list[dict]:
             last_hidden(lm, d_prefix, 1, pad, quiet=True)
 
         th = theory(lm.config, L, cfg.query_len, template, cfg.n, cfg.width)
-        for series, fn in (("teacher", teacher), ("student_online", online), ("student_offline", offline)):
-            med, lo, hi = median_time(fn, cfg.repeats)
+        # the online cost is small and noisy: time it 3x as often
+        for series, fn, reps, scale in (("teacher", teacher, cfg.repeats, cfg.n / timed),
+                                        ("student_online", online, 3 * cfg.repeats, 1.0),
+                                        ("student_offline", offline, cfg.repeats, 1.0)):
+            med, lo, hi = median_time(fn, reps, scale)
             lin, att = th[series]
             rows.append({"L_d": L, "series": series, "median_s": med, "min_s": lo, "max_s": hi,
                          "flops_linear": lin, "flops_attention": att, "flops_total": lin + att})
@@ -168,6 +177,13 @@ def measure(lm, tok, cfg: ComplexityConfig) -> list[dict]:
 def slope(xs: list[float], ys: list[float]) -> float:
     """Least-squares slope of log y on log x."""
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def local_slopes(rows: list[dict], key: str) -> dict[int, float]:
+    """Teacher log-log slope between each length and the one before it, keyed by the longer length."""
+    t = {r["L_d"]: r[key] for r in rows if r["series"] == "teacher"}
+    lengths = sorted(t)
+    return {b: slope([a, b], [t[a], t[b]]) for a, b in zip(lengths, lengths[1:])}
 
 
 def summarize(rows: list[dict], lm_config) -> dict:
@@ -180,6 +196,8 @@ def summarize(rows: list[dict], lm_config) -> dict:
             "flop_slopes": {s: slope(upper, get(s, "flops_total")) for s in series},
             "fit_lengths": upper,
             "speedup": {L: med["teacher"][L] / med["student_online"][L] for L in lengths},
+            "teacher_local_slopes": local_slopes(rows, "median_s"),
+            "teacher_local_flop_slopes": local_slopes(rows, "flops_total"),
             "attention_overtakes_linear_at_tokens": crossover_length(lm_config)}
 
 
@@ -191,14 +209,17 @@ def write_outputs(out: Path, rows: list[dict], summary: dict, cfg: ComplexityCon
     lengths = sorted({r["L_d"] for r in rows})
     by = {(r["series"], r["L_d"]): r for r in rows}
     md = [f"n = {cfg.n} candidates, L_q = {cfg.query_len}, P = {cfg.width}, {cfg.repeats} repeats (median), "
-          f"{device}, {torch.get_num_threads()} threads, model {cfg.model}", "",
+          f"{device}, {torch.get_num_threads()} threads, model {cfg.model}, teacher timed on "
+          f"{'all n' if cfg.timed_pairs == 0 else min(cfg.n, cfg.timed_pairs)} of the n joint passes per length", "",
           "| L_d | teacher ms/query | student online ms/query | student offline ms/doc | teacher / student online |"
-          " teacher GFLOP (attention share) |", "|---|---|---|---|---|---|"]
-    for L in lengths:
+          " teacher GFLOP (attention share) | teacher local slope: measured (FLOPs) |", "|---|---|---|---|---|---|---|"]
+    for i, L in enumerate(lengths):
         t, o, f = by[("teacher", L)], by[("student_online", L)], by[("student_offline", L)]
+        local = "" if i == 0 else (f"{summary['teacher_local_slopes'][L]:.2f} "
+                                   f"({summary['teacher_local_flop_slopes'][L]:.2f})")
         md.append(f"| {L} | {1000 * t['median_s']:.1f} | {1000 * o['median_s']:.1f} | {1000 * f['median_s']:.1f} | "
                   f"{t['median_s'] / o['median_s']:.1f}x | {t['flops_total'] / 1e9:.1f} "
-                  f"({t['flops_attention'] / t['flops_total']:.1%}) |")
+                  f"({t['flops_attention'] / t['flops_total']:.1%}) | {local} |")
     s = summary["slopes"]
     md += ["", f"log-log slopes over L_d in {summary['fit_lengths']}: teacher {s['teacher']:.2f}, student online "
            f"{s['student_online']:.2f}, student offline {s['student_offline']:.2f} (FLOP model: "

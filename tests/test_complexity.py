@@ -34,6 +34,7 @@ def test_harness_writes_schema(tiny, tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["slopes"]) == {"teacher", "student_online", "student_offline"}
     assert set(summary["speedup"]) == {"16", "32", "64"} and s["speedup"][64] > 0
+    assert set(summary["teacher_local_slopes"]) == {"32", "64"}  # one per doubling
     rows = (tmp_path / "complexity.csv").read_text().splitlines()
     assert rows[0].startswith("L_d,series,median_s") and len(rows) == 1 + 3 * 3
     assert (tmp_path / "complexity.md").exists()
