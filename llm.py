@@ -12,6 +12,7 @@ Choices not fixed by the paper:
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import hashlib
 import importlib.util
 import os
@@ -152,6 +153,59 @@ def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0,
         with torch.inference_mode():
             out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id, prefix).float().cpu()
     return out
+
+
+@contextmanager
+def only_blocks(lm, start: int, stop: int, norm: bool):
+    """Inside the `with`, lm.model runs decoder blocks [start, stop) only, and the final norm only if `norm`.
+    With start = 0, lm.model(input_ids) returns the states entering block `stop`; lm.model(inputs_embeds=h) continues
+    from states h entering block `start` (right padding: position ids 0..T-1 are the right ones). This splits a frozen
+    bottom, run once, from a trained top (teacher SFT with --train-layers N). Models whose blocks differ by index
+    (sliding-window layer types, embedding scaling) are refused by `can_split`."""
+    model = lm.model
+    layers, final = model.layers, model.norm
+    model.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if not norm:
+        model.norm = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        model.layers, model.norm = layers, final
+
+
+def can_split(lm) -> bool:
+    """True when every block is the same kind of layer, so running a slice of them through lm.model is exact."""
+    types = set(getattr(lm.config, "layer_types", None) or ["full_attention"])
+    return types == {"full_attention"} and lm.config.model_type in ("llama", "qwen2", "mistral", "qwen3")
+
+
+def trunk_states(lm, seqs: list[list[int]], stop: int, batch_size: int = 8, pad_id: int = 0, desc: str = "trunk",
+                 quiet: bool = False) -> list[torch.Tensor]:
+    """States entering block `stop` at every token of each sequence: a list of (T_i, H) tensors on the CPU, in the
+    model's dtype. The frozen bottom blocks run once here; `top_last` runs the rest on them as often as needed."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
+    dev = next(lm.parameters()).device
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    with only_blocks(lm, 0, stop, norm=False), torch.inference_mode():
+        for idx in progress(batches, desc=desc, quiet=quiet or len(batches) < 3):
+            ids, mask, lengths = pad_right([seqs[i] for i in idx], pad_id)
+            h = lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
+            for j, i in enumerate(idx):
+                out[i] = h[j, :lengths[j]].cpu().clone()
+    return out
+
+
+def top_last(lm, states: list[torch.Tensor], start: int) -> torch.Tensor:
+    """f(x)[last] from stored states entering block `start` (see `trunk_states`): blocks start.. and the final
+    norm, read at each row's last token, (B, H). Gradients flow into the top blocks unless under inference_mode."""
+    dev = next(lm.parameters()).device
+    lengths = torch.tensor([len(s) for s in states])
+    x = torch.nn.utils.rnn.pad_sequence(states, batch_first=True).to(dev)
+    mask = (torch.arange(x.shape[1])[None] < lengths[:, None]).long().to(dev)
+    with only_blocks(lm, start, len(lm.model.layers), norm=True):
+        hidden = lm.model(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
+    return hidden[torch.arange(len(states), device=dev), lengths.to(dev) - 1]
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,6 +13,9 @@ Choices not fixed by the paper:
 - SFT negatives: per query `--neg-bm25` hard negatives from BM25's top ranks plus `--neg-random` from the pool;
 - `--train-layers N` (default 2 on CPU) trains only the last N blocks and the final norm; 0 = full fine-tune
   (the paper's setting). The head is tied to the embeddings in SmolLM2 and stays frozen unless N = 0.
+  With N > 0 the frozen bottom blocks see every SFT pair and every dev pair exactly once: their output states are
+  kept in memory (`llm.trunk_states`) and each epoch, and the zero-shot and trained dev metric, run only the top N
+  blocks on them (`llm.top_last`; equal to the full forward, tested). Epochs then cost ~N/L of a pass.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 
 from common import (add_dataclass_args, config_from_args, field, load_tensors, progress, save_tensors, set_seed,
                     write_json, write_run_config)
-from llm import DEFAULT_MODEL, fingerprint, forward_last, last_hidden, load_llm
+from llm import DEFAULT_MODEL, can_split, fingerprint, forward_last, last_hidden, load_llm, top_last, trunk_states
 
 YES, NO = "yes", "no"
 INSTRUCTION = "Does the document fit the query? Answer yes or no."
@@ -169,7 +172,7 @@ class TrainConfig:
     train_layers: int = field(2, "train only the last N blocks + final norm; 0 = full fine-tune")
     lr: float = field(3e-4, "AdamW peak learning rate")
     weight_decay: float = field(0.0, "AdamW weight decay")
-    epochs: int = field(1, "passes over the SFT pairs")
+    epochs: int = field(3, "passes over the SFT pairs")
     batch_size: int = field(8, "pairs per forward")
     grad_accum: int = field(1, "batches per optimiser step")
     warmup: float = field(0.1, "fraction of steps with linear warmup, then cosine decay")
@@ -234,26 +237,38 @@ def subset(items: list, k: int, gen: torch.Generator) -> list:
     return [items[i] for i in keep]
 
 
+def split_point(lm, train_layers: int) -> int:
+    """First trained block when the frozen bottom can be run once and its states reused; 0 = run the whole model."""
+    return len(lm.model.layers) - train_layers if train_layers and can_split(lm) else 0
+
+
 def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25) -> dict:
     """SFT (4) with AdamW, warmup + cosine, gradient accumulation and clipping. Returns the loss history."""
     from transformers import get_cosine_schedule_with_warmup
 
     gen = torch.Generator().manual_seed(cfg.seed)
     pairs = sft_pairs(data, split, cfg, bm25, gen)
+    seqs = [teacher.prompt.teacher(q, data.doc_text(d)) for q, d, _ in pairs]
+    t0 = time.time()
+    start = split_point(teacher.lm, cfg.train_layers)
+    states = trunk_states(teacher.lm, seqs, start, cfg.batch_size, teacher.pad_id, "teacher SFT: frozen blocks (once)",
+                          cfg.quiet) if start else None
     params = set_trainable(teacher.lm, cfg.train_layers)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(pairs) / cfg.batch_size / cfg.grad_accum) * cfg.epochs
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
     teacher.lm.train()
-    losses, step, t0 = [], 0, time.time()
+    losses, step = [], 0
     bar = progress(total=steps, desc="teacher SFT", quiet=cfg.quiet)
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(pairs), generator=gen).tolist()
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         for b, idx in enumerate(batches):
-            seqs = [teacher.prompt.teacher(pairs[i][0], data.doc_text(pairs[i][1])) for i in idx]
             labels = torch.tensor([pairs[i][2] for i in idx])
-            h = forward_last(teacher.lm, seqs, teacher.pad_id)  # (B, H)
+            if states is not None:
+                h = top_last(teacher.lm, [states[i] for i in idx], start)  # (B, H), only the top blocks run
+            else:
+                h = forward_last(teacher.lm, [seqs[i] for i in idx], teacher.pad_id)
             loss = sft_loss(teacher.lm.lm_head(h), labels.to(h.device), teacher.y_pos, teacher.y_neg)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"teacher SFT: loss {loss.item()} at epoch {epoch} batch {b}")
@@ -301,15 +316,57 @@ def teacher_run(teacher: Teacher, queries: dict[str, str], candidates: dict[str,
     return run
 
 
-def dev_metric(teacher, data, split, bm25, cfg: TrainConfig, desc: str) -> dict:
-    from evaluate import evaluate_run
+class DevSet:
+    """The dev pairs of `rerank_candidates`, scored before and after training. With a frozen bottom (start > 0) its
+    states are computed once here and both metrics run only the top blocks."""
 
-    cands = rerank_candidates(data, split, bm25, cfg.rerank_k, cfg.max_dev_queries, cfg.seed)
-    queries, qrels = data.split(split)
-    m = evaluate_run(teacher_run(teacher, queries, cands, data.doc_text, desc), {q: qrels[q] for q in cands})
-    protocol = ("all candidates" if len(data.corpus) <= cfg.rerank_k else
-                f"gold + {cfg.rerank_k - 1} sampled negatives (half BM25-hard), random R@1 = {1 / cfg.rerank_k:.3f}")
-    return {"R@1": m["R@1"], "MRR@10": m["MRR@10"], "n_queries": len(cands), "protocol": protocol, "split": split}
+    def __init__(self, teacher: Teacher, data, split: str, bm25, cfg: TrainConfig, start: int, train_split: str):
+        self.data, self.split, self.start = data, split, start
+        self.majority_from = train_split
+        self.cands = rerank_candidates(data, split, bm25, cfg.rerank_k, cfg.max_dev_queries, cfg.seed)
+        self.queries, qrels = data.split(split)
+        self.qrels = {q: qrels[q] for q in self.cands}
+        self.protocol = ("all candidates" if len(data.corpus) <= cfg.rerank_k else
+                         f"gold + {cfg.rerank_k - 1} sampled negatives (half BM25-hard), random R@1 = "
+                         f"{1 / cfg.rerank_k:.3f}")
+        self.flat = [(q, d) for q, ds in self.cands.items() for d in ds]
+        self.states = None
+        if start:
+            seqs = [teacher.prompt.teacher(self.queries[q], data.doc_text(d)) for q, d in self.flat]
+            self.states = trunk_states(teacher.lm, seqs, start, teacher.batch_size, teacher.pad_id,
+                                       "dev: frozen blocks (once)", teacher.quiet)
+
+    def metric(self, teacher: Teacher, desc: str) -> dict:
+        from evaluate import evaluate_run
+
+        if self.states is None:
+            run = teacher_run(teacher, self.queries, self.cands, self.data.doc_text, desc)
+        else:
+            order = sorted(range(len(self.flat)), key=lambda i: len(self.states[i]))
+            h = torch.empty(len(self.flat), teacher.lm.config.hidden_size)
+            with torch.inference_mode():
+                for k in range(0, len(order), teacher.batch_size):
+                    idx = order[k:k + teacher.batch_size]
+                    h[idx] = top_last(teacher.lm, [self.states[i] for i in idx], self.start).float().cpu()
+            u = (teacher.head[teacher.y_pos] - teacher.head[teacher.y_neg]).float().cpu()
+            run = {}
+            for (q, d), v in zip(self.flat, (h @ u).tolist()):
+                run.setdefault(q, {})[d] = v
+        m = evaluate_run(run, self.qrels)
+        return {"R@1": m["R@1"], "MRR@10": m["MRR@10"], "n_queries": len(self.cands), "protocol": self.protocol,
+                "split": self.split, "majority_R@1": majority_r1(self.data, self.majority_from, self.qrels)}
+
+
+def majority_r1(data, split: str, qrels: dict) -> float:
+    """R@1 on `qrels` of always ranking first the document most often gold in `split`, the training split
+    (ESConv: "Questions"); a query whose gold is another document counts as a miss."""
+    _, all_qrels = data.split(split)
+    counts: dict[str, int] = {}
+    for rel in all_qrels.values():
+        for d, g in rel.items():
+            counts[d] = counts.get(d, 0) + (g > 0)
+    top = max(counts, key=counts.get)
+    return sum(qrels[q].get(top, 0) > 0 for q in qrels) / max(len(qrels), 1)
 
 
 # ---------------------------------------------------------------------------- checkpoint
@@ -369,11 +426,12 @@ def cmd_train(cfg: TrainConfig) -> dict:
     lm, tok = load_llm(cfg.model, cfg.device, cfg.dtype)
     base_fp = fingerprint(lm)
     teacher = Teacher(lm, tok, cfg.max_doc_tokens, cfg.batch_size, cfg.quiet)
-    before = dev_metric(teacher, data, test_split, bm25, cfg, "dev (zero-shot)")
+    dev = DevSet(teacher, data, test_split, bm25, cfg, split_point(lm, cfg.train_layers), train_split)
+    before = dev.metric(teacher, "dev (zero-shot)")
     print(f"[teacher] zero-shot {test_split}: R@1 {before['R@1']:.4f} MRR@10 {before['MRR@10']:.4f} "
-          f"({before['n_queries']} queries, {before['protocol']})")
+          f"({before['n_queries']} queries, {before['protocol']}; majority R@1 {before['majority_R@1']:.4f})")
     hist = train(teacher, data, train_split, cfg, bm25)
-    after = dev_metric(teacher, data, test_split, bm25, cfg, "dev (trained)")
+    after = dev.metric(teacher, "dev (trained)")
     print(f"[teacher] trained   {test_split}: R@1 {after['R@1']:.4f} MRR@10 {after['MRR@10']:.4f} "
           f"({hist['pairs']} SFT pairs on {train_split}, {hist['steps']} steps, {hist['seconds']:.0f}s)")
     meta = {"step": hist["steps"], "train_split": train_split, "dev_before": before, "dev_after": after,

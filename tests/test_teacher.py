@@ -104,3 +104,26 @@ def test_prefix_cache_equals_uncached(tiny):
     # a document met by >= batch_size queries reuses its whole prefix (template head + document)
     qs2, ds2 = qs + ["what is this cup", "help you"], ["share"] * 4 + ["drink water"]
     assert torch.allclose(cached.encode_pairs(qs2, ds2), plain.encode_pairs(qs2, ds2), atol=1e-5)
+
+
+def test_frozen_bottom_states_equal_full_forward(tiny):
+    """--train-layers N: top blocks run on stored bottom states (llm.trunk_states + llm.top_last) give the same
+    last-position states as the full forward, and the same gradients for the trained top block."""
+    from llm import forward_last, top_last, trunk_states
+    tok = make_tokenizer()
+    lm = make_lm(tok, layers=3)
+    prompt = T.Prompt(tok)
+    seqs = [prompt.teacher(q, d) for q, d in [("i feel sad", "ask a question"), ("walk", "walk to computer and sit"),
+                                              ("how you write an email to my office", "share")]]
+    assert T.split_point(lm, 1) == 2 and T.split_point(lm, 0) == 0
+    states = trunk_states(lm, seqs, 2, batch_size=2, pad_id=tok.pad_token_id)
+    assert [len(s) for s in states] == [len(s) for s in seqs]
+    top = lm.model.layers[2]
+    top.requires_grad_(True)
+    h_split = top_last(lm, states, 2)
+    g_split = torch.autograd.grad(h_split.square().sum(), list(top.parameters()))
+    h_full = forward_last(lm, seqs, tok.pad_token_id)
+    g_full = torch.autograd.grad(h_full.square().sum(), list(top.parameters()))
+    assert torch.allclose(h_split, h_full, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_split, g_full))
+    assert len(lm.model.layers) == 3  # the blocks are put back after each call
