@@ -180,7 +180,7 @@ class TrainConfig:
     neg_bm25: int = field(1, "hard negatives per query from BM25's top ranks")
     neg_random: int = field(1, "random negatives per query from the pool")
     max_train_queries: int = field(96, "training queries used (0 = all)")
-    max_dev_queries: int = field(24, "held-out queries for the dev metric (0 = all)")
+    max_dev_queries: int = field(64, "held-out queries for the dev metric (0 = all)")
     rerank_k: int = field(8, "dev metric: all candidates if the pool has at most this many, else gold + k-1 negatives")
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
     seed: int = field(0, "seed for sampling and shuffling")
