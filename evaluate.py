@@ -256,12 +256,17 @@ def system_teacher(teacher, data, queries: dict[str, str], first_stage: dict[str
 HEAD = ("R@1", "R@3", "R@10", "MRR@10", "nDCG@10")
 
 
+def trec_id(x: str) -> str:
+    """An id as one whitespace-free TREC field: ESConv's strategy names have spaces, written with '_' for them."""
+    return "_".join(x.split())
+
+
 def write_trec(path: Path, run: dict[str, dict[str, float]], name: str) -> None:
-    """TREC run file: `qid Q0 docid rank score run`."""
+    """TREC run file: `qid Q0 docid rank score run` (whitespace inside ids replaced by '_', see `trec_id`)."""
     lines = []
     for q, docs in run.items():
         for i, d in enumerate(ranked(docs)[:TOP]):
-            lines.append(f"{q} Q0 {d} {i + 1} {docs[d]:.6f} {name}")
+            lines.append(f"{trec_id(q)} Q0 {trec_id(d)} {i + 1} {docs[d]:.6f} {name}")
     atomic_write(path, "\n".join(lines) + "\n")
 
 

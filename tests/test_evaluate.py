@@ -110,3 +110,10 @@ def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
     assert {"bm25", "llm-biencoder", "teacher", "student"} <= set(res["systems"])
     for name in res["systems"]:
         assert (tmp_path / "e" / f"run.{name}.trec").exists()
+
+
+def test_trec_ids_with_spaces(tmp_path):
+    """ESConv ids such as "Providing Suggestions" are written as one TREC field, so every line has 6 fields."""
+    E.write_trec(tmp_path / "r.trec", {"q 1": {"Providing Suggestions": 1.0, "Other": 0.5}}, "x")
+    lines = (tmp_path / "r.trec").read_text().splitlines()
+    assert [len(line.split()) for line in lines] == [6, 6] and lines[0].split()[2] == "Providing_Suggestions"
