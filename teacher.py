@@ -1,7 +1,7 @@
 """The teacher: an LLM generative reranker that reads the document first, then the query, and scores relevance by the
 log-probabilities of "yes" / "no" (METHOD.md equations (1)-(4); the paper's teacher is LaHoRe, arXiv 2412.16615).
 
-    python teacher.py train --bench virtualhome                          # SFT (4) on the embedded model, ~4 min CPU
+    python teacher.py train --bench virtualhome                          # SFT (4) + dev metric, ~8 min on 2 CPU cores
     python teacher.py train --bench esconv --data-dir ../shared/data/esconv
     python teacher.py score --query "I feel so alone" --doc "Reflection of feelings" [--checkpoint runs/teacher-esconv]
     python teacher.py bench                                               # pairs/s at total lengths 128 and 512
