@@ -53,6 +53,7 @@ class ComplexityConfig:
     def __post_init__(self):
         if self.quick:
             self.max_len, self.n, self.repeats = min(self.max_len, 128), min(self.n, 4), 1
+        self.timed = self.n if self.timed_pairs == 0 else min(self.n, self.timed_pairs)  # teacher passes timed
         if self.min_len < 1 or self.max_len < self.min_len or self.n < 1 or self.repeats < 1 or self.timed_pairs < 0:
             raise ValueError("need 1 <= min_len <= max_len, n >= 1, repeats >= 1, timed_pairs >= 0")
 
@@ -145,8 +146,7 @@ def measure(lm, tok, cfg: ComplexityConfig) -> list[dict]:
     rows = []
     for L in progress(lengths, desc="lengths", quiet=cfg.quiet):
         docs = [pool[cfg.query_len + i: cfg.query_len + i + L] for i in range(cfg.n)]
-        timed = cfg.n if cfg.timed_pairs == 0 else min(cfg.n, cfg.timed_pairs)
-        joint = [prompt.pre + d + prompt.mid + query + prompt.post for d in docs[:timed]]
+        joint = [prompt.pre + d + prompt.mid + query + prompt.post for d in docs[:cfg.timed]]
         q_only = [prompt.pre_q + query + prompt.post_q]
         d_prefix = [prompt.pre + docs[0]]
         side = pred.doc_side(torch.randn(cfg.n, h, device=dev)).detach()
@@ -164,7 +164,7 @@ def measure(lm, tok, cfg: ComplexityConfig) -> list[dict]:
 
         th = theory(lm.config, L, cfg.query_len, template, cfg.n, cfg.width)
         # the online cost is small and noisy: time it 3x as often
-        for series, fn, reps, scale in (("teacher", teacher, cfg.repeats, cfg.n / timed),
+        for series, fn, reps, scale in (("teacher", teacher, cfg.repeats, cfg.n / cfg.timed),
                                         ("student_online", online, 3 * cfg.repeats, 1.0),
                                         ("student_offline", offline, cfg.repeats, 1.0)):
             med, lo, hi = median_time(fn, reps, scale)
@@ -210,7 +210,7 @@ def write_outputs(out: Path, rows: list[dict], summary: dict, cfg: ComplexityCon
     by = {(r["series"], r["L_d"]): r for r in rows}
     md = [f"n = {cfg.n} candidates, L_q = {cfg.query_len}, P = {cfg.width}, {cfg.repeats} repeats (median), "
           f"{device}, {torch.get_num_threads()} threads, model {cfg.model}, teacher timed on "
-          f"{'all n' if cfg.timed_pairs == 0 else min(cfg.n, cfg.timed_pairs)} of the n joint passes per length", "",
+          f"{cfg.timed} of the n = {cfg.n} joint passes per length", "",
           "| L_d | teacher ms/query | student online ms/query | student offline ms/doc | teacher / student online |"
           " teacher GFLOP (attention share) | teacher local slope: measured (FLOPs) |", "|---|---|---|---|---|---|---|"]
     for i, L in enumerate(lengths):

@@ -155,9 +155,12 @@ class Teacher:
     def score(self, queries: list[str], docs: list[str], desc: str = "teacher") -> torch.Tensor:
         """(3) s_T = z_T[y+] - z_T[y-] = log p(y+) - log p(y-) (tau = 1) for each pair, (N,).
         Computed as u . h_T with u = W[y+] - W[y-]: only the two answer rows of W are needed."""
-        h = self.encode_pairs(queries, docs, desc)
-        u = (self.head[self.y_pos] - self.head[self.y_neg]).float().cpu()  # (H,)
-        return h @ u
+        return self.encode_pairs(queries, docs, desc) @ self.u
+
+    @property
+    def u(self) -> torch.Tensor:
+        """u = W[y+] - W[y-], (H,) float32 on the CPU: s_T = u . h_T (3)."""
+        return (self.head[self.y_pos] - self.head[self.y_neg]).float().cpu()
 
 
 # ---------------------------------------------------------------------------- training (4)
@@ -309,9 +312,13 @@ def teacher_run(teacher: Teacher, queries: dict[str, str], candidates: dict[str,
                 desc: str = "teacher") -> dict[str, dict[str, float]]:
     """Score every (query, candidate) and return a run {qid: {doc id: s_T}}; doc_text maps a doc id to its text."""
     flat = [(q, d) for q, ds in candidates.items() for d in ds]
-    s = teacher.score([queries[q] for q, _ in flat], [doc_text(d) for _, d in flat], desc)
+    return to_run(flat, teacher.score([queries[q] for q, _ in flat], [doc_text(d) for _, d in flat], desc))
+
+
+def to_run(flat: list[tuple[str, str]], scores: torch.Tensor) -> dict[str, dict[str, float]]:
+    """(query id, doc id) pairs and their scores -> a run {qid: {doc id: score}}."""
     run: dict[str, dict[str, float]] = {}
-    for (q, d), v in zip(flat, s.tolist()):
+    for (q, d), v in zip(flat, scores.tolist()):
         run.setdefault(q, {})[d] = v
     return run
 
@@ -348,10 +355,7 @@ class DevSet:
                 for k in range(0, len(order), teacher.batch_size):
                     idx = order[k:k + teacher.batch_size]
                     h[idx] = top_last(teacher.lm, [self.states[i] for i in idx], self.start).float().cpu()
-            u = (teacher.head[teacher.y_pos] - teacher.head[teacher.y_neg]).float().cpu()
-            run = {}
-            for (q, d), v in zip(self.flat, (h @ u).tolist()):
-                run.setdefault(q, {})[d] = v
+            run = to_run(self.flat, h @ teacher.u)
         m = evaluate_run(run, self.qrels)
         return {"R@1": m["R@1"], "MRR@10": m["MRR@10"], "n_queries": len(self.cands), "protocol": self.protocol,
                 "split": self.split, "majority_R@1": majority_r1(self.data, self.majority_from, self.qrels)}
