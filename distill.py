@@ -15,7 +15,7 @@ Steps, numbered as in METHOD.md:
             BM25 + random negatives, the same number of teacher calls)
         (4) teacher targets h_T for pairs not seen yet (cached by pair; z_T = W h_T is recomputed, W is frozen)
         (5) train the predictor E epochs on all pairs so far with L_JEPA + lmbda * L_RKL (10)
-    (6) evaluate on the held-out split: bm25, llm-biencoder, teacher, student
+    (6) evaluate on the held-out split: prior (label frequency), bm25, llm-biencoder, teacher, student
     (7) save the predictor (safetensors + JSON sidecar) and the results
 
 Choices not fixed by the paper: the whole procedure above (rounds, k, tau_s, the pair cache), a fresh AdamW per
@@ -312,8 +312,10 @@ def run(cfg: DistillConfig) -> dict:
 
 def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student, h_d: torch.Tensor,
                  d_seconds: float) -> dict:
-    """bm25, llm-biencoder, teacher (all candidates or the student's top-k) and student on the held-out split."""
-    from evaluate import eval_queries, report, system_biencoder, system_bm25, system_student, system_teacher
+    """prior, bm25, llm-biencoder, teacher (all candidates or the student's top-k) and student on the held-out split."""
+    from data import train_test_splits
+    from evaluate import (eval_queries, report, system_biencoder, system_bm25, system_prior, system_student,
+                          system_teacher)
 
     queries, qrels = data.split(split)
     qids = eval_queries(queries, cfg.max_test_queries, cfg.seed)
@@ -322,7 +324,8 @@ def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student
     t0 = time.perf_counter()
     h_q = student.encode_queries([queries[q] for q in qids], desc="(6) test queries")
     q_seconds = time.perf_counter() - t0
-    results = {"bm25": system_bm25(data, queries, cfg.quiet),
+    results = {"prior": system_prior(data, queries, train_test_splits(data)[0]),
+               "bm25": system_bm25(data, queries, cfg.quiet),
                "llm-biencoder": system_biencoder(qids, doc_ids, h_q, h_d, q_seconds, d_seconds),
                "student": system_student(student, qids, doc_ids, h_q, h_d, q_seconds, d_seconds)}
     protocol = {"student": "exact factorised scoring of every document"}
@@ -331,7 +334,7 @@ def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student
         protocol["teacher"] = results["teacher"].note
     header = (f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents; "
               f"teacher: {protocol.get('teacher', 'not evaluated')}")
-    order = [k for k in ("bm25", "llm-biencoder", "teacher", "student") if k in results]
+    order = [k for k in ("prior", "bm25", "llm-biencoder", "teacher", "student") if k in results]
     return report(cfg.output_dir, cfg.bench, split, {q: qrels[q] for q in qids}, {k: results[k] for k in order},
                   header, extra={"protocol": protocol})
 

@@ -205,6 +205,27 @@ def system_bm25(data, queries: dict[str, str], quiet=False) -> SystemResult:
     return SystemResult(run, 1000 * dt / max(1, len(queries)), t_index, "k1 0.9, b 0.4")
 
 
+def label_prior(data, split: str) -> dict[str, int]:
+    """How often each document is gold in `split` (the training split): the label prior."""
+    counts: dict[str, int] = {}
+    for rel in data.split(split)[1].values():
+        for d, g in rel.items():
+            counts[d] = counts.get(d, 0) + (g > 0)
+    return counts
+
+
+def system_prior(data, queries: dict[str, str], train_split: str) -> SystemResult:
+    """The same ranking for every query: documents by how often they are gold in the training split (never-gold
+    documents by id). Reads neither query nor document text: what a retriever scores by the label prior alone."""
+    counts, t_count = timed(label_prior, data, train_split)
+    t0 = time.perf_counter()
+    scores = {d: float(counts.get(d, 0)) for d in data.corpus}
+    top = {d: scores[d] for d in ranked(scores)[:TOP]}
+    run = {q: dict(top) for q in queries}
+    dt = time.perf_counter() - t0
+    return SystemResult(run, 1000 * dt / max(1, len(queries)), t_count, f"label prior: gold counts in {train_split}")
+
+
 def system_minilm(data, queries: dict[str, str], quiet=False) -> SystemResult | None:
     enc = minilm_encoder(quiet)
     if enc is None:
@@ -298,7 +319,8 @@ class EvalConfig:
     bench: str = field("virtualhome", "beir | msmarco | esconv | saycan | virtualhome | a single BEIR name")
     datasets: str = field("scifact,nfcorpus,arguana,fiqa,scidocs,trec-covid", "BEIR names for --bench beir")
     data_dir: str = field("", "local copy (for beir: a folder holding one sub-folder per data set, or the set)")
-    systems: str = field("bm25,llm-biencoder,minilm,teacher,student", "comma-separated systems to compare")
+    systems: str = field("prior,bm25,llm-biencoder,minilm,teacher,student",
+                         "comma-separated systems to compare (prior: needs a training split)")
     split: str = field("", "split to evaluate (default: test, or dev where there is no test)")
     max_queries: int = field(0, "evaluate a seeded subset of queries (0 = all)")
     max_docs: int = field(0, "keep the judged documents plus a seeded random rest up to this many (0 = all)")
@@ -314,7 +336,7 @@ class EvalConfig:
     quiet: bool = field(False, "no progress bars")
 
     def __post_init__(self):
-        known = {"bm25", "llm-biencoder", "minilm", "teacher", "student"}
+        known = {"prior", "bm25", "llm-biencoder", "minilm", "teacher", "student"}
         bad = set(self.system_list) - known
         if bad:
             raise ValueError(f"--systems: unknown {sorted(bad)}; choose from {sorted(known)}")
@@ -389,6 +411,12 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     data, queries, qrels = shrink(data, split, cfg)
     qids, doc_ids = list(queries), list(data.corpus)
     results: dict[str, SystemResult] = {}
+    if "prior" in cfg.system_list:
+        train = next((s for s in ("train", "dev") if s in data.queries and s != split), None)
+        if train is None:
+            print(f"[evaluate] prior skipped: {name} has no training split besides {split}")
+        else:
+            results["prior"] = system_prior(data, queries, train)
     if "bm25" in cfg.system_list:
         results["bm25"] = system_bm25(data, queries, cfg.quiet)
     if "minilm" in cfg.system_list:

@@ -364,11 +364,9 @@ class DevSet:
 def majority_r1(data, split: str, qrels: dict) -> float:
     """R@1 on `qrels` of always ranking first the document most often gold in `split`, the training split
     (ESConv: "Questions"); a query whose gold is another document counts as a miss."""
-    _, all_qrels = data.split(split)
-    counts: dict[str, int] = {}
-    for rel in all_qrels.values():
-        for d, g in rel.items():
-            counts[d] = counts.get(d, 0) + (g > 0)
+    from evaluate import label_prior
+
+    counts = label_prior(data, split)
     top = max(counts, key=counts.get)
     return sum(qrels[q].get(top, 0) > 0 for q in qrels) / max(len(qrels), 1)
 

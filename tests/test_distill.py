@@ -28,7 +28,7 @@ def test_end_to_end_schema_loss_and_determinism(env):
     """Loss goes down; results.json has the schema; two runs with one seed give identical numbers."""
     tmp, root = env
     a = distill.main(_args(tmp, root, "a"))
-    for name in ("bm25", "llm-biencoder", "teacher", "student"):
+    for name in ("prior", "bm25", "llm-biencoder", "teacher", "student"):
         assert set(a["systems"][name]) >= {"R@1", "R@3", "R@10", "MRR@10", "nDCG@10", "ms_per_query"}
     assert {"bench", "split", "n_queries", "systems"} <= set(json.loads((tmp / "a" / "results.json").read_text()))
     rows = list(csv.DictReader(open(tmp / "a" / "metrics.csv")))

@@ -105,9 +105,9 @@ def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
     distill.main(["--data-dir", str(root), "--teacher", str(tmp_path / "t"), "--output-dir", str(tmp_path / "s"),
                   "--rounds", "1", "--k", "2", "--epochs", "2", "--width", "8", "--quiet"])
     res = E.main(["--bench", "virtualhome", "--data-dir", str(root), "--student", str(tmp_path / "s"),
-                  "--systems", "bm25,llm-biencoder,minilm,teacher,student", "--rerank-k", "4",
+                  "--systems", "prior,bm25,llm-biencoder,minilm,teacher,student", "--rerank-k", "4",
                   "--output-dir", str(tmp_path / "e"), "--quiet"])
-    assert {"bm25", "llm-biencoder", "teacher", "student"} <= set(res["systems"])
+    assert {"prior", "bm25", "llm-biencoder", "teacher", "student"} <= set(res["systems"])
     for name in res["systems"]:
         assert (tmp_path / "e" / f"run.{name}.trec").exists()
 
@@ -117,3 +117,18 @@ def test_trec_ids_with_spaces(tmp_path):
     E.write_trec(tmp_path / "r.trec", {"q 1": {"Providing Suggestions": 1.0, "Other": 0.5}}, "x")
     lines = (tmp_path / "r.trec").read_text().splitlines()
     assert [len(line.split()) for line in lines] == [6, 6] and lines[0].split()[2] == "Providing_Suggestions"
+
+
+def test_prior_ranks_by_training_gold_counts():
+    """The prior system ranks documents by how often they are gold in the training split, the same list for every
+    query, and never looks at the test qrels."""
+    from data import Retrieval
+    corpus = {d: {"title": "", "text": d} for d in ("a", "b", "c", "d")}
+    queries = {"train": {"t1": "x", "t2": "y", "t3": "z"}, "test": {"q1": "x", "q2": "y"}}
+    qrels = {"train": {"t1": {"c": 1}, "t2": {"c": 1}, "t3": {"a": 1, "b": 0}}, "test": {"q1": {"c": 1}, "q2": {"d": 1}}}
+    data = Retrieval("toy", corpus, queries, qrels)
+    assert E.label_prior(data, "train") == {"c": 2, "a": 1, "b": 0}
+    res = E.system_prior(data, queries["test"], "train")
+    assert [E.ranked(res.run[q]) for q in ("q1", "q2")] == [["c", "a", "d", "b"]] * 2  # ties by id, descending
+    m = E.evaluate_run(res.run, qrels["test"])
+    assert m["R@1"] == 0.5 and m["MRR@10"] == pytest.approx((1 + 1 / 3) / 2)
