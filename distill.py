@@ -78,9 +78,9 @@ class DistillConfig:
 
     def __post_init__(self):
         if self.quick:  # every size capped; the teacher is trained on fewer queries too (step0_teacher)
-            self.max_train_queries = min(self.max_train_queries or 24, 24)
+            self.max_train_queries = min(self.max_train_queries or 16, 16)
             self.max_test_queries = min(self.max_test_queries or 16, 16)
-            self.rounds, self.k, self.epochs, self.rerank_k = min(self.rounds, 2), 1, min(self.epochs, 20), min(self.rerank_k, 4)
+            self.rounds, self.k, self.epochs, self.rerank_k = min(self.rounds, 2), 1, min(self.epochs, 20), min(self.rerank_k, 2)
         if self.rounds < 1 or self.k < 1 or self.epochs < 1 or self.width < 1 or self.batch_size < 1:
             raise ValueError("rounds, k, epochs, width and batch_size must be >= 1")
         if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0:
@@ -106,7 +106,7 @@ def step0_teacher(cfg: DistillConfig):
         tcfg = TrainConfig(bench=cfg.bench, data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
                            output_dir=cfg.teacher, seed=cfg.seed, quiet=cfg.quiet, batch_size=cfg.teacher_batch)
         if cfg.quick:
-            tcfg.max_train_queries, tcfg.max_dev_queries = 24, 8
+            tcfg.max_train_queries, tcfg.epochs, tcfg.max_dev_queries, tcfg.rerank_k = 16, 2, 8, 4
         cmd_train(tcfg)
     teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet)
     if meta.get("base_model") != cfg.model:
