@@ -2,8 +2,8 @@
 distill.py calls it.
 
     python evaluate.py --bench beir --datasets scifact --data-dir DIR --systems bm25
-    python evaluate.py --bench esconv --data-dir ../shared/data/esconv --systems bm25,llm-biencoder,minilm,teacher,student
-    python evaluate.py --bench virtualhome --systems bm25,llm-biencoder,minilm,teacher,student      # embedded, offline
+    python evaluate.py --bench esconv --data-dir ../shared/data/esconv    # prior,bm25,llm-biencoder,minilm,teacher,student
+    python evaluate.py --bench virtualhome --systems prior,bm25,teacher --first-stage bm25 --rerank-k 16  # embedded
     python evaluate.py --bench virtualhome --systems bm25 --max-queries 50                       # quick CPU check
 
 Reported by the paper (Qwen2-7B, METHOD.md): ESConv R@1 student 32.8 / teacher 34.4 / best bi-encoder 23.9;
@@ -12,6 +12,8 @@ Public reference points to sanity-check a run: BM25 (Pyserini flat) nDCG@10 on S
 ArguAna 0.397-0.414, FiQA 0.236, MS MARCO dev MRR@10 0.184-0.187.
 
 Choices not fixed by the paper:
+- `prior` ranks every query's candidates by how often each document is gold in the training split: the score a
+  retriever gets from the label distribution alone (ESConv's 8 strategies are far from uniform);
 - BM25 with k1 0.9, b 0.4 (Pyserini's defaults), Lucene idf, lowercase word tokens minus Lucene's 33 English stop
   words, no stemming (so BEIR numbers sit a little below Pyserini's Porter-stemmed index);
 - `teacher` reranks the top `--rerank-k` of a first stage (`--first-stage`, default student when a checkpoint is
