@@ -42,6 +42,7 @@ from losses import total_loss
 from student import Student, encode_corpus, save_predictor
 
 CHUNK = 64  # teacher targets are computed and saved in chunks of this many pairs
+Z_T_BYTES = 1 << 30  # z_T of all pairs is computed once per round when it fits in this many bytes
 
 
 @dataclass
@@ -181,6 +182,10 @@ def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str
     qi = torch.tensor([p[0] for p in pairs])
     di = torch.tensor([p[1] for p in pairs])
     h_T = torch.stack([cache.h[p[2]] for p in pairs])
+    # (2) z_T = W h_T, exact: the head is the teacher's, frozen, so it is the same every epoch: computed once per
+    # round for all pairs when it fits in Z_T_BYTES, else per batch
+    head = student.head
+    z_T = h_T.to(dev) @ head.T if len(pairs) * head.shape[0] * 4 <= Z_T_BYTES else None
     support = (student.y_pos, student.y_neg) if cfg.kl_support == "answer" else None
     opt = torch.optim.AdamW(student.predictor.parameters(), lr=cfg.lr)
     student.predictor.train()
@@ -192,7 +197,7 @@ def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str
             b = order[i:i + cfg.batch_size]
             hq, hd, ht = h_q[qi[b]].to(dev), h_d[di[b]].to(dev), h_T[b].to(dev)
             h_hat, z_s, _ = student.forward(hq, hd)
-            z_t = ht @ student.head.T  # (2) z_T = W h_T, exact: the head is the teacher's, frozen
+            z_t = z_T[b.to(dev)] if z_T is not None else ht @ head.T
             loss, parts = total_loss(h_hat, ht, z_s, z_t, cfg.lmbda_eff, cfg.tau, support, not cfg.no_jepa)
             if not math.isfinite(parts["total"]):
                 raise FloatingPointError(f"round {r} epoch {epoch} step {step}: loss is {parts['total']} "

@@ -65,6 +65,16 @@ def test_resume_equals_uninterrupted(env, monkeypatch):
     assert strip(resumed) == strip(full)
 
 
+def test_teacher_logits_once_per_round_equal_per_batch(env, monkeypatch):
+    """z_T computed once per round for all pairs gives the same run as z_T computed batch by batch."""
+    tmp, root = env
+    once = distill.main(_args(tmp, root, "once"))
+    monkeypatch.setattr(distill, "Z_T_BYTES", 0)
+    per_batch = distill.main(_args(tmp, root, "per_batch"))
+    assert (tmp / "once" / "metrics.csv").read_text() == (tmp / "per_batch" / "metrics.csv").read_text()
+    assert {k: s["R@1"] for k, s in once["systems"].items()} == {k: s["R@1"] for k, s in per_batch["systems"].items()}
+
+
 def test_nan_loss_stops_with_parts(env, monkeypatch):
     """A non-finite loss stops the run and names the round, step and loss parts."""
     tmp, root = env
