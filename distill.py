@@ -13,7 +13,8 @@ Steps, numbered as in METHOD.md:
         (2) score every candidate for every training query with the current student (7, factorised)
         (3) sample k documents per query from softmax(s_S / tau_s), plus the gold ones (policy off: fixed
             BM25 + random negatives, the same number of teacher calls)
-        (4) teacher targets h_T for pairs not seen yet (cached by pair; z_T = W h_T is recomputed, W is frozen)
+        (4) teacher targets h_T for pairs not seen yet (cached by pair; z_T = W h_T is recomputed once per
+            round, W is frozen)
         (5) train the predictor E epochs on all pairs so far with L_JEPA + lmbda * L_RKL (10)
     (6) evaluate on the held-out split: prior (label frequency), bm25, llm-biencoder, teacher, student
     (7) save the predictor (safetensors + JSON sidecar) and the results
@@ -81,7 +82,8 @@ class DistillConfig:
         if self.quick:  # every size capped; the teacher is trained on fewer queries too (step0_teacher)
             self.max_train_queries = min(self.max_train_queries or 16, 16)
             self.max_test_queries = min(self.max_test_queries or 16, 16)
-            self.rounds, self.k, self.epochs, self.rerank_k = min(self.rounds, 2), 1, min(self.epochs, 20), min(self.rerank_k, 2)
+            self.rounds, self.k, self.epochs = min(self.rounds, 2), 1, min(self.epochs, 20)
+            self.rerank_k = min(self.rerank_k, 2)
         if self.rounds < 1 or self.k < 1 or self.epochs < 1 or self.width < 1 or self.batch_size < 1:
             raise ValueError("rounds, k, epochs, width and batch_size must be >= 1")
         if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0:

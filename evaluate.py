@@ -2,7 +2,7 @@
 distill.py calls it.
 
     python evaluate.py --bench beir --datasets scifact --data-dir DIR --systems bm25
-    python evaluate.py --bench esconv --data-dir ../shared/data/esconv    # prior,bm25,llm-biencoder,minilm,teacher,student
+    python evaluate.py --bench esconv --data-dir ../shared/data/esconv     # every system (default --systems)
     python evaluate.py --bench virtualhome --systems prior,bm25,teacher --first-stage bm25 --rerank-k 16  # embedded
     python evaluate.py --bench virtualhome --systems bm25 --max-queries 50                       # quick CPU check
 
@@ -414,8 +414,11 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     qids, doc_ids = list(queries), list(data.corpus)
     results: dict[str, SystemResult] = {}
     if "prior" in cfg.system_list:
-        train = next((s for s in ("train", "dev") if s in data.queries and s != split), None)
-        if train is None:
+        try:
+            train = train_test_splits(data)[0]
+        except KeyError:  # a single split: nothing to count the prior on
+            train = split
+        if train == split:
             print(f"[evaluate] prior skipped: {name} has no training split besides {split}")
         else:
             results["prior"] = system_prior(data, queries, train)

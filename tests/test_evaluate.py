@@ -125,7 +125,8 @@ def test_prior_ranks_by_training_gold_counts():
     from data import Retrieval
     corpus = {d: {"title": "", "text": d} for d in ("a", "b", "c", "d")}
     queries = {"train": {"t1": "x", "t2": "y", "t3": "z"}, "test": {"q1": "x", "q2": "y"}}
-    qrels = {"train": {"t1": {"c": 1}, "t2": {"c": 1}, "t3": {"a": 1, "b": 0}}, "test": {"q1": {"c": 1}, "q2": {"d": 1}}}
+    qrels = {"train": {"t1": {"c": 1}, "t2": {"c": 1}, "t3": {"a": 1, "b": 0}},
+             "test": {"q1": {"c": 1}, "q2": {"d": 1}}}
     data = Retrieval("toy", corpus, queries, qrels)
     assert E.label_prior(data, "train") == {"c": 2, "a": 1, "b": 0}
     res = E.system_prior(data, queries["test"], "train")
