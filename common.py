@@ -126,6 +126,14 @@ def write_run_config(out_dir: str | Path, cfg) -> None:
                                                "torch": torch.__version__, "citation": CITATION})
 
 
+def subset(items: list, k: int, gen: torch.Generator) -> list:
+    """A seeded random subset of size k (all when k == 0 or k >= len), kept in the original order."""
+    if k <= 0 or k >= len(items):
+        return items
+    keep = sorted(torch.randperm(len(items), generator=gen)[:k].tolist())
+    return [items[i] for i in keep]
+
+
 def progress(iterable=None, desc: str = "", quiet: bool = False, **kw):
     """tqdm with a description; `quiet` turns every bar off."""
     return tqdm(iterable, desc=desc, disable=quiet, dynamic_ncols=True, **kw)

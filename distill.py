@@ -16,7 +16,8 @@ Steps, numbered as in METHOD.md:
         (4) teacher targets h_T for pairs not seen yet (cached by pair; z_T = W h_T is recomputed once per
             round, W is frozen)
         (5) train the predictor E epochs on all pairs so far with L_JEPA + lmbda * L_RKL (10)
-    (6) evaluate on the held-out split: prior (label frequency), bm25, llm-biencoder, teacher, student
+    (6) evaluate on the held-out split: prior (label frequency), bm25, llm-biencoder, teacher, student, each ranking
+        the same candidate set C(q) per query; gold metrics, agreement with the teacher, bootstrap CIs (metrics.py)
     (7) save the predictor (safetensors + JSON sidecar) and the results
 
 Choices not fixed by the paper: the whole procedure above (rounds, k, tau_s, the pair cache), a fresh AdamW per
@@ -37,9 +38,10 @@ from pathlib import Path
 import torch
 
 from common import (add_dataclass_args, atomic_write, cache_dir, config_from_args, field, load_tensors, progress,
-                    save_tensors, set_seed, write_json, write_run_config)
+                    save_tensors, set_seed, subset, write_json, write_run_config)
 from llm import DEFAULT_MODEL, fingerprint
 from losses import total_loss
+from metrics import BM25, candidate_sets, describe_protocol
 from student import Student, encode_corpus, save_predictor
 
 CHUNK = 64  # teacher targets are computed and saved in chunks of this many pairs
@@ -69,7 +71,7 @@ class DistillConfig:
     seed: int = field(0, "seed of every random draw")
     max_train_queries: int = field(96, "training queries (0 = all)")
     max_test_queries: int = field(64, "held-out queries evaluated (0 = all)")
-    rerank_k: int = field(4, "teacher reranks all candidates if the pool has at most this many, else the student's top-k")
+    rerank_k: int = field(8, "size of C(q), the candidates every system ranks in step (6) (the whole pool when smaller)")
     teacher_batch: int = field(8, "pairs per teacher / encoder forward")
     eval_teacher: bool = field(True, "score the teacher in step (6) (ablations can skip it: it does not change)")
     output_dir: str = field("", "outputs (default runs/distill-{bench}[-quick])")
@@ -83,7 +85,7 @@ class DistillConfig:
             self.max_train_queries = min(self.max_train_queries or 16, 16)
             self.max_test_queries = min(self.max_test_queries or 16, 16)
             self.rounds, self.k, self.epochs = min(self.rounds, 2), 1, min(self.epochs, 20)
-            self.rerank_k = min(self.rerank_k, 2)
+            self.rerank_k = min(self.rerank_k, 4)
         if self.rounds < 1 or self.k < 1 or self.epochs < 1 or self.width < 1 or self.batch_size < 1:
             raise ValueError("rounds, k, epochs, width and batch_size must be >= 1")
         if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0:
@@ -226,8 +228,6 @@ def write_log(path: Path, log: list[dict]) -> None:
 # ---------------------------------------------------------------------------- the loop
 def run(cfg: DistillConfig) -> dict:
     from data import load_bench, train_test_splits
-    from evaluate import BM25
-    from teacher import subset
 
     t_start = time.time()
     out = Path(cfg.output_dir)
@@ -319,31 +319,23 @@ def run(cfg: DistillConfig) -> dict:
 
 def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student, h_d: torch.Tensor,
                  d_seconds: float) -> dict:
-    """prior, bm25, llm-biencoder, teacher (all candidates or the student's top-k) and student on the held-out split."""
+    """prior, bm25, llm-biencoder, teacher and student on the held-out split, every system on the same C(q)."""
     from data import train_test_splits
-    from evaluate import (eval_queries, report, system_biencoder, system_bm25, system_prior, system_student,
-                          system_teacher)
+    from evaluate import eval_queries, report, run_systems, timed
 
     queries, qrels = data.split(split)
     qids = eval_queries(queries, cfg.max_test_queries, cfg.seed)
-    queries = {q: queries[q] for q in qids}
+    queries, qrels = {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
     doc_ids = list(data.corpus)
-    t0 = time.perf_counter()
-    h_q = student.encode_queries([queries[q] for q in qids], desc="(6) test queries")
-    q_seconds = time.perf_counter() - t0
-    results = {"prior": system_prior(data, queries, train_test_splits(data)[0]),
-               "bm25": system_bm25(data, queries, cfg.quiet),
-               "llm-biencoder": system_biencoder(qids, doc_ids, h_q, h_d, q_seconds, d_seconds),
-               "student": system_student(student, qids, doc_ids, h_q, h_d, q_seconds, d_seconds)}
-    protocol = {"student": "exact factorised scoring of every document"}
-    if cfg.eval_teacher:
-        results["teacher"] = system_teacher(teacher, data, queries, results["student"].run, cfg.rerank_k, "student")
-        protocol["teacher"] = results["teacher"].note
-    header = (f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents; "
-              f"teacher: {protocol.get('teacher', 'not evaluated')}")
-    order = [k for k in ("prior", "bm25", "llm-biencoder", "teacher", "student") if k in results]
-    return report(cfg.output_dir, cfg.bench, split, {q: qrels[q] for q in qids}, {k: results[k] for k in order},
-                  header, extra={"protocol": protocol})
+    bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
+    cands = candidate_sets(qids, queries, qrels, doc_ids, bm25, cfg.rerank_k,
+                           torch.Generator().manual_seed(cfg.seed + 11))
+    names = ["prior", "bm25", "llm-biencoder"] + (["teacher"] if cfg.eval_teacher else []) + ["student"]
+    results = run_systems(names, data, queries, cands, bm25, bm25_seconds, train_test_splits(data)[0], teacher,
+                          student, h_d, d_seconds, quiet=cfg.quiet)
+    header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
+    return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
+                  header, seed=cfg.seed)
 
 
 def main(argv=None) -> dict:

