@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +52,23 @@ def cache_dir(*parts: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- atomic writes
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: the user's umask, not mkstemp's 0600
+
+
 def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file."""
+    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file.
+    The file gets the user's normal permissions (umask), like a plain open() would."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -69,30 +83,55 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+class IntegrityError(ValueError):
+    """A tensor file that does not match the digest in its sidecar, or cannot be read: damaged or truncated."""
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """One checkpoint = `path` (safetensors) + `path.json` (sidecar with config, step, metrics, fingerprints).
-    Both written atomically; the sidecar last, so a sidecar always describes a complete tensor file."""
+    """One checkpoint = `path` (safetensors) + `path.json` (sidecar with config, step, metrics, fingerprints and the
+    blake2b digest of the tensor file). Both written atomically; the sidecar last, so a sidecar always describes a
+    complete tensor file."""
     from safetensors.torch import save
 
     path = Path(path)
-    atomic_write(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
-    write_json(str(path) + ".json", meta)
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    atomic_write(path, data)
+    write_json(str(path) + ".json", {**meta, "digest": digest(data)})
 
 
-def load_tensors(path: str | Path, expect: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load a checkpoint written by save_tensors; every key in `expect` must equal the sidecar's value."""
-    from safetensors.torch import load_file
+def load_tensors(path: str | Path, expect: dict[str, Any] | None = None,
+                 fix: str = "delete it and run again") -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a checkpoint written by save_tensors. The file must match the digest in its sidecar (else IntegrityError
+    naming the file and `fix`, what to do), and every key in `expect` must equal the sidecar's value."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     path = Path(path)
     side = Path(str(path) + ".json")
     if not path.exists() or not side.exists():
         raise FileNotFoundError(f"{path}: checkpoint or its sidecar {side.name} is missing")
-    meta = json.loads(side.read_text())
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{side}: sidecar is not valid JSON ({e}); {fix}") from e
     for key, want in (expect or {}).items():
         if meta.get(key) != want:
             raise ValueError(f"{side}: field '{key}' is {meta.get(key)!r} but this run has {want!r}; "
                              "the checkpoint was made for something else")
-    return load_file(str(path)), meta
+    data = path.read_bytes()
+    if "digest" not in meta:
+        print(f"[common] warning: {side} has no digest (written by an older version): {path.name} is not checked")
+    elif digest(data) != meta["digest"]:
+        raise IntegrityError(f"{path}: content does not match the digest in {side.name} (damaged or truncated, "
+                             f"{len(data)} bytes); {fix}")
+    try:
+        return load(data), meta
+    except SafetensorError as e:
+        raise IntegrityError(f"{path}: not a readable safetensors file ({e}); {fix}") from e
 
 
 # ---------------------------------------------------------------------------- configs
@@ -124,6 +163,70 @@ def write_run_config(out_dir: str | Path, cfg) -> None:
     """The resolved config and the exact command line, written next to the outputs before any work starts."""
     write_json(Path(out_dir) / "config.json", {"config": dataclasses.asdict(cfg), "argv": sys.argv,
                                                "torch": torch.__version__, "citation": CITATION})
+
+
+def prepare_output(out_dir: str | Path, cfg, resume: bool = False, overwrite: bool = False,
+                   same: tuple[str, ...] = ("resume", "overwrite", "quiet", "refresh_cache")) -> Path:
+    """The output folder, called once inputs and config are validated (nothing is written before). A non-empty
+    folder is refused unless `resume` (its config.json must then equal `cfg` in every field not in `same`: the
+    fields that do not change results) or `overwrite` (the folder, one of ours with a config.json, is emptied)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder")
+    busy = out.exists() and any(out.iterdir())
+    if busy and resume:
+        check_resume(out, cfg, same)
+    elif busy and overwrite:
+        if not (out / "config.json").exists():
+            raise FileExistsError(f"{out}: not an output folder of this project (no config.json); refusing to "
+                                  "empty it: pass another --output-dir")
+        shutil.rmtree(out)
+    elif busy:
+        raise FileExistsError(f"{out} is not empty: pass --resume to continue it, --overwrite to replace it, "
+                              "or --output-dir for a new run")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (busy and resume):
+        write_run_config(out, cfg)
+    return out
+
+
+def check_resume(out: Path, cfg, same: tuple[str, ...]) -> None:
+    """--resume continues only the run that was started: every result-changing field must be the one in config.json."""
+    path = out / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing, so {out} cannot be resumed; use --overwrite or a new --output-dir")
+    old = json.loads(path.read_text(encoding="utf-8")).get("config", {})
+    new = dataclasses.asdict(cfg)
+    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in same and old.get(k) != v]
+    if diff:
+        raise ValueError(f"{path}: --resume with settings that change results: {'; '.join(diff)}; resume with the "
+                         "run's own settings, or start a new run")
+
+
+def check_sizes(cfg, names: tuple[str, ...], minimum: int = 0) -> None:
+    """Each named field must be an integer >= minimum (0 means 'all' where the help says so)."""
+    for name in names:
+        v = getattr(cfg, name)
+        if v < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} is {v}; it must be >= {minimum}" + (" (0 = all)" if minimum == 0 else ""))
+
+
+def cli(main, argv: list[str] | None = None):
+    """Run a script's main(argv): an error caused by input (bad files, flags, folders) prints `error: ...` on stderr
+    and exits 2 without a traceback; `--debug` shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return main(argv)
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError, ConnectionError, NotADirectoryError,
+            IsADirectoryError, PermissionError, RuntimeError) as e:
+        if debug:
+            traceback.print_exc()
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}" + ("" if debug else "  (--debug shows the traceback)"), file=sys.stderr)
+        sys.exit(2)
 
 
 def subset(items: list, k: int, gen: torch.Generator) -> list:

@@ -1,7 +1,8 @@
 """Runtime against document length: the teacher's cost grows with L_d (quadratically once attention dominates), the
 student's online cost does not (METHOD.md, "Complexity"; the paper's claim "quadratic -> linear").
 
-    python complexity.py                       # embedded model, L_d = 16 .. 2048, n = 16, about 4 min on 2 CPU cores
+    python complexity.py --overwrite           # embedded model, L_d = 16 .. 2048, n = 16, about 4 min on 2 CPU cores
+                                               # (rewrites the committed results/complexity/)
     python complexity.py --quick               # L_d = 16 .. 128, n = 4, 1 repeat
     python complexity.py --device cuda --max-len 8192 --timed-pairs 0 --model Qwen/Qwen2-7B-Instruct
 
@@ -29,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import add_dataclass_args, atomic_write, config_from_args, field, progress, set_seed, write_json, write_run_config
+from common import (add_dataclass_args, atomic_write, check_sizes, cli, config_from_args, field, prepare_output, progress,
+                    resolve_device, set_seed, write_json)
 from llm import DEFAULT_MODEL, last_hidden, load_llm
 
 
@@ -45,14 +47,18 @@ class ComplexityConfig:
     timed_pairs: int = field(1, "teacher joint passes actually timed per length (x n / timed_pairs); 0 = all n")
     batch_size: int = field(16, "sequences per forward")
     repeats: int = field(3, "timed repeats per point (after one warm-up)")
-    output_dir: str = field("results/complexity", "where csv, json, png and md go")
+    output_dir: str = field("", "where csv, json, png and md go (default results/complexity, runs/complexity-quick)")
+    overwrite: bool = field(False, "replace the results in output_dir (the folder is emptied first)")
     seed: int = field(0, "seed")
     quick: bool = field(False, "L_d up to 128, n = 4, 1 repeat")
     quiet: bool = field(False, "no progress bars")
 
     def __post_init__(self):
+        check_sizes(self, ("min_len", "n", "width", "batch_size", "repeats", "query_len"), 1)
+        check_sizes(self, ("timed_pairs",), 0)
         if self.quick:
             self.max_len, self.n, self.repeats = min(self.max_len, 128), min(self.n, 4), 1
+        self.output_dir = self.output_dir or ("runs/complexity-quick" if self.quick else "results/complexity")
         self.timed = self.n if self.timed_pairs == 0 else min(self.n, self.timed_pairs)  # teacher passes timed
         if self.min_len < 1 or self.max_len < self.min_len or self.n < 1 or self.repeats < 1 or self.timed_pairs < 0:
             raise ValueError("need 1 <= min_len <= max_len, n >= 1, repeats >= 1, timed_pairs >= 0")
@@ -260,9 +266,8 @@ def plot(path: Path, rows: list[dict], lengths: list[int]) -> None:
 
 def run(cfg: ComplexityConfig) -> dict:
     set_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_config(out, cfg)
+    resolve_device(cfg.device)
+    out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite)
     lm, tok = load_llm(cfg.model, cfg.device)
     device = str(next(lm.parameters()).device)
     print(f"[complexity] device {device}, torch threads {torch.get_num_threads()}")
@@ -279,4 +284,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -92,6 +92,22 @@ class DataError(ValueError):
     """Bad input: the message names the file, the line and the field."""
 
 
+def read_lines(path: str | Path):
+    """(line number, text) of a UTF-8 text file; bytes that are not UTF-8 are a DataError naming file and line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: bytes that are not UTF-8 ({e.reason} at byte {e.start} of the line)") \
+                    from e
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 file; a byte that is not UTF-8 is a DataError naming file and line."""
+    return "".join(line for _, line in read_lines(path))
+
+
 def _need(value, where: str, name: str) -> str:
     if value is None:
         raise DataError(f"{where}: missing field '{name}'")
@@ -157,19 +173,29 @@ def fetch_beir(name: str, url: str | None = None) -> Path:
 
 # ---------------------------------------------------------------------------- BEIR and MS MARCO
 def _read_jsonl(path: Path, fields: tuple[str, ...]) -> dict[str, dict]:
+    """{_id: {field: value, "_where": "file:line"}}; a field that is not text, or an _id seen twice, is an error."""
     rows = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg})") from e
-            if "_id" not in obj:
-                raise DataError(f"{where}: missing field '_id'")
-            rows[str(obj["_id"])] = {k: obj.get(k) for k in fields} | {"_where": where}
+    for n, line in read_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: malformed JSON ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        if "_id" not in obj:
+            raise DataError(f"{where}: missing field '_id'")
+        if not isinstance(obj["_id"], (str, int)) or isinstance(obj["_id"], bool):
+            raise DataError(f"{where}: field '_id' is {type(obj['_id']).__name__}, not a string")
+        for k in fields:
+            if obj.get(k) is not None and not isinstance(obj[k], str):
+                raise DataError(f"{where}: field '{k}' is {type(obj[k]).__name__}, not a string")
+        key = str(obj["_id"])
+        if key in rows:
+            raise DataError(f"{where}: field '_id' {key!r} already used at {rows[key]['_where']} (duplicate id)")
+        rows[key] = {k: obj.get(k) for k in fields} | {"_where": where}
     return rows
 
 
@@ -196,22 +222,23 @@ def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ..
         if not path.exists():
             raise KeyError(f"{folder}: split '{split}' does not exist (have: {', '.join(available)})")
         qrels: dict[str, dict[str, int]] = {}
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.rstrip("\n").split("\t")
-                if n == 1 and parts[0] == "query-id":
-                    continue
-                if len(parts) != 3:
-                    raise DataError(f"{path}:{n}: expected 3 tab-separated fields query-id, corpus-id, score")
-                try:
-                    grade = int(parts[2])
-                except ValueError as e:
-                    raise DataError(f"{path}:{n}: field 'score' is not an integer: {parts[2]!r}") from e
-                if parts[0] not in all_queries:
-                    raise DataError(f"{path}:{n}: field 'query-id' names unknown query '{parts[0]}'")
-                if parts[1] not in corpus:
-                    raise DataError(f"{path}:{n}: field 'corpus-id' names unknown document '{parts[1]}'")
-                qrels.setdefault(parts[0], {})[parts[1]] = grade
+        for n, line in read_lines(path):
+            parts = line.rstrip("\r\n").split("\t")
+            if n == 1 and parts[0] == "query-id" or not line.strip():
+                continue
+            if len(parts) != 3:
+                raise DataError(f"{path}:{n}: expected 3 tab-separated fields query-id, corpus-id, score")
+            try:
+                grade = int(parts[2])
+            except ValueError as e:
+                raise DataError(f"{path}:{n}: field 'score' is not an integer: {parts[2]!r}") from e
+            if parts[0] not in all_queries:
+                raise DataError(f"{path}:{n}: field 'query-id' names unknown query '{parts[0]}'")
+            if parts[1] not in corpus:
+                raise DataError(f"{path}:{n}: field 'corpus-id' names unknown document '{parts[1]}'")
+            qrels.setdefault(parts[0], {})[parts[1]] = grade
+        if not any(g > 0 for rel in qrels.values() for g in rel.values()):
+            raise DataError(f"{path}: no judgement with a score > 0: split '{split}' has nothing to evaluate")
         data.queries[split] = {q: all_queries[q] for q in qrels}
         data.qrels[split] = qrels
     return data
@@ -254,32 +281,33 @@ def load_esconv_tsv(path: str | Path, split: str) -> tuple[dict[str, str], dict[
     `[Strategy] text`; utterances separated by ' EOS ', each starting with 'float speaker turn'."""
     path = Path(path)
     queries, qrels = {}, {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            turns = []
-            for k, utt in enumerate(line.rstrip("\n").split(" EOS ")):
-                where = f"{path}:{n}: utterance {k + 1}"
-                parts = utt.strip().split(" ", 3)
-                if len(parts) < 4 or parts[1] not in ("0", "1"):
-                    raise DataError(f"{where}: expected fields 'score speaker turn text' with speaker 0 or 1")
-                speaker, text = parts[1], parts[3]
-                m = re.match(r"\[([^\]]+)\]\s*(.*)", text)
-                if speaker == "1" and m:
-                    turns.append(("Supporter", m.group(2), m.group(1), where))
-                else:
-                    turns.append(("Seeker" if speaker == "0" else "Supporter", text, None, where))
-            who, _, strategy, where = turns[-1]
-            if who != "Supporter" or strategy is None:
-                raise DataError(f"{where}: field 'strategy' missing: the last utterance must be a supporter turn "
-                                "starting with [Strategy]")
-            context = [(w, t.strip()) for w, t, _, _ in turns[:-1] if t.strip()]
-            if not context:
-                raise DataError(f"{path}:{n}: field 'context' is empty (no utterance before the supporter turn)")
-            qid = f"{split}-{n}"
-            queries[qid] = _render_dialogue(context)
-            qrels[qid] = {_strategy(strategy, where): 1}
+    for n, line in read_lines(path):
+        if not line.strip():
+            continue
+        turns = []
+        for k, utt in enumerate(line.rstrip("\n").split(" EOS ")):
+            where = f"{path}:{n}: utterance {k + 1}"
+            parts = utt.strip().split(" ", 3)
+            if len(parts) < 4 or parts[1] not in ("0", "1"):
+                raise DataError(f"{where}: expected fields 'score speaker turn text' with speaker 0 or 1")
+            speaker, text = parts[1], parts[3]
+            m = re.match(r"\[([^\]]+)\]\s*(.*)", text)
+            if speaker == "1" and m:
+                turns.append(("Supporter", m.group(2), m.group(1), where))
+            else:
+                turns.append(("Seeker" if speaker == "0" else "Supporter", text, None, where))
+        who, _, strategy, where = turns[-1]
+        if who != "Supporter" or strategy is None:
+            raise DataError(f"{where}: field 'strategy' missing: the last utterance must be a supporter turn "
+                            "starting with [Strategy]")
+        context = [(w, t.strip()) for w, t, _, _ in turns[:-1] if t.strip()]
+        if not context:
+            raise DataError(f"{path}:{n}: field 'context' is empty (no utterance before the supporter turn)")
+        qid = f"{split}-{n}"
+        queries[qid] = _render_dialogue(context)
+        qrels[qid] = {_strategy(strategy, where): 1}
+    if not queries:
+        raise DataError(f"{path}: no example line: split '{split}' is empty")
     return queries, qrels
 
 
@@ -288,9 +316,11 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
     conversations split 80/10/10 into train/dev/test with a fixed seed."""
     path = Path(path)
     try:
-        convs = json.loads(path.read_text(encoding="utf-8"))
+        convs = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
+    if not isinstance(convs, list):
+        raise DataError(f"{path}: expected a JSON list of conversations, got {type(convs).__name__}")
     order = list(range(len(convs)))
     random.Random(seed).shuffle(order)
     cut1, cut2 = int(0.8 * len(order)), int(0.9 * len(order))
@@ -298,11 +328,13 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
     data = Retrieval("esconv", _esconv_corpus(), {s: {} for s in ("train", "dev", "test")},
                      {s: {} for s in ("train", "dev", "test")})
     for c, conv in enumerate(convs):
-        if "dialog" not in conv:
-            raise DataError(f"{path}: conversation {c}: missing field 'dialog'")
+        if not isinstance(conv, dict) or not isinstance(conv.get("dialog"), list):
+            raise DataError(f"{path}: conversation {c}: missing field 'dialog' (a list of turns)")
         context = []
         for t, turn in enumerate(conv["dialog"]):
             where = f"{path}: conversation {c}, turn {t}"
+            if not isinstance(turn, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(turn).__name__}")
             speaker = turn.get("speaker")
             if speaker not in ("seeker", "supporter", "usr", "sys", "speaker", "listener"):
                 raise DataError(f"{where}: field 'speaker' has unknown value {speaker!r}")
@@ -353,6 +385,10 @@ def _next_step_task(name: str, programs: list[tuple[str, str, list[tuple[str, st
             qid = f"{pid}#{t}"
             data.queries[split][qid] = f"Task: {task}\nSteps done so far: {done}"
             data.qrels[split][qid] = {sid: 1}
+    for split in ("train", "test"):
+        if not data.queries[split]:
+            raise DataError(f"{name}: the 80/20 split of {len(programs)} programs leaves no {split} program; "
+                            "at least 2 programs are needed")
     return data
 
 
@@ -361,7 +397,7 @@ def load_saycan(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
     path = Path(path)
     if path.is_dir():
         path = path / "saycan_plan_v0_l.tsv"
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path).splitlines()
     if not lines or lines[0].strip().split("\t") != ["INPUT", "OUTPUT"]:
         raise DataError(f"{path}:1: expected the header 'INPUT<TAB>OUTPUT'")
     programs = []
@@ -415,7 +451,7 @@ def load_virtualhome(data_dir: str | None = None, seed: int = SPLIT_SEED) -> Ret
         raise FileNotFoundError(f"{root}: no executable_programs/**/*.txt found")
     programs = []
     for path in files:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")
+        lines = read_text(path).split("\n")
         title = _need(lines[0] if lines else None, f"{path}:1", "title").strip()
         desc = lines[1].strip() if len(lines) > 1 else ""
         steps = []
@@ -450,6 +486,14 @@ def load_bench(bench: str, data_dir: str | None = None) -> Retrieval:
     if bench == "msmarco":
         return load_msmarco(data_dir)
     return load_beir_by_name(bench, data_dir)
+
+
+def check_split(data: Retrieval, split: str, role: str) -> None:
+    """A split a script trains or evaluates on must hold a query with a relevant document; checked before any compute."""
+    queries, qrels = data.split(split)
+    if not any(any(g > 0 for g in qrels.get(q, {}).values()) for q in queries):
+        raise DataError(f"{data.name}: {role} split '{split}' has no query with a relevant document "
+                        f"({len(queries)} queries): nothing to {'train on' if role == 'training' else 'evaluate'}")
 
 
 def train_test_splits(data: Retrieval) -> tuple[str, str]:

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import torch
 
-from common import (add_dataclass_args, atomic_write, cache_dir, config_from_args, field, load_tensors, progress,
-                    save_tensors, set_seed, subset, write_json, write_run_config)
+from common import (IntegrityError, add_dataclass_args, atomic_write, cache_dir, check_sizes, cli, config_from_args,
+                    field, load_tensors, prepare_output, progress, resolve_device, save_tensors, set_seed, subset,
+                    write_json)
 from llm import DEFAULT_MODEL, fingerprint
 from losses import total_loss
 from metrics import BM25, candidate_sets, describe_protocol
@@ -75,23 +76,27 @@ class DistillConfig:
     teacher_batch: int = field(8, "pairs per teacher / encoder forward")
     eval_teacher: bool = field(True, "score the teacher in step (6) (ablations can skip it: it does not change)")
     output_dir: str = field("", "outputs (default runs/distill-{bench}[-quick])")
-    resume: bool = field(False, "continue a killed run in output_dir")
-    refresh_cache: bool = field(False, "rebuild a document cache made for other weights or prompts")
+    resume: bool = field(False, "continue a killed run in output_dir (with the same settings)")
+    overwrite: bool = field(False, "replace the run in output_dir (the folder is emptied first)")
+    refresh_cache: bool = field(False, "rebuild the document cache (and recompute damaged teacher-target chunks)")
     quick: bool = field(False, "small CPU run: fewer queries, rounds and epochs")
     quiet: bool = field(False, "no progress bars")
 
-    def __post_init__(self):
+    def __post_init__(self):  # checked as given, before --quick caps anything
+        check_sizes(self, ("rounds", "k", "epochs", "width", "batch_size", "rerank_k", "teacher_batch"), 1)
+        check_sizes(self, ("max_train_queries", "max_test_queries"), 0)
+        if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0:
+            raise ValueError(f"--tau-s {self.tau_s}, --tau {self.tau}, --lmbda {self.lmbda}, --lr {self.lr}: "
+                             "need tau_s > 0, tau > 0, lmbda >= 0, lr > 0")
+        if self.no_jepa and (self.no_rkl or self.lmbda == 0):
+            raise ValueError("--no-jepa together with --no-rkl (or --lmbda 0) leaves no loss")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: choose one")
         if self.quick:  # every size capped; the teacher is trained on fewer queries too (step0_teacher)
             self.max_train_queries = min(self.max_train_queries or 16, 16)
             self.max_test_queries = min(self.max_test_queries or 16, 16)
             self.rounds, self.k, self.epochs = min(self.rounds, 2), 1, min(self.epochs, 20)
             self.rerank_k = min(self.rerank_k, 4)
-        if self.rounds < 1 or self.k < 1 or self.epochs < 1 or self.width < 1 or self.batch_size < 1:
-            raise ValueError("rounds, k, epochs, width and batch_size must be >= 1")
-        if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0:
-            raise ValueError("tau_s > 0, tau > 0, lmbda >= 0, lr > 0")
-        if self.no_jepa and (self.no_rkl or self.lmbda == 0):
-            raise ValueError("--no-jepa together with --no-rkl leaves no loss")
         suffix = ("" if self.model == DEFAULT_MODEL else "-" + self.model.strip("/").replace("/", "_")) + (
             "-quick" if self.quick else "")
         self.teacher = self.teacher or f"runs/teacher-{self.bench}{suffix}"
@@ -112,6 +117,9 @@ def step0_teacher(cfg: DistillConfig):
                            output_dir=cfg.teacher, seed=cfg.seed, quiet=cfg.quiet, batch_size=cfg.teacher_batch)
         if cfg.quick:
             tcfg.max_train_queries, tcfg.epochs, tcfg.max_dev_queries, tcfg.rerank_k = 16, 2, 8, 4
+        if Path(cfg.teacher).exists() and any(Path(cfg.teacher).iterdir()):
+            print(f"[distill] (0) {cfg.teacher} holds an unfinished teacher run (no checkpoint): replacing it")
+            tcfg.overwrite = True
         cmd_train(tcfg)
     teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet)
     if meta.get("base_model") != cfg.model:
@@ -156,12 +164,23 @@ def sample_fixed(bm25_top: list[list[int]], gold: list[set[int]], n_docs: int, k
 class PairCache:
     """h_T by (query id, doc id), persisted as one safetensors file per finished chunk."""
 
-    def __init__(self, folder: Path, teacher_fp: str):
+    def __init__(self, folder: Path, teacher_fp: str, refresh: bool = False):
+        """Loads every finished chunk; a damaged one stops the run, or with `refresh` is deleted (its pairs are
+        computed again)."""
         self.folder, self.fp = folder, teacher_fp
         self.h: dict[tuple[str, str], torch.Tensor] = {}
         folder.mkdir(parents=True, exist_ok=True)
         for path in sorted(folder.glob("chunk-*.safetensors")):
-            t, meta = load_tensors(path, {"teacher_fingerprint": teacher_fp})
+            try:
+                t, meta = load_tensors(path, {"teacher_fingerprint": teacher_fp},
+                                       fix="pass --refresh-cache to compute its pairs again")
+            except IntegrityError as e:
+                if not refresh:
+                    raise
+                print(f"[distill] {e}: deleted, its pairs are recomputed")
+                path.unlink()
+                Path(str(path) + ".json").unlink(missing_ok=True)
+                continue
             for key, row in zip(meta["pairs"], t["h_T"]):
                 self.h[tuple(key)] = row
 
@@ -227,19 +246,18 @@ def write_log(path: Path, log: list[dict]) -> None:
 
 # ---------------------------------------------------------------------------- the loop
 def run(cfg: DistillConfig) -> dict:
-    from data import load_bench, train_test_splits
+    from data import check_split, load_bench, train_test_splits
 
     t_start = time.time()
-    out = Path(cfg.output_dir)
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise FileExistsError(f"{out} is not empty: pass --resume to continue it or --output-dir for a new run")
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_config(out, cfg)
+    resolve_device(cfg.device)  # inputs and settings are checked before anything is written
+    data = load_bench(cfg.bench, cfg.data_dir or None)
+    train_split, test_split = train_test_splits(data)
+    check_split(data, train_split, "training")
+    check_split(data, test_split, "test")
+    out = prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite)
     set_seed(cfg.seed)
     timings: dict[str, float] = {}
 
-    data = load_bench(cfg.bench, cfg.data_dir or None)
-    train_split, test_split = train_test_splits(data)
     train_q, train_rel = data.split(train_split)
     qids = subset(list(train_q), cfg.max_train_queries, torch.Generator().manual_seed(cfg.seed))
     doc_ids = list(data.corpus)
@@ -260,11 +278,12 @@ def run(cfg: DistillConfig) -> dict:
     h_q = encode_corpus(student, qids, [train_q[q] for q in qids], out / "train_queries", kind="queries")
     timings["1_encode_train_queries"] = time.time() - t0
 
-    cache = PairCache(out / "pairs", teacher_fp)
+    cache = PairCache(out / "pairs", teacher_fp, cfg.refresh_cache)
     state = out / "state.safetensors"
     first_round, log, pairs = 0, [], []
     if cfg.resume and state.exists():
-        tensors, meta = load_tensors(state, {"teacher_fingerprint": teacher_fp})
+        tensors, meta = load_tensors(state, {"teacher_fingerprint": teacher_fp},
+                                     fix="the round cannot be recovered: start again with --overwrite")
         student.predictor.load_state_dict(tensors)
         first_round, log = meta["round"] + 1, meta["log"]
         pairs = [(a, b, tuple(c)) for a, b, c in meta["pairs"]]
@@ -313,6 +332,7 @@ def run(cfg: DistillConfig) -> dict:
     res["timings_s"] = timings
     res["teacher_calls"] = len(cache.h)
     write_json(out / "results.json", res)
+    print(f"[distill] cut to fit (--max-doc-tokens / the model's window): {res['truncated']}")
     print(f"[distill] done in {timings['total']:.0f}s; outputs in {out}")
     return res
 
@@ -335,7 +355,7 @@ def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student
                           student, h_d, d_seconds, quiet=cfg.quiet)
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
-                  header, seed=cfg.seed)
+                  header, extra={"truncated": teacher.prompt.cut_counts()}, seed=cfg.seed)
 
 
 def main(argv=None) -> dict:
@@ -345,4 +365,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (add_dataclass_args, atomic_write, config_from_args, field, progress, set_seed, subset,
-                    write_json, write_run_config)
+from common import (add_dataclass_args, atomic_write, check_sizes, cli, config_from_args, field, prepare_output,
+                    progress, resolve_device, set_seed, subset, write_json)
 from metrics import (BM25, N_BOOT, candidate_sets, describe_protocol, drop_identical, fidelity, judged, label_prior,
                      on_candidates, per_query, summarize, top_run, write_trec)
 
@@ -254,10 +254,15 @@ class EvalConfig:
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
     output_dir: str = field("", "outputs (default runs/eval-{bench})")
+    overwrite: bool = field(False, "replace the results in output_dir (the folder is emptied first)")
     seed: int = field(0, "seed of the query / document subsets")
     quiet: bool = field(False, "no progress bars")
 
     def __post_init__(self):
+        check_sizes(self, ("max_queries", "max_docs"), 0)
+        check_sizes(self, ("rerank_k",), 1)
+        if not self.system_list:
+            raise ValueError("--systems is empty")
         known = {"prior", "bm25", "llm-biencoder", "minilm", "teacher", "student"}
         bad = set(self.system_list) - known
         if bad:
@@ -316,15 +321,21 @@ def load_models(cfg: EvalConfig, bench: str):
     return teacher, student
 
 
+def eval_split(cfg: EvalConfig, data) -> str:
+    """--split, else the held-out split (test, or dev where there is no test), else the only one."""
+    from data import train_test_splits
+
+    if cfg.split:
+        return cfg.split
+    return train_test_splits(data)[1] if len(data.queries) > 1 else next(iter(data.queries))
+
+
 def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path) -> dict:
     from common import cache_dir
     from data import train_test_splits
     from llm import fingerprint
 
-    if cfg.split:
-        split = cfg.split
-    else:
-        split = train_test_splits(data)[1] if len(data.queries) > 1 else next(iter(data.queries))
+    split = eval_split(cfg, data)
     try:
         train = train_test_splits(data)[0]
     except KeyError:  # a single split: nothing to count the prior on
@@ -341,19 +352,21 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")
     beir_format = name not in ("esconv", "saycan", "virtualhome")
+    extra = {"truncated": teacher.prompt.cut_counts()} if teacher else None
     return report(out, name, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k), header,
-                  ignore_identical=cfg.ignore_identical and beir_format, seed=cfg.seed)
+                  ignore_identical=cfg.ignore_identical and beir_format, extra=extra, seed=cfg.seed)
 
 
 def run(cfg: EvalConfig) -> dict:
-    from data import load_bench
+    from data import check_split, load_bench
 
     set_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_config(out, cfg)
+    resolve_device(cfg.device)  # inputs and settings are checked before anything is written
     names = [n.strip() for n in cfg.datasets.split(",")] if cfg.bench == "beir" else [cfg.bench]
-    loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}  # fail early (offline, bad files)
+    loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}  # fail early (offline, bad files, empty splits)
+    for n, d in loaded.items():
+        check_split(d, eval_split(cfg, d), "test")
+    out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite)
     teacher, student = load_models(cfg, cfg.bench if cfg.bench != "beir" else names[0])
     per = {n: evaluate_bench(cfg, n, d, teacher, student, out / n if len(names) > 1 else out)
            for n, d in loaded.items()}
@@ -378,18 +391,10 @@ def _data_dir(cfg: EvalConfig, name: str) -> str | None:
 
 
 def main(argv=None) -> dict:
-    import sys
-
-    from data import DataError
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, EvalConfig)
-    cfg = config_from_args(EvalConfig, p.parse_args(argv))
-    try:
-        return run(cfg)
-    except (ConnectionError, DataError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    return run(config_from_args(EvalConfig, p.parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -99,15 +99,15 @@ def encode_corpus(student: Student, doc_ids: list[str], texts: list[str], folder
     encode = {"docs": student.encode_docs, "queries": student.encode_queries}[kind]
     key = cache_key(student, doc_ids, texts, kind)
     meta_path = folder / "key.json"
+    if refresh and folder.exists():
+        shutil.rmtree(folder)  # rebuilt from scratch: stale or damaged shards are never reused
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         diff = [k for k in key if old.get(k) != key[k]]
-        if diff and not refresh:
+        if diff:
             raise StaleCacheError(f"{meta_path}: document cache made for different {', '.join(diff)} "
                                   "(model weights, prompt or corpus changed); delete the folder or pass "
                                   "--refresh-cache")
-        if diff:
-            shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(meta_path, key)
     shards = []
@@ -115,7 +115,8 @@ def encode_corpus(student: Student, doc_ids: list[str], texts: list[str], folder
     for i in progress(starts, desc="doc cache", quiet=student.teacher.quiet or len(starts) < 2):
         path = folder / f"shard-{i // SHARD:05d}.safetensors"
         if path.exists() and Path(str(path) + ".json").exists():
-            tensors, _ = load_tensors(path, {"start": i, "corpus": key["corpus"]})
+            tensors, _ = load_tensors(path, {"start": i, "corpus": key["corpus"]},
+                                      fix="pass --refresh-cache to rebuild the cache")
         else:
             tensors = {"h_d": encode(texts[i:i + SHARD], desc=f"{kind} {i}+")}
             save_tensors(path, tensors, {"start": i, "corpus": key["corpus"]})

@@ -9,7 +9,8 @@ log-probabilities of "yes" / "no" (METHOD.md equations (1)-(4); the paper's teac
 Choices not fixed by the paper:
 - exact prompt wording, rendered with the model's chat template (plain text + "Answer:" when it has none);
 - score s_T = z_T[yes] - z_T[no] (3), which ranks like p(yes | {yes, no});
-- only the document is truncated (`--max-doc-tokens`), never the query or the instruction;
+- length policy: the document is cut to `--max-doc-tokens`; a prompt over the model's window cuts the document
+  further, then the query from its start; the instruction never (`Prompt`);
 - SFT negatives: per query `--neg-bm25` hard negatives from BM25's top ranks plus `--neg-random` from the pool;
 - `--train-layers N` (default 2 on CPU) trains only the last N blocks and the final norm; 0 = full fine-tune
   (the paper's setting). The head is tied to the embeddings in SmolLM2 and stays frozen unless N = 0.
@@ -30,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import (add_dataclass_args, config_from_args, field, load_tensors, progress, save_tensors, set_seed,
-                    subset, write_json, write_run_config)
+from common import (add_dataclass_args, check_sizes, cli, config_from_args, field, load_tensors, prepare_output,
+                    progress, resolve_device, save_tensors, set_seed, subset, write_json)
 from llm import DEFAULT_MODEL, can_split, fingerprint, forward_last, last_hidden, load_llm, top_last, trunk_states
 from metrics import BM25, candidate_sets, describe_protocol, evaluate_run, label_prior
 
@@ -47,9 +48,14 @@ class Prompt:
     teacher(q, d)   = pre + doc(d) + mid + query(q) + post     document first, then query        (1)
     doc_prefix(d)   = pre + doc(d)                             exactly what the teacher reads before the query (6)
     query_only(q)   = pre_q + query(q) + post_q                the teacher prompt without its Document line (5)
-    Each piece is tokenised on its own, so these are exact prefixes / sub-sequences of one another."""
+    Each piece is tokenised on its own, so these are exact prefixes / sub-sequences of one another.
 
-    def __init__(self, tok, max_doc_tokens: int = 256):
+    Length policy (one for teacher and student): the document is cut to `max_doc_tokens`; a prompt longer than the
+    model's window `max_len` cuts the document further, then the query from its start (the last turns of a dialogue
+    matter most). The instruction and template are never cut: a window too small for them is an error. `cut` counts
+    the distinct documents and queries that were cut."""
+
+    def __init__(self, tok, max_doc_tokens: int = 256, max_len: int | None = None):
         self.tok, self.max_doc_tokens = tok, max_doc_tokens
         pre, rest = self.render(f"Document:{_D}\nQuery:{_Q}\n{INSTRUCTION}").split(_D)
         mid, post = rest.split(_Q)
@@ -57,6 +63,12 @@ class Prompt:
         bos = [tok.bos_token_id] if self._adds_bos() else []
         self.pre, self.mid, self.post = bos + self.enc(pre), self.enc(mid), self.enc(post)
         self.pre_q, self.post_q = bos + self.enc(pre_q), self.enc(post_q)
+        self.max_len = max_len or 10 ** 9
+        fixed = len(self.pre) + len(self.mid) + len(self.post)
+        if fixed >= self.max_len:
+            raise ValueError(f"the prompt template and instruction alone are {fixed} tokens, not under the model's "
+                             f"window of {self.max_len} tokens: no document or query can fit")
+        self.cut: dict[str, set[int]] = {"documents": set(), "queries": set()}
 
     def render(self, content: str) -> str:
         if self.tok.chat_template:
@@ -72,20 +84,37 @@ class Prompt:
     def enc(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
 
+    def _fit(self, d: str | None, q: str | None, budget: int) -> tuple[list[int], list[int]]:
+        """Document and query tokens within `budget`: the document cut first, then the query from its start."""
+        doc = self.enc(" " + d) if d is not None else []
+        query = self.enc(" " + q) if q is not None else []
+        keep_doc = min(len(doc), self.max_doc_tokens, max(0, budget - len(query)))
+        if keep_doc < len(doc):
+            self.cut["documents"].add(hash(d))
+        if len(query) > budget - keep_doc:
+            query = query[len(query) - (budget - keep_doc):]
+            self.cut["queries"].add(hash(q))
+        return doc[:keep_doc], query
+
     def doc(self, d: str) -> list[int]:
-        return self.enc(" " + d)[:self.max_doc_tokens]  # only the document is ever cut
+        return self._fit(d, None, self.max_len - len(self.pre))[0]
 
     def query(self, q: str) -> list[int]:
-        return self.enc(" " + q)
+        return self._fit(None, q, self.max_len - len(self.pre_q) - len(self.post_q))[1]
 
     def teacher(self, q: str, d: str) -> list[int]:
-        return self.pre + self.doc(d) + self.mid + self.query(q) + self.post
+        doc, query = self._fit(d, q, self.max_len - len(self.pre) - len(self.mid) - len(self.post))
+        return self.pre + doc + self.mid + query + self.post
 
     def doc_prefix(self, d: str) -> list[int]:
         return self.pre + self.doc(d)
 
     def query_only(self, q: str) -> list[int]:
         return self.pre_q + self.query(q) + self.post_q
+
+    def cut_counts(self) -> dict[str, int]:
+        """Distinct documents and queries cut so far (logged and written to results.json)."""
+        return {k: len(v) for k, v in self.cut.items()}
 
     def describe(self) -> dict:
         """What a cache of encodings depends on besides the weights."""
@@ -113,7 +142,7 @@ class Teacher:
     def __init__(self, lm, tok, max_doc_tokens: int = 256, batch_size: int = 8, quiet: bool = False,
                  prefix_cache: bool = True):
         self.lm, self.tok = lm, tok
-        self.prompt = Prompt(tok, max_doc_tokens)
+        self.prompt = Prompt(tok, max_doc_tokens, getattr(lm.config, "max_position_embeddings", None))
         self.y_pos, self.y_neg = answer_ids(tok, getattr(lm, "name_or_id", ""))
         self.batch_size, self.quiet = batch_size, quiet
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -188,13 +217,14 @@ class TrainConfig:
     rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
     seed: int = field(0, "seed for sampling and shuffling")
+    overwrite: bool = field(False, "replace the teacher in output_dir (students distilled from it become unusable)")
     quiet: bool = field(False, "no progress bars")
 
     def __post_init__(self):
-        if self.train_layers < 0 or self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("train_layers >= 0, epochs >= 1, batch_size >= 1, grad_accum >= 1")
+        check_sizes(self, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens"), 1)
+        check_sizes(self, ("train_layers", "neg_bm25", "neg_random", "max_train_queries", "max_dev_queries"), 0)
         if not 0 <= self.warmup < 1 or self.lr <= 0:
-            raise ValueError("0 <= warmup < 1 and lr > 0")
+            raise ValueError(f"--warmup {self.warmup}, --lr {self.lr}: need 0 <= warmup < 1 and lr > 0")
         self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
 
 
@@ -360,19 +390,28 @@ def save_checkpoint(teacher: Teacher, out_dir: str | Path, cfg: TrainConfig, bas
     return path
 
 
-def load_teacher(checkpoint: str | Path | None = None, model: str = DEFAULT_MODEL, device: str = "auto",
+def load_teacher(checkpoint: str | Path | None = None, model: str | None = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int = 8, quiet: bool = False) -> tuple[Teacher, dict]:
-    """Base model (+ trained tensors from `checkpoint`, a folder or .safetensors file). Checks the base model."""
+    """Base model (+ trained tensors from `checkpoint`, a folder or .safetensors file). The base model is the
+    checkpoint's; a different `model` alongside a checkpoint is an error, not ignored."""
     meta: dict = {}
     if checkpoint:
         path = Path(checkpoint)
         path = path / "teacher.safetensors" if path.is_dir() else path
-        meta = json.loads(Path(str(path) + ".json").read_text())
+        side = Path(str(path) + ".json")
+        if not path.exists() or not side.exists():
+            raise FileNotFoundError(f"{path}: no teacher checkpoint (or its sidecar {side.name}); train one with "
+                                    "`python teacher.py train`")
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        if model and model != meta.get("base_model"):
+            raise ValueError(f"--model {model} contradicts the checkpoint {path}, trained from "
+                             f"'{meta.get('base_model')}': drop --model (the checkpoint brings its base model)")
         model = meta["base_model"]
-    lm, tok = load_llm(model, device, dtype)
+    lm, tok = load_llm(model or DEFAULT_MODEL, device, dtype)
     if checkpoint:
         base_fp = fingerprint(lm)
-        tensors, meta = load_tensors(path, {"kind": "teacher"})
+        tensors, meta = load_tensors(path, {"kind": "teacher"},
+                                     fix="train the teacher again (`python teacher.py train ... --overwrite`)")
         if meta["base_fingerprint"] != base_fp:
             raise ValueError(f"{path}.json: base_fingerprint {meta['base_fingerprint']} != fingerprint {base_fp} of "
                              f"the loaded base model '{model}': the checkpoint was trained on other weights")
@@ -386,13 +425,15 @@ def load_teacher(checkpoint: str | Path | None = None, model: str = DEFAULT_MODE
 
 # ---------------------------------------------------------------------------- CLI
 def cmd_train(cfg: TrainConfig) -> dict:
-    from data import load_bench, train_test_splits
+    from data import check_split, load_bench, train_test_splits
 
     set_seed(cfg.seed)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    write_run_config(cfg.output_dir, cfg)
+    resolve_device(cfg.device)  # inputs and settings are checked before anything is written
     data = load_bench(cfg.bench, cfg.data_dir or None)
     train_split, test_split = train_test_splits(data)
+    check_split(data, train_split, "training")
+    check_split(data, test_split, "dev")
+    prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite)
     bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
     lm, tok = load_llm(cfg.model, cfg.device, cfg.dtype)
     base_fp = fingerprint(lm)
@@ -406,7 +447,9 @@ def cmd_train(cfg: TrainConfig) -> dict:
     print(f"[teacher] trained   {test_split}: R@1 {after['R@1']:.4f} MRR@10 {after['MRR@10']:.4f} "
           f"({hist['pairs']} SFT pairs on {train_split}, {hist['steps']} steps, {hist['seconds']:.0f}s)")
     meta = {"step": hist["steps"], "train_split": train_split, "dev_before": before, "dev_after": after,
-            "train_seconds": hist["seconds"], "loss_first": hist["losses"][0], "loss_last": hist["losses"][-1]}
+            "train_seconds": hist["seconds"], "loss_first": hist["losses"][0], "loss_last": hist["losses"][-1],
+            "truncated": teacher.prompt.cut_counts()}
+    print(f"[teacher] cut to fit (--max-doc-tokens / the model's window): {meta['truncated']}")
     path = save_checkpoint(teacher, cfg.output_dir, cfg, base_fp, meta)
     write_json(Path(cfg.output_dir) / "teacher_metrics.json", meta | {"losses": hist["losses"]})
     print(f"[teacher] saved {path}")
@@ -444,7 +487,7 @@ def main(argv=None) -> None:
     s.add_argument("--query", required=True)
     s.add_argument("--doc", required=True)
     s.add_argument("--checkpoint", default=None)
-    s.add_argument("--model", default=DEFAULT_MODEL)
+    s.add_argument("--model", default=None, help=f"base model without --checkpoint (default {DEFAULT_MODEL})")
     s.add_argument("--device", default="auto")
     b = sub.add_parser("bench", help="teacher throughput")
     b.add_argument("--model", default=DEFAULT_MODEL)
@@ -462,4 +505,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -92,8 +92,12 @@ def test_offline_message(tmp_path, monkeypatch, capsys):
     import data
     monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path))
     monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
-    with pytest.raises(SystemExit, match=r"127.0.0.1:9/scifact.zip.*--data-dir"):
-        E.main(["--bench", "beir", "--datasets", "scifact", "--systems", "bm25", "--output-dir", str(tmp_path / "o")])
+    from common import cli
+    with pytest.raises(SystemExit) as e:
+        cli(E.main, ["--bench", "beir", "--datasets", "scifact", "--systems", "bm25", "--output-dir",
+                     str(tmp_path / "o")])
+    assert e.value.code == 2
+    assert "127.0.0.1:9/scifact.zip" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
