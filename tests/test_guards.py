@@ -1,0 +1,212 @@
+"""Nothing lost, nothing silently wrong: refused outputs leave earlier files byte-identical, damaged files are named,
+prompts fit the window, bad values and data stop before any compute with `error: ...` and exit 2."""
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+import data
+import distill
+import evaluate as E
+import teacher as T
+from conftest import make_lm, make_tokenizer, write_virtualhome
+from test_data import ESCONV_LINE
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_cli(main, argv, capsys) -> str:
+    """common.cli(main, argv) must exit 2 with a one-line `error: ...` and no traceback; returns the message."""
+    with pytest.raises(SystemExit) as e:
+        common.cli(main, argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
+    tok = make_tokenizer()
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    return tmp_path, write_virtualhome(tmp_path, n_programs=10)
+
+
+def _distill(tmp, root, out, *extra):
+    return ["--data-dir", str(root), "--teacher", str(tmp / "teacher"), "--output-dir", str(tmp / out), "--rounds",
+            "1", "--k", "2", "--epochs", "2", "--width", "8", "--max-train-queries", "8", "--max-test-queries", "8",
+            "--rerank-k", "4", "--quiet", *extra]
+
+
+# ---------------------------------------------------------------------------- 1. outputs are never overwritten silently
+def test_evaluate_refuses_a_distill_folder_and_teacher_refuses_its_folder(env, capsys):
+    """evaluate.py into a distill run's folder and teacher.py train into an existing teacher are refused; every earlier
+    file stays byte-identical; --overwrite replaces (and refuses a folder that is not one of ours)."""
+    tmp, root = env
+    distill.main(_distill(tmp, root, "run"))
+    before, teacher_before = snapshot(tmp / "run"), snapshot(tmp / "teacher")
+    err = run_cli(E.main, ["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25", "--output-dir",
+                           str(tmp / "run")], capsys)
+    assert "is not empty" in err and "--overwrite" in err
+    err = run_cli(T.main, ["train", "--data-dir", str(root), "--output-dir", str(tmp / "teacher"), "--quiet"], capsys)
+    assert "is not empty" in err
+    assert snapshot(tmp / "run") == before and snapshot(tmp / "teacher") == teacher_before
+    res = E.main(["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25", "--output-dir",
+                  str(tmp / "run"), "--overwrite", "--quiet"])
+    assert res["systems"]["bm25"] and not (tmp / "run" / "predictor.safetensors").exists()
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("keep me")
+    err = run_cli(E.main, ["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25", "--output-dir",
+                           str(tmp / "mine"), "--overwrite"], capsys)
+    assert "not an output folder of this project" in err and (tmp / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_failed_start_leaves_nothing_and_resume_checks_settings(env, capsys, monkeypatch):
+    """--device cuda without a GPU fails before the output folder exists, so the corrected rerun starts; --resume with
+    settings that change results is refused and leaves the run byte-identical."""
+    tmp, root = env
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = run_cli(distill.main, _distill(tmp, root, "run", "--device", "cuda"), capsys)
+    assert "--device cuda" in err and not (tmp / "run").exists()
+    distill.main(_distill(tmp, root, "run"))
+    before = snapshot(tmp / "run")
+    err = run_cli(distill.main, _distill(tmp, root, "run", "--resume", "--epochs", "3"), capsys)
+    assert "config.json" in err and "epochs 2 -> 3" in err
+    assert snapshot(tmp / "run") == before
+    distill.main(_distill(tmp, root, "run", "--resume"))  # the same settings resume (here: a finished run re-evaluated)
+
+
+def test_output_files_follow_the_umask(tmp_path):
+    """Files written atomically get the umask's permissions (0644 under umask 022), not mkstemp's 0600."""
+    old = os.umask(0o022)
+    try:
+        common.FILE_MODE = 0o666 & ~0o022
+        common.write_json(tmp_path / "a.json", {"x": 1})
+        common.save_tensors(tmp_path / "t.safetensors", {"x": torch.zeros(2)}, {})
+    finally:
+        os.umask(old)
+        common.FILE_MODE = 0o666 & ~old
+    for name in ("a.json", "t.safetensors", "t.safetensors.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+# ---------------------------------------------------------------------------- 2. one length policy
+def test_prompts_fit_the_window_document_cut_first_then_query_start():
+    """Over the window, the document is cut first, then the query loses its start (its end is kept); the count of cut
+    items is kept; a window too small for the template is an error."""
+    tok = make_tokenizer()
+    base = T.Prompt(tok)
+    fixed = len(base.pre) + len(base.mid) + len(base.post)
+    p = T.Prompt(tok, max_doc_tokens=256, max_len=fixed + 6)
+    d, q = "walk to the office and sit on the chair", "i feel sad"
+    assert len(p.enc(" " + q)) == 3 and len(p.enc(" " + d)) > 3
+    assert p.teacher(q, d) == p.pre + p.enc(" " + d)[:3] + p.mid + p.enc(" " + q) + p.post  # document cut first
+    long_q = "one two walk find grab put switch turn cup water"  # 10 tokens: more than fits on its own
+    assert p.teacher(long_q, "walk to the office") == p.pre + p.mid + p.enc(" " + long_q)[-6:] + p.post  # end kept
+    assert p.cut_counts() == {"documents": 2, "queries": 1}
+    with pytest.raises(ValueError, match="template and instruction alone are .* window of"):
+        T.Prompt(tok, max_len=fixed)
+
+
+# ---------------------------------------------------------------------------- 3. integrity
+def test_damaged_and_truncated_tensor_files_are_named(env, tmp_path):
+    """Zeros inside a document-cache shard or a teacher checkpoint, or a truncated file, stop with the file and what
+    to do; --refresh-cache rebuilds the cache to the same values."""
+    from student import Student, encode_corpus
+    tmp, _ = env
+    tok = make_tokenizer()
+    s = Student(T.Teacher(make_lm(tok), tok), width=8)
+    ids, texts = ["a", "b", "c"], ["walk", "find mouse", "grab cup"]
+    h = encode_corpus(s, ids, texts, tmp / "c")
+    shard = tmp / "c" / "shard-00000.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[-64:] = bytes(64)
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(common.IntegrityError, match=r"shard-00000.safetensors: content does not match the digest.*"
+                                                    r"--refresh-cache"):
+        encode_corpus(s, ids, texts, tmp / "c")
+    assert torch.equal(encode_corpus(s, ids, texts, tmp / "c", refresh=True), h)
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    with pytest.raises(common.IntegrityError, match="shard-00000.safetensors.*truncated"):
+        encode_corpus(s, ids, texts, tmp / "c")
+    ckpt = tmp_path / "teacher.safetensors"
+    common.save_tensors(ckpt, {"w": torch.ones(64)}, {"kind": "teacher"})
+    ckpt.write_bytes(ckpt.read_bytes()[:-16] + bytes(16))
+    with pytest.raises(common.IntegrityError, match=r"teacher.safetensors: content does not match.*run again"):
+        common.load_tensors(ckpt)
+
+
+# ---------------------------------------------------------------------------- 4. empty evaluation sets, up front
+def test_empty_splits_stop_before_compute(tmp_path, capsys):
+    """An empty qrels file, an empty ESConv test file, or too few programs for a test split stop at load time, naming
+    the file or the split; through the CLI nothing is written."""
+    from test_data import write_beir
+    folder = write_beir(tmp_path / "toy", qrels="query-id\tcorpus-id\tscore\n")
+    with pytest.raises(data.DataError, match=r"qrels/test.tsv: no judgement"):
+        data.load_beir(folder)
+    es = tmp_path / "es"
+    es.mkdir()
+    (es / "devWithStrategy_short.tsv").write_text(ESCONV_LINE)
+    (es / "testWithStrategy_short.tsv").write_text("\n")
+    with pytest.raises(data.DataError, match=r"testWithStrategy_short.tsv: no example line"):
+        data.load_esconv(str(es))
+    vh = write_virtualhome(tmp_path / "vh1", n_programs=1)
+    err = run_cli(E.main, ["--bench", "virtualhome", "--data-dir", str(vh), "--systems", "bm25", "--output-dir",
+                           str(tmp_path / "out")], capsys)
+    assert "leaves no test program" in err and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- 5. values and data
+@pytest.mark.parametrize("argv,needle", [
+    (["--max-test-queries", "-1"], "--max-test-queries is -1; it must be >= 0"),
+    (["--max-train-queries", "-5", "--quick"], "--max-train-queries is -5"),
+    (["--quick", "--k", "0"], "--k is 0; it must be >= 1"),
+    (["--resume", "--overwrite"], "contradict"),
+])
+def test_bad_values_are_refused(argv, needle, capsys, tmp_path):
+    """Negative sizes, k = 0 (also under --quick) and conflicting flags are one-line errors; no folder is made."""
+    err = run_cli(distill.main, argv + ["--output-dir", str(tmp_path / "o")], capsys)
+    assert needle in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("dup_doc", r"corpus.jsonl:2: field '_id' 'd1' already used at .*corpus.jsonl:1 \(duplicate id\)"),
+    ("dup_query", r"queries.jsonl:2: field '_id' 'q1' already used"),
+    ("utf8", r"corpus.jsonl:2: bytes that are not UTF-8"),
+    ("type", r"corpus.jsonl:1: field 'text' is int, not a string"),
+    ("id_type", r"queries.jsonl:1: field '_id' is list, not a string"),
+])
+def test_bad_data_names_file_line_field(tmp_path, kind, needle):
+    """Duplicate ids, bytes that are not UTF-8 and JSON values of the wrong type name the file, line and field."""
+    from test_data import write_beir
+    folder = write_beir(tmp_path / "toy")
+    if kind == "dup_doc":
+        (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n'
+                                             '{"_id": "d2", "text": "c"}\n')
+    elif kind == "dup_query":
+        (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q1", "text": "b"}\n')
+    elif kind == "utf8":
+        (folder / "corpus.jsonl").write_bytes(b'{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "\xff\xfe"}\n')
+    elif kind == "type":
+        (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": 5}\n')
+    else:
+        (folder / "queries.jsonl").write_text('{"_id": ["q1"], "text": "a"}\n')
+    with pytest.raises(data.DataError, match=needle):
+        data.load_beir(folder)
+
+
+def test_model_contradicting_checkpoint_is_an_error(env):
+    """--model next to a --checkpoint trained from another model is refused, not ignored."""
+    tmp, root = env
+    T.main(["train", "--data-dir", str(root), "--output-dir", str(tmp / "t"), "--epochs", "1",
+            "--max-train-queries", "4", "--max-dev-queries", "2", "--quiet"])
+    meta = json.loads((tmp / "t" / "teacher.safetensors.json").read_text())
+    assert "digest" in meta and meta["truncated"] == {"documents": 0, "queries": 0}
+    with pytest.raises(ValueError, match="--model other-model contradicts the checkpoint"):
+        T.load_teacher(tmp / "t", "other-model")
