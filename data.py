@@ -74,8 +74,7 @@ class Retrieval:
         return self.queries[split], self.qrels[split]
 
     def doc_text(self, doc_id: str) -> str:
-        d = self.corpus[doc_id]
-        return f"{d['title']}. {d['text']}" if d.get("title") else d["text"]
+        return doc_text(self.corpus[doc_id])
 
     def stats(self, split: str) -> dict:
         splits = sorted(self.queries) if split == "all" else [split]
@@ -86,6 +85,11 @@ class Retrieval:
             n_r += sum(len(v) for v in r.values())
         return {"bench": self.name, "split": split, "queries": n_q, "documents": len(self.corpus), "qrels": n_r,
                 "splits": {s: len(self.queries[s]) for s in sorted(self.queries)}}
+
+
+def doc_text(d: dict[str, str]) -> str:
+    """A document's text as every model reads it: "title. text" when it has a title."""
+    return f"{d['title']}. {d['text']}" if d.get("title") else d["text"]
 
 
 class DataError(ValueError):
@@ -199,22 +203,38 @@ def _read_jsonl(path: Path, fields: tuple[str, ...]) -> dict[str, dict]:
     return rows
 
 
-def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ...] | None = None) -> Retrieval:
-    """A BEIR folder: corpus.jsonl ({_id, title, text}), queries.jsonl ({_id, text}), qrels/{split}.tsv."""
-    folder = Path(folder)
-    name = name or folder.name
-    if not (folder / "corpus.jsonl").exists():
-        raise FileNotFoundError(f"{folder}: no corpus.jsonl (expected a BEIR folder)")
+def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
+    """A BEIR corpus.jsonl ({_id, title, text} per line), or the BEIR folder holding it: doc id -> {title, text}."""
+    path = Path(path)
+    path = path / "corpus.jsonl" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such corpus file (expected a BEIR corpus.jsonl or its folder)")
     corpus = {}
-    for did, row in _read_jsonl(folder / "corpus.jsonl", ("title", "text")).items():
+    for did, row in _read_jsonl(path, ("title", "text")).items():
         if row["text"] is None:
             raise DataError(f"{row['_where']}: missing field 'text'")
         title, text = row.get("title") or "", row["text"]
         if not (title + text).strip():
             raise DataError(f"{row['_where']}: field 'text' is empty (and no title)")
         corpus[did] = {"title": title, "text": text}
-    all_queries = {qid: _need(r["text"], r["_where"], "text")
-                   for qid, r in _read_jsonl(folder / "queries.jsonl", ("text",)).items()}
+    if not corpus:
+        raise DataError(f"{path}: no document")
+    return corpus
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    """A BEIR queries.jsonl ({_id, text} per line): query id -> text."""
+    return {qid: _need(r["text"], r["_where"], "text") for qid, r in _read_jsonl(Path(path), ("text",)).items()}
+
+
+def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ...] | None = None) -> Retrieval:
+    """A BEIR folder: corpus.jsonl ({_id, title, text}), queries.jsonl ({_id, text}), qrels/{split}.tsv."""
+    folder = Path(folder)
+    name = name or folder.name
+    if not (folder / "corpus.jsonl").exists():
+        raise FileNotFoundError(f"{folder}: no corpus.jsonl (expected a BEIR folder)")
+    corpus = load_corpus(folder / "corpus.jsonl")
+    all_queries = load_queries(folder / "queries.jsonl")
     available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
     data = Retrieval(name, corpus)
     for split in splits or available:

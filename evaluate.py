@@ -56,8 +56,20 @@ def timed(fn, *args) -> tuple[object, float]:
 
 def from_matrix(qids: list[str], doc_ids: list[str], scores, cands: dict[str, list[str]]) -> tuple[dict, dict]:
     """(n_q, n_docs) scores of every document -> (run over C(q), top-100 run over the whole pool)."""
+    return from_batches(qids, doc_ids, lambda i, j: torch.as_tensor(scores[i:j]), cands)
+
+
+def from_batches(qids: list[str], doc_ids: list[str], score_rows, cands: dict[str, list[str]],
+                 batch: int = 64) -> tuple[dict, dict]:
+    """Like `from_matrix`, with score_rows(i, j) giving the (j - i, n_docs) scores of queries i..j-1: one batch of
+    queries at a time, so a large corpus never needs the whole (n_q, n_docs) matrix."""
     index = {d: i for i, d in enumerate(doc_ids)}
-    return on_candidates(qids, index, scores, cands), top_run(qids, doc_ids, torch.as_tensor(scores))
+    cand, full = {}, {}
+    for i in range(0, len(qids), batch):
+        rows = score_rows(i, i + batch)
+        cand |= on_candidates(qids[i:i + batch], index, rows, cands)
+        full |= top_run(qids[i:i + batch], doc_ids, rows)
+    return cand, full
 
 
 def system_prior(data, queries: dict[str, str], cands: dict[str, list[str]], train_split: str) -> SystemResult:
@@ -136,12 +148,16 @@ def system_biencoder(qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds) -> Sy
                         "frozen LLM h_q (5) . h_d (6), cosine", full)
 
 
-def system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds) -> SystemResult:
-    """Exact factorised scoring (7) of every document for every query."""
-    scores, dt = timed(student.score_all, h_q, h_d)
-    cand, full = from_matrix(qids, doc_ids, scores, cands)
+def system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds,
+                   dtype: str = "float32") -> SystemResult:
+    """The student as a retriever: an `Index` of the corpus (B h_d in `dtype`), every document scored by the exact
+    factorised predictor (7): the same code as `python student.py search`."""
+    from student import Index
+
+    index = Index.from_h_d(student, doc_ids, h_d, dtype)
+    (cand, full), dt = timed(from_batches, qids, doc_ids, lambda i, j: index.scores(student, h_q[i:j]), cands)
     return SystemResult(cand, 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
-                        "h_q pass + factorised predictor over all documents", full)
+                        f"h_q pass + factorised predictor over all documents ({dtype} B h_d)", full)
 
 
 def system_teacher(teacher, data, queries: dict[str, str], cands: dict[str, list[str]]) -> SystemResult:
@@ -154,7 +170,8 @@ def system_teacher(teacher, data, queries: dict[str, str], cands: dict[str, list
 
 def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str, list[str]], bm25: BM25,
                 bm25_seconds: float, train_split: str | None, teacher=None, student=None, h_d=None,
-                d_seconds: float = 0.0, doc_cache: str | Path | None = None, quiet: bool = False) -> dict:
+                d_seconds: float = 0.0, doc_cache: str | Path | None = None, quiet: bool = False,
+                index_dtype: str = "float32") -> dict:
     """Every system of `names` on the same queries and the same C(q), in the order of `names`. The student's
     document embeddings h_d come in (distill.py) or are encoded into `doc_cache` (evaluate.py)."""
     from student import encode_corpus
@@ -179,7 +196,8 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
         if "llm-biencoder" in names:
             results["llm-biencoder"] = system_biencoder(qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds)
         if "student" in names:
-            results["student"] = system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds)
+            results["student"] = system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds,
+                                                index_dtype)
     if "teacher" in names:
         results["teacher"] = system_teacher(teacher, data, queries, cands)
     return {k: results[k] for k in names if k in results}
@@ -248,6 +266,8 @@ class EvalConfig:
     max_queries: int = field(0, "evaluate a seeded subset of queries (0 = all)")
     max_docs: int = field(0, "keep the judged documents plus a seeded random rest up to this many (0 = all)")
     rerank_k: int = field(16, "size of C(q), the candidates every system ranks (the whole pool when smaller)")
+    index_dtype: str = field("float32", "dtype of the student's B h_d (float32: exact (7); float16 as in an index)",
+                             choices=["float32", "float16", "bfloat16"])
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher)")
     student: str = field("", "distill.py output folder with predictor.safetensors (default runs/distill-{bench})")
     model: str = field("smollm2-135m", "LLM for llm-biencoder when no teacher checkpoint exists")
@@ -347,7 +367,8 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
                            torch.Generator().manual_seed(cfg.seed + 11))
     doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}") if student else None
     results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
-                          None if train == split else train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet)
+                          None if train == split else train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
+                          index_dtype=cfg.index_dtype)
     header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")

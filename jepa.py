@@ -20,6 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+BLOCK_BYTES = 1 << 20  # activations alive at once while scoring a corpus: small enough to stay in the L2 cache
+INDEX_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}  # dtypes of B h_d
+
 
 class Predictor(nn.Module):
     """g_phi (7): a two-layer MLP on the query embedding with the document embedding as latent."""
@@ -45,19 +48,28 @@ class Predictor(nn.Module):
         return self.B(h_d)
 
     def scores(self, h_q: torch.Tensor, doc_side: torch.Tensor, u: torch.Tensor,
-               max_elems: int = 1 << 24) -> torch.Tensor:
-        """Factorised s_S for every (query, document): h_q (B, H), doc_side (n, P), u (H,) -> (B, n).
-        Chunked over documents so that at most `max_elems` activations (B x chunk x P) are alive at once."""
+               block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
+        """Factorised s_S for every (query, document): h_q (B, H), doc_side (n, P) in any float dtype (float16 in an
+        index), u (H,) -> (B, n) float32. Blocked over documents: one block of (B x chunk x P) float32 activations,
+        about `block_bytes` so that it stays in the CPU cache, gets the add, the GELU (in place) and the dot with v
+        before the next block, so the (B x n x P) tensor is never materialised. With autograd on (training, tests
+        of gradients) the same sums run out of place."""
         v = self.W2.weight.T @ u                       # (P,)
         base = (h_q + self.W2.bias) @ u                # (B,)
         a = self.A(h_q)                                # (B, P)
         n, width = doc_side.shape
-        chunk = max(1, max_elems // max(1, a.shape[0] * width))
-        out = []
+        chunk = max(1, min(n, block_bytes // (4 * max(1, a.shape[0]) * width)))
+        if torch.is_grad_enabled():
+            out = [self.act(a[:, None, :] + doc_side[None, i:i + chunk, :].to(a.dtype)) @ v for i in range(0, n, chunk)]
+            return base[:, None] + torch.cat(out, dim=1)
+        out = torch.empty(n, a.shape[0], dtype=a.dtype, device=a.device)  # (n, B): each block's rows contiguous
+        buf = torch.empty(chunk, a.shape[0], width, dtype=a.dtype, device=a.device)
         for i in range(0, n, chunk):
-            act = self.act(a[:, None, :] + doc_side[None, i:i + chunk, :])  # (B, chunk, P)
-            out.append(act @ v)                                             # (B, chunk)
-        return base[:, None] + torch.cat(out, dim=1)
+            x = buf[:min(chunk, n - i)]                                          # (chunk, B, P)
+            torch.add(doc_side[i:i + chunk, None, :], a[None], out=x)
+            torch._C._nn.gelu_(x)                                                # = self.act, in place
+            torch.matmul(x, v, out=out[i:i + chunk])                             # (chunk, B)
+        return base[:, None] + out.T
 
 
 def naive_scores(predictor: Predictor, h_q: torch.Tensor, h_d: torch.Tensor, head: torch.Tensor,
@@ -70,61 +82,84 @@ def naive_scores(predictor: Predictor, h_q: torch.Tensor, h_d: torch.Tensor, hea
 
 
 # ---------------------------------------------------------------------------- benchmark: python jepa.py bench
-def matmul_rate(size: int = 1024, repeats: int = 5) -> float:
-    """Measured multiply-adds per second of a float32 (size x size) @ (size x size) matmul on this machine."""
+def _median_seconds(fn, repeats: int) -> float:
     import time
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    t0 = time.perf_counter()
+
+    ts = []
     for _ in range(repeats):
-        a @ b
-    return repeats * size ** 3 / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
 
 
-def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000), naive_max: int = 100_000,
-          output: str = "results/predictor_throughput.json") -> list[dict]:
-    """Candidates scored per second for one query: factorised (7) vs the naive per-pair predictor (A h_q + B h_d,
-    W2, then u . h_hat), next to the roofline n x P multiply-adds at the measured matmul rate."""
-    import time
+def read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Measured bytes/s of streaming a `nbytes` float32 tensor from memory once (a sum: one read per element)."""
+    x = torch.ones(nbytes // 4)
+    x.sum()
+    return nbytes / _median_seconds(x.sum, repeats)
 
+
+def _filled(n: int, cols: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """A synthetic (n, cols) tensor of N(0, 1) values in `dtype`, filled in slices (no float32 copy of the whole)."""
+    out = torch.empty(n, cols, dtype=dtype)
+    for i in range(0, n, 1 << 20):
+        out[i:i + (1 << 20)] = torch.randn(min(1 << 20, n - i), cols, generator=gen).to(dtype)
+    return out
+
+
+def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000, 8_841_823), queries=(1, 64),
+          dtype: str = "float16", max_pairs: float = 3e9, output: str = "results/predictor_throughput.json") -> list[dict]:
+    """Candidates scored per second and per query, for `queries` queries at once over n cached documents:
+    factorised (7) over B h_d (n, P) vs a dot-product bi-encoder over embeddings (n, H), both stored in `dtype`,
+    and the memory-bandwidth bound of reading B h_d once per batch of queries, measured on this machine in the same
+    run. Synthetic N(0, 1) data; 8,841,823 = MS MARCO's passages. Points over `max_pairs` (query, doc) pairs are
+    skipped (minutes each on a CPU)."""
     from common import write_json
 
+    gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     p = Predictor(hidden, width)
     with torch.no_grad():
         p.W2.weight.normal_(0, 0.02)
-    u, h_q = torch.randn(hidden), torch.randn(1, hidden)
-    macs = matmul_rate()
+    u = torch.randn(hidden)
+    bw = read_bandwidth()
+    elem = torch.empty(0, dtype=INDEX_DTYPE[dtype]).element_size()
     rows = []
     for n in sizes:
-        h_d = torch.randn(n, hidden)
-        with torch.no_grad():
-            side = p.doc_side(h_d)                      # offline, once per corpus
-            p.scores(h_q, side[:1000], u)               # warm-up
-            t0 = time.perf_counter()
-            p.scores(h_q, side, u)
-            fast = time.perf_counter() - t0
-            slow = None
-            if n <= naive_max:
-                t0 = time.perf_counter()
-                for i in range(0, n, 65536):
-                    (p(h_q.expand(min(65536, n - i), -1), h_d[i:i + 65536]) @ u)
-                slow = time.perf_counter() - t0
-        rows.append({"n": n, "hidden": hidden, "width": width, "threads": torch.get_num_threads(),
-                     "factorised_cand_per_s": n / fast, "naive_cand_per_s": n / slow if slow else None,
-                     "roofline_cand_per_s": macs / width, "matmul_macs_per_s": macs})
-        print(rows[-1])
+        side = _filled(n, width, INDEX_DTYPE[dtype], gen)    # what an index holds: B h_d
+        emb = _filled(n, hidden, INDEX_DTYPE[dtype], gen)    # what a bi-encoder holds: h_d
+        for b in queries:
+            if n * b > max_pairs:
+                continue
+            h_q = torch.randn(b, hidden, generator=gen)
+            q = h_q.to(emb.dtype)
+            repeats = 3 if n * b <= 1e8 else 1
+            with torch.no_grad():
+                p.scores(h_q, side[:4096], u), emb[:4096] @ q.T  # warm-up
+                fact = _median_seconds(lambda: p.scores(h_q, side, u), repeats)
+                dot = _median_seconds(lambda: emb @ q.T, repeats)
+            rows.append({"n": n, "queries": b, "hidden": hidden, "width": width, "dtype": dtype,
+                         "threads": torch.get_num_threads(), "factorised_cand_per_s": n * b / fact,
+                         "dot_cand_per_s": n * b / dot, "bandwidth_bound_cand_per_s": b * bw / (width * elem),
+                         "read_bandwidth_GBps": bw / 1e9, "factorised_s": fact, "dot_s": dot})
+            print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in rows[-1].items()})
+        del side, emb
     write_json(output, rows)
     return rows
 
 
 if __name__ == "__main__":
     import argparse
-    ap = argparse.ArgumentParser(description="python jepa.py bench: factorised scoring throughput")
+    ap = argparse.ArgumentParser(description="python jepa.py bench: factorised scoring throughput vs a dot product")
     ap.add_argument("cmd", choices=["bench"])
     ap.add_argument("--hidden", type=int, default=576, help="H (576 = SmolLM2-135M, 3584 = Qwen2-7B)")
     ap.add_argument("--width", type=int, default=256, help="predictor width P")
-    ap.add_argument("--naive-max", type=int, default=100_000, help="largest n timed for the naive predictor")
+    ap.add_argument("--sizes", default="10000,100000,1000000,8841823", help="corpus sizes n")
+    ap.add_argument("--queries", default="1,64", help="queries scored at once")
+    ap.add_argument("--dtype", default="float16", choices=sorted(INDEX_DTYPE), help="dtype of B h_d and of h_d")
+    ap.add_argument("--max-pairs", type=float, default=3e9, help="skip points with more (query, doc) pairs")
     ap.add_argument("--output", default="results/predictor_throughput.json")
     a = ap.parse_args()
-    bench(a.hidden, a.width, naive_max=a.naive_max, output=a.output)
+    bench(a.hidden, a.width, [int(x) for x in a.sizes.split(",")], [int(x) for x in a.queries.split(",")], a.dtype,
+          a.max_pairs, a.output)

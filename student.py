@@ -6,21 +6,28 @@ The student shares the teacher's module (one copy of the weights); nothing of th
     h_hat = g_phi(h_q, h_d)         (7) then the frozen head: z_S = W h_hat, s_S = z_S[y+] - z_S[y-]
 
 Document embeddings are cached on disk in shards, keyed by the model fingerprint, the prompt pieces and the
-truncation length; a cache made under another key is refused, never reused.
+truncation length; a cache made under another key is refused, never reused. An `Index` is such a cache turned into
+B h_d for one trained predictor, searched by the exact factorised score (7):
 
-Choices not fixed by the paper: the two prompts (5) and (6); the shard size of the cache (`SHARD` documents).
+    python student.py index --student runs/distill-virtualhome --corpus DIR/corpus.jsonl --out runs/index-DIR
+    python student.py search --index runs/index-DIR --query "Task: make coffee" [--k 10]
+    python student.py search --index runs/index-DIR --queries DIR/queries.jsonl --out run.trec
+
+Choices not fixed by the paper: the two prompts (5) and (6); the shard size of the cache (`SHARD` documents); B h_d
+kept in float16 in an index (`--dtype`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
 from common import load_tensors, progress, save_tensors, write_json
-from jepa import Predictor
+from jepa import INDEX_DTYPE, Predictor
 from llm import fingerprint, last_hidden
 from teacher import Teacher
 
@@ -72,14 +79,9 @@ class Student:
         z = h_hat @ self.head.T
         return h_hat, z, z[:, self.y_pos] - z[:, self.y_neg]
 
-    @torch.no_grad()
-    def score_all(self, h_q: torch.Tensor, h_d: torch.Tensor, batch: int = 64) -> torch.Tensor:
-        """Exact factorised s_S for every query x document, (B, n)."""
-        dev = self.u.device
-        side = self.predictor.doc_side(h_d.to(dev))
-        rows = [self.predictor.scores(h_q[i:i + batch].to(dev), side, self.u).cpu()
-                for i in range(0, h_q.shape[0], batch)]
-        return torch.cat(rows) if rows else torch.empty(0, h_d.shape[0])
+    def score_all(self, h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
+        """Exact factorised s_S (7) for every query x document, (B, n): a float32 `Index` of h_d, scored."""
+        return Index.from_h_d(self, [str(i) for i in range(h_d.shape[0])], h_d, "float32").scores(self, h_q)
 
 
 # ---------------------------------------------------------------------------- document-embedding cache
@@ -130,9 +132,214 @@ def save_predictor(student: Student, path: str | Path, meta: dict) -> None:
 
 def load_predictor(student: Student, path: str | Path, teacher_fingerprint: str) -> dict:
     """Load predictor weights; the sidecar's teacher fingerprint must match the loaded teacher."""
-    tensors, meta = load_tensors(path, {"kind": "predictor", "teacher_fingerprint": teacher_fingerprint})
+    tensors, meta = load_tensors(path, {"kind": "predictor", "teacher_fingerprint": teacher_fingerprint},
+                                 fix="run distill.py again")
     width = tensors["A.weight"].shape[0]
     if width != student.predictor.A.out_features:
         student.predictor = Predictor(student.lm.config.hidden_size, width).to(student.u.device)
     student.predictor.load_state_dict(tensors)
     return meta
+
+
+def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, batch_size: int = 8) -> Student:
+    """A distill.py output folder (predictor.safetensors + sidecar) -> the Student: its teacher checkpoint, frozen,
+    with the trained predictor."""
+    from teacher import load_teacher
+
+    path = Path(folder) / "predictor.safetensors"
+    side = Path(str(path) + ".json")
+    if not path.exists() or not side.exists():
+        raise FileNotFoundError(f"{path}: no student checkpoint; run `python distill.py` or pass --student DIR")
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    ckpt = Path(meta["teacher_checkpoint"])  # as distill.py saw it: relative to its working folder, or absolute
+    if not ckpt.exists() and (Path(folder).resolve().parent.parent / ckpt).exists():
+        ckpt = Path(folder).resolve().parent.parent / ckpt  # runs/distill-x next to runs/teacher-x
+    teacher, _ = load_teacher(ckpt.parent, device=device, batch_size=batch_size, quiet=quiet)
+    student = Student(teacher)
+    load_predictor(student, path, meta["teacher_fingerprint"])
+    student.folder = str(Path(folder).resolve())
+    return student
+
+
+def predictor_digest(student: Student) -> str:
+    """Identity of the trained predictor (an index holds B h_d, which only this predictor can score)."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, t in student.predictor.state_dict().items():
+        h.update(name.encode() + t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- index and search
+class Index:
+    """A corpus ready for the student: `doc_side` = B h_d (n, P) for its documents in a compact dtype, and their
+    ids. Every document is scored for a query by the exact factorised predictor (7) (`Predictor.scores`); the
+    only approximation is the dtype of B h_d (float16: scores within ~1e-3 relative of float32, see the README)."""
+
+    def __init__(self, ids: list[str], doc_side: torch.Tensor, meta: dict):
+        if len(ids) != doc_side.shape[0]:
+            raise ValueError(f"index: {len(ids)} ids for {doc_side.shape[0]} rows of B h_d")
+        self.ids, self.doc_side, self.meta = ids, doc_side, meta
+
+    @classmethod
+    def from_h_d(cls, student: Student, ids: list[str], h_d: torch.Tensor, dtype: str = "float16") -> "Index":
+        """B h_d of cached document embeddings h_d (n, H), computed in float32 and kept in `dtype`."""
+        dev, out = student.u.device, []
+        with torch.no_grad():
+            for i in range(0, h_d.shape[0], 65536):
+                side = student.predictor.doc_side(h_d[i:i + 65536].to(dev).float())
+                if dtype == "float16" and side.abs().max() > torch.finfo(torch.float16).max:
+                    raise ValueError("index: B h_d exceeds the float16 range; use --dtype bfloat16 or float32")
+                out.append(side.to(INDEX_DTYPE[dtype]).cpu())
+        doc_side = torch.cat(out) if out else torch.empty(0, student.predictor.A.out_features)
+        return cls(list(ids), doc_side, {"kind": "index", "dtype": dtype, "n_docs": len(ids)})
+
+    @classmethod
+    def build(cls, student: Student, corpus: dict[str, dict[str, str]], folder: str | Path, dtype: str = "float16",
+              refresh: bool = False, corpus_path: str = "") -> "Index":
+        """Encode a corpus (6) into `folder` (the fingerprinted, resumable, sharded cache of `encode_corpus` under
+        folder/h_d), then save B h_d and the ids as folder/index.safetensors (+ sidecar) and folder/ids.json."""
+        from data import doc_text
+
+        folder = Path(folder)
+        ids = list(corpus)
+        h_d = encode_corpus(student, ids, [doc_text(corpus[d]) for d in ids], folder / "h_d", refresh)
+        index = cls.from_h_d(student, ids, h_d, dtype)
+        index.meta |= {"student": getattr(student, "folder", ""), "corpus": corpus_path,
+                       "predictor": predictor_digest(student),
+                       "teacher_fingerprint": fingerprint(student.lm)}
+        write_json(folder / "ids.json", ids)
+        save_tensors(folder / "index.safetensors", {"doc_side": index.doc_side},
+                     {**index.meta, "ids_digest": hashlib.blake2b(json.dumps(ids).encode(), digest_size=12).hexdigest()})
+        return index
+
+    @classmethod
+    def load(cls, folder: str | Path, student: Student | None = None) -> "Index":
+        """An index saved by `build`; with `student`, an index made by another student (other predictor or teacher)
+        is refused."""
+        folder = Path(folder)
+        path = folder / "index.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no index here; build one with `python student.py index`")
+        tensors, meta = load_tensors(path, {"kind": "index"}, fix="build the index again with --refresh-cache")
+        ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+        if hashlib.blake2b(json.dumps(ids).encode(), digest_size=12).hexdigest() != meta.get("ids_digest"):
+            raise ValueError(f"{folder / 'ids.json'}: does not match {path.name} (damaged); build the index again")
+        if student is not None and (meta["predictor"], meta["teacher_fingerprint"]) != (
+                predictor_digest(student), fingerprint(student.lm)):
+            raise ValueError(f"{path}: made by another student (predictor {meta['predictor']}, teacher "
+                             f"{meta['teacher_fingerprint']}); build an index with this student")
+        return cls(ids, tensors["doc_side"], meta)
+
+    def scores(self, student: Student, h_q: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        """s_S (7) of every document for each query h_q (B, H) -> (B, n) float32, queries in batches of `batch`."""
+        if not self.ids:
+            raise ValueError("index: it holds no document")
+        dev = student.u.device
+        side = self.doc_side.to(dev)
+        with torch.no_grad():
+            rows = [student.predictor.scores(h_q[i:i + batch].to(dev).float(), side, student.u).cpu()
+                    for i in range(0, h_q.shape[0], batch)]
+        return torch.cat(rows) if rows else torch.empty(0, len(self.ids))
+
+    def search(self, student: Student, queries: list[str], k: int = 10,
+               candidates: list[list[str]] | None = None) -> list[list[tuple[str, float]]]:
+        """The top k (doc id, score) of each query, best first. With `candidates` (a first stage's doc ids per
+        query) only those documents are scored; an id the index does not hold is an error."""
+        if not self.ids:
+            raise ValueError("index: it holds no document")
+        h_q = student.encode_queries(queries)
+        if candidates is None:
+            scores = self.scores(student, h_q)
+            vals, idx = scores.topk(min(k, len(self.ids)), dim=1)
+            return [[(self.ids[j], v) for j, v in zip(i.tolist(), s.tolist())] for i, s in zip(idx, vals)]
+        row = {d: i for i, d in enumerate(self.ids)}
+        out = []
+        for q, cand in zip(h_q, candidates):
+            unknown = [d for d in cand if d not in row]
+            if unknown:
+                raise KeyError(f"index: unknown document id {unknown[0]!r} among the first stage's candidates")
+            sub = Index(cand, self.doc_side[[row[d] for d in cand]], self.meta)
+            s = sub.scores(student, q[None])[0]
+            vals, idx = s.topk(min(k, len(cand)))
+            out.append([(cand[j], v) for j, v in zip(idx.tolist(), vals.tolist())])
+        return out
+
+
+# ---------------------------------------------------------------------------- CLI
+def cmd_index(args) -> None:
+    from data import load_corpus
+
+    corpus = load_corpus(args.corpus)  # checked before anything is written
+    out = Path(args.out)
+    if (out / "index.safetensors").exists() and not args.overwrite:
+        raise FileExistsError(f"{out}: holds an index; pass --overwrite to rebuild it")
+    student = load_student(args.student, args.device, args.quiet, args.batch_size)
+    t0 = time.perf_counter()
+    index = Index.build(student, corpus, out, args.dtype, args.refresh_cache, str(Path(args.corpus).resolve()))
+    print(f"[index] {len(index.ids)} documents -> {out} ({index.meta['dtype']} B h_d, "
+          f"{index.doc_side.numel() * index.doc_side.element_size() / 2 ** 20:.1f} MiB) in "
+          f"{time.perf_counter() - t0:.1f}s")
+
+
+def cmd_search(args) -> None:
+    from data import doc_text, load_corpus, load_queries
+    from metrics import BM25, write_trec
+
+    if bool(args.query) == bool(args.queries):
+        raise ValueError("give one of --query TEXT or --queries queries.jsonl")
+    if args.k < 1 or args.first_k < 1:
+        raise ValueError(f"--k {args.k}, --first-k {args.first_k}: both must be >= 1")
+    queries = {"query": args.query} if args.query else load_queries(args.queries)
+    path = Path(args.index) / "index.safetensors.json"
+    side = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    student = load_student(args.student or side.get("student") or "", args.device, args.quiet, args.batch_size)
+    index = Index.load(args.index, student)
+    t0 = time.perf_counter()
+    cands = None
+    if args.first_stage == "bm25":
+        corpus = load_corpus(side["corpus"])
+        bm25 = BM25({d: doc_text(corpus[d]) for d in corpus})
+        cands = [bm25.top(q, args.first_k) for q in queries.values()]
+    hits = index.search(student, list(queries.values()), args.k, cands)
+    dt = time.perf_counter() - t0
+    if args.out:
+        write_trec(Path(args.out), {q: dict(h) for q, h in zip(queries, hits)}, "student")
+        print(f"[search] {len(queries)} queries x {len(index.ids)} documents in {dt:.2f}s -> {args.out}")
+    else:
+        for rank, (d, s) in enumerate(hits[0], 1):
+            print(f"{rank:3d}  {s:9.4f}  {d}")
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("index", help="encode a BEIR corpus into an index for a trained student")
+    i.add_argument("--student", required=True, help="distill.py output folder (predictor.safetensors)")
+    i.add_argument("--corpus", required=True, help="BEIR corpus.jsonl or the folder holding it")
+    i.add_argument("--out", required=True, help="index folder")
+    i.add_argument("--dtype", default="float16", choices=sorted(INDEX_DTYPE), help="dtype of B h_d")
+    i.add_argument("--refresh-cache", action="store_true", help="re-encode the documents from scratch")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    s = sub.add_parser("search", help="search an index with one query or a queries.jsonl")
+    s.add_argument("--index", required=True)
+    s.add_argument("--student", default="", help="distill.py output folder (default: the one that built the index)")
+    s.add_argument("--query", default="")
+    s.add_argument("--queries", default="", help="BEIR queries.jsonl")
+    s.add_argument("--out", default="", help="TREC run file (with --queries)")
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--first-stage", default="none", choices=["none", "bm25"],
+                   help="score only a first stage's top --first-k (for corpora too large to score whole on a CPU)")
+    s.add_argument("--first-k", type=int, default=1000)
+    for a in (i, s):
+        a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        a.add_argument("--batch-size", type=int, default=8, help="texts per LLM forward")
+        a.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    cmd_index(args) if args.cmd == "index" else cmd_search(args)
+
+
+if __name__ == "__main__":
+    from common import cli
+    cli(main)

@@ -170,3 +170,52 @@ def test_prior_ranks_by_training_gold_counts():
         assert [M.ranked(run[q]) for q in ("q1", "q2")] == [["c", "a", "d", "b"]] * 2  # ties by id, descending
     m = M.evaluate_run(res.cand_run, qrels["test"])
     assert m["R@1"] == 0.5 and m["MRR@10"] == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_index_and_search_cli_equal_evaluate_student_run(tmp_path, monkeypatch):
+    """`student.py index` + `student.py search --queries` give the run evaluate.py computes for the student with the
+    same B h_d dtype: same ids in the same order, scores equal (1e-5); with float32 in evaluate, within fp16's
+    tolerance."""
+    import distill
+    import student as S
+    import teacher as T
+    from conftest import make_lm, make_tokenizer, write_virtualhome
+    from data import load_virtualhome
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
+    tok = make_tokenizer()
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    root = write_virtualhome(tmp_path, 10)
+    distill.main(["--data-dir", str(root), "--teacher", str(tmp_path / "t"), "--output-dir", str(tmp_path / "s"),
+                  "--rounds", "1", "--k", "2", "--epochs", "2", "--width", "8", "--quiet"])
+    runs = {}
+    for dtype in ("float16", "float32"):
+        E.main(["--bench", "virtualhome", "--data-dir", str(root), "--student", str(tmp_path / "s"), "--systems",
+                "student", "--index-dtype", dtype, "--output-dir", str(tmp_path / f"e-{dtype}"), "--quiet"])
+        runs[dtype] = _read_trec(tmp_path / f"e-{dtype}" / "run.student.full.trec")
+    data = load_virtualhome(root)
+    queries = data.split("test")[0]
+    (tmp_path / "beir").mkdir()
+    (tmp_path / "beir" / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": d, "title": "", "text": data.doc_text(d)}) + "\n" for d in data.corpus))
+    (tmp_path / "beir" / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    S.main(["index", "--student", str(tmp_path / "s"), "--corpus", str(tmp_path / "beir"), "--out",
+            str(tmp_path / "ix"), "--quiet"])
+    S.main(["search", "--index", str(tmp_path / "ix"), "--queries", str(tmp_path / "beir" / "queries.jsonl"),
+            "--k", "100", "--out", str(tmp_path / "cli.trec"), "--quiet"])
+    cli = _read_trec(tmp_path / "cli.trec")
+    assert list(cli) == list(runs["float16"])
+    for q in cli:
+        assert [d for d, _ in cli[q]] == [d for d, _ in runs["float16"][q]]
+        assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(cli[q], runs["float16"][q]))
+        exact = dict(runs["float32"][q])
+        spread = max(exact.values()) - min(exact.values())
+        assert all(abs(s - exact[d]) <= 1e-3 * spread for d, s in cli[q] if d in exact)
+
+
+def _read_trec(path):
+    run = {}
+    for line in path.read_text().splitlines():
+        q, _, d, _, s, _ = line.split()
+        run.setdefault(q, []).append((d, float(s)))
+    return run

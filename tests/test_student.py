@@ -32,7 +32,7 @@ def test_factorised_equals_naive_values_and_grads():
     head = torch.randn(V, H, dtype=torch.float64)
     hq, hd = torch.randn(3, H, dtype=torch.float64), torch.randn(7, H, dtype=torch.float64)
     u = head[4] - head[9]
-    fast = p.scores(hq, p.doc_side(hd), u, max_elems=3 * 2 * P)  # forces several chunks
+    fast = p.scores(hq, p.doc_side(hd), u, block_bytes=4 * 3 * 2 * P)  # forces several blocks
     slow = naive_scores(p, hq, hd, head, 4, 9)
     assert torch.allclose(fast, slow, atol=1e-10)
     w = torch.randn(3, 7, dtype=torch.float64)
@@ -101,3 +101,54 @@ def test_doc_cache_round_trip_resume_and_stale(tiny, tmp_path, monkeypatch):
     other = Student(Teacher(make_lm(tok, seed=3), tok), width=8)
     with pytest.raises(StaleCacheError, match="model_fingerprint"):
         encode_corpus(other, ids, texts, tmp_path / "c")
+
+
+def test_blocked_scoring_equals_naive_fp32_and_fp16():
+    """The blocked in-place scorer (no autograd) equals the naive per-pair predictor + head: float32 within 1e-5,
+    float16 B h_d within 1e-3 of the score range, with the same top-10 order in float32."""
+    torch.manual_seed(0)
+    p = Predictor(16, 8)
+    with torch.no_grad():
+        p.W2.weight.normal_(0, 0.3)
+        p.W2.bias.normal_(0, 0.3)
+    h_q, h_d = torch.randn(3, 16), torch.randn(500, 16)
+    head, y_pos, y_neg = torch.randn(11, 16), 4, 7
+    ref = naive_scores(p, h_q, h_d, head, y_pos, y_neg)
+    u = head[y_pos] - head[y_neg]
+    with torch.no_grad():
+        side = p.doc_side(h_d)
+        for block in (4 * 3 * 8 * 7, 1 << 20):  # 7 documents per block (a ragged last block), and one block
+            fast = p.scores(h_q, side, u, block_bytes=block)
+            assert torch.allclose(fast, ref, atol=1e-5)
+            assert torch.equal(fast.topk(10).indices, ref.topk(10).indices)
+        half = p.scores(h_q, side.half(), u)
+    assert (half - ref).abs().max() <= 1e-3 * (ref.max() - ref.min())
+
+
+def test_index_build_load_search_and_refusals(tiny, tmp_path):
+    """An index saved and loaded scores like the student's float32 scoring (float16 tolerance); search returns the
+    top k ids; an index made by another student, an empty index and an unknown first-stage id are refused."""
+    from student import Index
+    lm, tok = tiny
+    s = Student(Teacher(lm, tok), width=8)
+    with torch.no_grad():
+        s.predictor.W2.weight.normal_(0, 0.5)
+    corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(
+        ["walk to the kitchen", "find the cup", "grab the mouse", "sit on the chair", "drink water", "open the sink"])}
+    Index.build(s, corpus, tmp_path / "ix")
+    index = Index.load(tmp_path / "ix", s)
+    assert index.ids == list(corpus) and index.doc_side.dtype == torch.float16
+    h_q = s.encode_queries(["what is this cup", "how you sit"])
+    exact = s.score_all(h_q, s.encode_docs([c["text"] for c in corpus.values()]))
+    got = index.scores(s, h_q)
+    assert (got - exact).abs().max() <= 1e-3 * (exact.max() - exact.min())
+    hits = index.search(s, ["what is this cup"], k=3)
+    assert [d for d, _ in hits[0]] == [list(corpus)[j] for j in exact[0].topk(3).indices.tolist()]
+    assert index.search(s, ["what is this cup"], k=2, candidates=[["d4", "d1"]])[0][0][0] in ("d4", "d1")
+    with pytest.raises(KeyError, match="unknown document id 'nope'"):
+        index.search(s, ["cup"], candidates=[["d1", "nope"]])
+    other = Student(Teacher(lm, tok), width=8)  # same teacher, another (untrained) predictor
+    with pytest.raises(ValueError, match="made by another student"):
+        Index.load(tmp_path / "ix", other)
+    with pytest.raises(ValueError, match="holds no document"):
+        Index([], torch.empty(0, 8), {}).search(s, ["cup"])
