@@ -3,7 +3,7 @@
 Paper section: experiments (ESConv, SayCan, MS MARCO, BEIR) plus VirtualHome, the offline default of this project.
 
     python data.py stats --bench virtualhome --split all
-    python data.py stats --bench esconv --data-dir ../shared/data/esconv --split test
+    python data.py stats --bench esconv --data-dir DIR --split test
     python data.py stats --bench scifact --data-dir DIR      # any BEIR name; without DIR the official zip is fetched
 
 Choices not fixed by the paper:

@@ -3,7 +3,7 @@ distillation", equations (8)-(10)).
 
     python distill.py                                   # embedded SmolLM2-135M on VirtualHome, offline, CPU
     python distill.py --quick                           # a smaller CPU run of the same pipeline
-    python distill.py --bench esconv --data-dir ../shared/data/esconv
+    python distill.py --bench esconv --data-dir DIR
     python distill.py --model Qwen/Qwen2-7B-Instruct --bench esconv --max-train-queries 0 --max-test-queries 0  # GPU
 
 Steps, numbered as in METHOD.md:
@@ -56,6 +56,7 @@ class DistillConfig:
     model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder (for a new teacher)")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")
+    instruction: str = field("generic", "the prompt's question (teacher.py --instruction): generic, task or a text")
     rounds: int = field(2, "on-policy rounds R")
     k: int = field(1, "documents sampled per training query per round (plus the gold ones)")
     tau_s: float = field(1.0, "temperature of the student's sampling policy softmax(s_S / tau_s)")
@@ -109,19 +110,21 @@ class DistillConfig:
 
 # ---------------------------------------------------------------------------- (0) teacher
 def step0_teacher(cfg: DistillConfig):
-    from teacher import TrainConfig, cmd_train, load_teacher
+    from teacher import TrainConfig, cmd_train, instruction_for, load_teacher
 
     if not Path(cfg.teacher, "teacher.safetensors").exists():
         print(f"[distill] (0) no teacher at {cfg.teacher}: training one")
         tcfg = TrainConfig(bench=cfg.bench, data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
-                           output_dir=cfg.teacher, seed=cfg.seed, quiet=cfg.quiet, batch_size=cfg.teacher_batch)
+                           output_dir=cfg.teacher, seed=cfg.seed, quiet=cfg.quiet, batch_size=cfg.teacher_batch,
+                           instruction=cfg.instruction)
         if cfg.quick:
             tcfg.max_train_queries, tcfg.epochs, tcfg.max_dev_queries, tcfg.rerank_k = 16, 2, 8, 4
         if Path(cfg.teacher).exists() and any(Path(cfg.teacher).iterdir()):
             print(f"[distill] (0) {cfg.teacher} holds an unfinished teacher run (no checkpoint): replacing it")
             tcfg.overwrite = True
         cmd_train(tcfg)
-    teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet)
+    teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet,
+                                 instruction=instruction_for(cfg.instruction, cfg.bench))
     if meta.get("base_model") != cfg.model:
         raise ValueError(f"{cfg.teacher}: teacher was trained from '{meta.get('base_model')}', but --model is "
                          f"'{cfg.model}'; pass --teacher DIR for a new one")
@@ -324,7 +327,9 @@ def run(cfg: DistillConfig) -> dict:
     res = evaluate_all(cfg, data, test_split, teacher, student, h_d, timings["1_encode_docs"])
     timings["6_evaluate"] = time.time() - t0
     # (7) save
-    meta = {"teacher_checkpoint": str(Path(cfg.teacher) / "teacher.safetensors"), "base_model": tmeta.get("base_model"),
+    meta = {"teacher_checkpoint": str(Path(cfg.teacher) / "teacher.safetensors"),
+            "teacher_checkpoint_abs": str((Path(cfg.teacher) / "teacher.safetensors").resolve()),
+            "base_model": tmeta.get("base_model"),
             "teacher_fingerprint": teacher_fp, "config": dataclasses.asdict(cfg), "rounds": cfg.rounds,
             "pairs": len(pairs), "teacher_calls": len(cache.h), "metrics": res["systems"]["student"]}
     save_predictor(student, out / "predictor.safetensors", meta)

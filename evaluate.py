@@ -271,6 +271,8 @@ class EvalConfig:
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher)")
     student: str = field("", "distill.py output folder with predictor.safetensors (default runs/distill-{bench})")
     model: str = field("smollm2-135m", "LLM for llm-biencoder when no teacher checkpoint exists")
+    instruction: str = field("generic", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
+                             "brings its own")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
     output_dir: str = field("", "outputs (default runs/eval-{bench})")
@@ -313,32 +315,30 @@ def shrink(data, split: str, cfg: EvalConfig):
 
 
 def load_models(cfg: EvalConfig, bench: str):
-    """(teacher or None, student or None, note). The student brings its own teacher checkpoint."""
-    from student import Student, load_predictor
-    from teacher import load_teacher
+    """(teacher or None, student or None). The student brings its own teacher checkpoint; without a student the
+    teacher is --teacher, runs/teacher-{bench}, or the zero-shot --model (and the student object only encodes)."""
+    from student import Student, load_student
+    from teacher import instruction_for, load_teacher
 
-    student_ckpt = Path(cfg.student or f"runs/distill-{bench}") / "predictor.safetensors"
-    wants_student = "student" in cfg.system_list
-    teacher_dir = cfg.teacher or f"runs/teacher-{bench}"
-    if wants_student and student_ckpt.exists():
-        teacher_dir = str(Path(json.loads(Path(str(student_ckpt) + ".json").read_text())["teacher_checkpoint"]).parent)
-    needs_llm = {"llm-biencoder", "teacher", "student"} & set(cfg.system_list)
-    if not needs_llm:
+    if not {"llm-biencoder", "teacher", "student"} & set(cfg.system_list):
         return None, None
+    if "student" in cfg.system_list:
+        student = load_student(cfg.student or f"runs/distill-{bench}", cfg.device, cfg.quiet)
+        if cfg.teacher and Path(cfg.teacher).resolve() != Path(student.teacher_dir).resolve():
+            raise ValueError(f"--teacher {cfg.teacher} is not the teacher of the student {student.folder} "
+                             f"({student.teacher_dir}): drop --teacher, or 'student' from --systems")
+        return student.teacher, student
+    teacher_dir = cfg.teacher or f"runs/teacher-{bench}"
     if Path(teacher_dir, "teacher.safetensors").exists():
         teacher, _ = load_teacher(teacher_dir, device=cfg.device, quiet=cfg.quiet)
     else:
+        if cfg.teacher:
+            raise FileNotFoundError(f"--teacher {cfg.teacher}: no teacher.safetensors there")
         if "teacher" in cfg.system_list:
             print(f"[evaluate] no teacher checkpoint at {teacher_dir}: 'teacher' is the zero-shot {cfg.model}")
-        teacher, _ = load_teacher(None, cfg.model, cfg.device, quiet=cfg.quiet)
-    student = Student(teacher)
-    if wants_student:
-        if not student_ckpt.exists():
-            raise FileNotFoundError(f"{student_ckpt}: no student checkpoint; run `python distill.py --bench {bench}` "
-                                    "or pass --student DIR, or leave 'student' out of --systems")
-        from llm import fingerprint
-        load_predictor(student, student_ckpt, fingerprint(teacher.lm))
-    return teacher, student
+        teacher, _ = load_teacher(None, cfg.model, cfg.device, quiet=cfg.quiet,
+                                  instruction=instruction_for(cfg.instruction, bench))
+    return teacher, Student(teacher)
 
 
 def eval_split(cfg: EvalConfig, data) -> str:

@@ -151,13 +151,15 @@ def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, 
     if not path.exists() or not side.exists():
         raise FileNotFoundError(f"{path}: no student checkpoint; run `python distill.py` or pass --student DIR")
     meta = json.loads(side.read_text(encoding="utf-8"))
-    ckpt = Path(meta["teacher_checkpoint"])  # as distill.py saw it: relative to its working folder, or absolute
-    if not ckpt.exists() and (Path(folder).resolve().parent.parent / ckpt).exists():
-        ckpt = Path(folder).resolve().parent.parent / ckpt  # runs/distill-x next to runs/teacher-x
+    # the teacher where distill.py saw it (absolute), else relative to this working folder, else next to the student
+    # folder (runs/distill-x beside runs/teacher-x); the fingerprint check below refuses a wrong one
+    tries = [Path(meta.get("teacher_checkpoint_abs", "")), Path(meta["teacher_checkpoint"]),
+             Path(folder).resolve().parent.parent / meta["teacher_checkpoint"]]
+    ckpt = next((t for t in tries if t.name and t.exists()), tries[1])
     teacher, _ = load_teacher(ckpt.parent, device=device, batch_size=batch_size, quiet=quiet)
     student = Student(teacher)
     load_predictor(student, path, meta["teacher_fingerprint"])
-    student.folder = str(Path(folder).resolve())
+    student.folder, student.teacher_dir = str(Path(folder).resolve()), str(ckpt.parent.resolve())
     return student
 
 

@@ -2,12 +2,13 @@
 log-probabilities of "yes" / "no" (METHOD.md equations (1)-(4); the paper's teacher is LaHoRe, arXiv 2412.16615).
 
     python teacher.py train --bench virtualhome                          # SFT (4) + dev metric, ~8 min on 2 CPU cores
-    python teacher.py train --bench esconv --data-dir ../shared/data/esconv
+    python teacher.py train --bench esconv --data-dir DIR
     python teacher.py score --query "I feel so alone" --doc "Reflection of feelings" [--checkpoint runs/teacher-esconv]
     python teacher.py bench                                               # pairs/s at total lengths 128 and 512
 
 Choices not fixed by the paper:
-- exact prompt wording, rendered with the model's chat template (plain text + "Answer:" when it has none);
+- exact prompt wording, rendered with the model's chat template (plain text + "Answer:" when it has none); the
+  question is METHOD.md's generic one by default, `--instruction task` asks each bench's own question;
 - score s_T = z_T[yes] - z_T[no] (3), which ranks like p(yes | {yes, no});
 - length policy: the document is cut to `--max-doc-tokens`; a prompt over the model's window cuts the document
   further, then the query from its start; the instruction never (`Prompt`);
@@ -37,7 +38,23 @@ from llm import DEFAULT_MODEL, can_split, fingerprint, forward_last, last_hidden
 from metrics import BM25, candidate_sets, describe_protocol, evaluate_run, label_prior
 
 YES, NO = "yes", "no"
-INSTRUCTION = "Does the document fit the query? Answer yes or no."
+INSTRUCTION = "Does the document fit the query? Answer yes or no."  # the generic question of METHOD.md
+# `--instruction task` [ours]: the question each bench actually asks, in the same yes/no form
+TASK_INSTRUCTIONS = {
+    "virtualhome": "Is the document the next step of the task? Answer yes or no.",
+    "saycan": "Is the document the next step of the task? Answer yes or no.",
+    "esconv": "Is the document the strategy the supporter uses next? Answer yes or no.",
+}
+RELEVANCE = "Is the document relevant to the query? Answer yes or no."  # BEIR, MS MARCO
+
+
+def instruction_for(kind: str, bench: str) -> str:
+    """The question of the prompt: 'generic' (METHOD.md), 'task' (per bench, ours) or any text of one's own."""
+    if kind == "generic":
+        return INSTRUCTION
+    if kind == "task":
+        return TASK_INSTRUCTIONS.get(bench, RELEVANCE)
+    return kind
 _D, _Q = "\ue000", "\ue001"  # private-use markers that no template or tokenizer touches
 
 
@@ -55,11 +72,11 @@ class Prompt:
     matter most). The instruction and template are never cut: a window too small for them is an error. `cut` counts
     the distinct documents and queries that were cut."""
 
-    def __init__(self, tok, max_doc_tokens: int = 256, max_len: int | None = None):
-        self.tok, self.max_doc_tokens = tok, max_doc_tokens
-        pre, rest = self.render(f"Document:{_D}\nQuery:{_Q}\n{INSTRUCTION}").split(_D)
+    def __init__(self, tok, max_doc_tokens: int = 256, max_len: int | None = None, instruction: str = INSTRUCTION):
+        self.tok, self.max_doc_tokens, self.instruction = tok, max_doc_tokens, instruction
+        pre, rest = self.render(f"Document:{_D}\nQuery:{_Q}\n{instruction}").split(_D)
         mid, post = rest.split(_Q)
-        pre_q, post_q = self.render(f"Query:{_Q}\n{INSTRUCTION}").split(_Q)
+        pre_q, post_q = self.render(f"Query:{_Q}\n{instruction}").split(_Q)
         bos = [tok.bos_token_id] if self._adds_bos() else []
         self.pre, self.mid, self.post = bos + self.enc(pre), self.enc(mid), self.enc(post)
         self.pre_q, self.post_q = bos + self.enc(pre_q), self.enc(post_q)
@@ -140,9 +157,9 @@ class Teacher:
     """Generative reranker around one causal LM. Outputs per (q, d): h_T (1), z_T (2), s_T (3)."""
 
     def __init__(self, lm, tok, max_doc_tokens: int = 256, batch_size: int = 8, quiet: bool = False,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, instruction: str = INSTRUCTION):
         self.lm, self.tok = lm, tok
-        self.prompt = Prompt(tok, max_doc_tokens, getattr(lm.config, "max_position_embeddings", None))
+        self.prompt = Prompt(tok, max_doc_tokens, getattr(lm.config, "max_position_embeddings", None), instruction)
         self.y_pos, self.y_neg = answer_ids(tok, getattr(lm, "name_or_id", ""))
         self.batch_size, self.quiet = batch_size, quiet
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -216,6 +233,7 @@ class TrainConfig:
     max_dev_queries: int = field(64, "held-out queries for the dev metric (0 = all)")
     rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
+    instruction: str = field("generic", "the prompt's question: generic (METHOD.md), task (per bench, ours) or a text")
     seed: int = field(0, "seed for sampling and shuffling")
     overwrite: bool = field(False, "replace the teacher in output_dir (students distilled from it become unusable)")
     quiet: bool = field(False, "no progress bars")
@@ -386,14 +404,17 @@ def save_checkpoint(teacher: Teacher, out_dir: str | Path, cfg: TrainConfig, bas
     save_tensors(path, {k: sd[k] for k in names},
                  {"kind": "teacher", "base_model": cfg.model, "base_fingerprint": base_fp,
                   "fingerprint": fingerprint(lm), "max_doc_tokens": cfg.max_doc_tokens,
+                  "instruction": teacher.prompt.instruction,
                   "config": dataclasses.asdict(cfg), **meta})
     return path
 
 
 def load_teacher(checkpoint: str | Path | None = None, model: str | None = None, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 8, quiet: bool = False) -> tuple[Teacher, dict]:
-    """Base model (+ trained tensors from `checkpoint`, a folder or .safetensors file). The base model is the
-    checkpoint's; a different `model` alongside a checkpoint is an error, not ignored."""
+                 dtype: str = "auto", batch_size: int = 8, quiet: bool = False,
+                 instruction: str | None = None) -> tuple[Teacher, dict]:
+    """Base model (+ trained tensors from `checkpoint`, a folder or .safetensors file). The base model and the
+    prompt's instruction are the checkpoint's; a different `model` alongside a checkpoint is an error, not ignored.
+    `instruction` (a text) is used without a checkpoint (zero-shot)."""
     meta: dict = {}
     if checkpoint:
         path = Path(checkpoint)
@@ -406,6 +427,9 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
         if model and model != meta.get("base_model"):
             raise ValueError(f"--model {model} contradicts the checkpoint {path}, trained from "
                              f"'{meta.get('base_model')}': drop --model (the checkpoint brings its base model)")
+        if instruction and instruction != meta.get("instruction", INSTRUCTION):
+            raise ValueError(f"instruction {instruction!r} contradicts the checkpoint {path}, trained with "
+                             f"{meta.get('instruction', INSTRUCTION)!r}: train a teacher with it (another --teacher)")
         model = meta["base_model"]
     lm, tok = load_llm(model or DEFAULT_MODEL, device, dtype)
     if checkpoint:
@@ -420,7 +444,8 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
             raise ValueError(f"{path}: tensors {sorted(missing)[:3]} do not exist in model '{model}'")
         lm.load_state_dict(tensors, strict=False)
         lm.tie_weights()
-    return Teacher(lm, tok, meta.get("max_doc_tokens", 256), batch_size, quiet), meta
+    return Teacher(lm, tok, meta.get("max_doc_tokens", 256), batch_size, quiet,
+                   instruction=meta.get("instruction", instruction or INSTRUCTION)), meta
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -437,7 +462,8 @@ def cmd_train(cfg: TrainConfig) -> dict:
     bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
     lm, tok = load_llm(cfg.model, cfg.device, cfg.dtype)
     base_fp = fingerprint(lm)
-    teacher = Teacher(lm, tok, cfg.max_doc_tokens, cfg.batch_size, cfg.quiet)
+    teacher = Teacher(lm, tok, cfg.max_doc_tokens, cfg.batch_size, cfg.quiet,
+                      instruction=instruction_for(cfg.instruction, cfg.bench))
     dev = DevSet(teacher, data, test_split, bm25, cfg, split_point(lm, cfg.train_layers), train_split)
     before = dev.metric(teacher, "dev (zero-shot)")
     print(f"[teacher] zero-shot {test_split}: R@1 {before['R@1']:.4f} MRR@10 {before['MRR@10']:.4f} "

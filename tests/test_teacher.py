@@ -71,7 +71,7 @@ def _toy_data():
 def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path, monkeypatch):
     """A few SFT steps (4) lower the loss; saving and loading the trained tensors gives identical scores; a
     checkpoint on another base model is refused."""
-    from evaluate import BM25
+    from metrics import BM25
     tok = make_tokenizer()
     lm = make_lm(tok)
     t = T.Teacher(lm, tok, batch_size=8)
@@ -127,3 +127,26 @@ def test_frozen_bottom_states_equal_full_forward(tiny):
     assert torch.allclose(h_split, h_full, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_split, g_full))
     assert len(lm.model.layers) == 3  # the blocks are put back after each call
+
+
+def test_task_instruction_in_prompt_and_checkpoint(tmp_path, monkeypatch):
+    """--instruction task puts the bench's own question in (1), (5) and (6) alike; the checkpoint keeps it and the
+    loaded teacher uses it; a contradicting instruction next to a checkpoint is refused."""
+    tok = make_tokenizer()
+    assert T.instruction_for("generic", "virtualhome") == T.INSTRUCTION
+    task = T.instruction_for("task", "virtualhome")
+    assert "next step" in task and T.instruction_for("task", "scifact") == T.RELEVANCE
+    assert T.instruction_for("Is it? Answer yes or no.", "x") == "Is it? Answer yes or no."
+    lm = make_lm(tok)
+    t = T.Teacher(lm, tok, instruction=task)
+    generic = T.Teacher(lm, tok).prompt
+    assert t.prompt.post != generic.post and t.prompt.post_q == t.prompt.post  # (1) and (5) ask the task's question
+    assert t.prompt.pre == generic.pre  # (6): the document prefix comes before the question
+    cfg = T.TrainConfig(bench="virtualhome", instruction="task", output_dir=str(tmp_path))
+    T.save_checkpoint(t, tmp_path, cfg, "fp", {})
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    monkeypatch.setattr(T, "fingerprint", lambda lm: "fp")
+    loaded, meta = T.load_teacher(tmp_path)
+    assert meta["instruction"] == task and loaded.prompt.instruction == task
+    with pytest.raises(ValueError, match="contradicts the checkpoint"):
+        T.load_teacher(tmp_path, instruction=T.INSTRUCTION)
