@@ -268,7 +268,8 @@ class EvalConfig:
     rerank_k: int = field(16, "size of C(q), the candidates every system ranks (the whole pool when smaller)")
     index_dtype: str = field("float32", "dtype of the student's B h_d (float32: exact (7); float16 as in an index)",
                              choices=["float32", "float16", "bfloat16"])
-    teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher)")
+    teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher); "
+                         "'zero-shot' = the untrained --model")
     student: str = field("", "distill.py output folder with predictor.safetensors (default runs/distill-{bench})")
     model: str = field("smollm2-135m", "LLM for llm-biencoder when no teacher checkpoint exists")
     instruction: str = field("generic", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
@@ -329,10 +330,10 @@ def load_models(cfg: EvalConfig, bench: str):
                              f"({student.teacher_dir}): drop --teacher, or 'student' from --systems")
         return student.teacher, student
     teacher_dir = cfg.teacher or f"runs/teacher-{bench}"
-    if Path(teacher_dir, "teacher.safetensors").exists():
+    if cfg.teacher != "zero-shot" and Path(teacher_dir, "teacher.safetensors").exists():
         teacher, _ = load_teacher(teacher_dir, device=cfg.device, quiet=cfg.quiet)
     else:
-        if cfg.teacher:
+        if cfg.teacher not in ("", "zero-shot"):
             raise FileNotFoundError(f"--teacher {cfg.teacher}: no teacher.safetensors there")
         if "teacher" in cfg.system_list:
             print(f"[evaluate] no teacher checkpoint at {teacher_dir}: 'teacher' is the zero-shot {cfg.model}")
