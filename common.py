@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import parallel
+
 CITATION = ("Chen et al., Efficient Rationale-based Retrieval: On-policy Distillation from Generative Rerankers "
             "based on JEPA (Rabtriever), arXiv 2604.23336, ICMR 2026")
 
@@ -35,12 +37,14 @@ def set_seed(seed: int) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when present, else cpu; 'cuda' without a GPU is an error, not a silent fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """'auto' -> cuda when present, else cpu; 'cuda' without a GPU is an error, not a silent fallback. Under torchrun
+    this joins the process group (parallel.init) and gives each rank its own GPU (LOCAL_RANK)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU (torch %s)" % torch.__version__)
-    return torch.device(device)
+    parallel.init(device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return parallel.local_device() if device == "cuda" else torch.device(device)
 
 
 def cache_dir(*parts: str) -> Path:
@@ -63,7 +67,10 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give: the user's umask, not m
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file.
-    The file gets the user's normal permissions (umask), like a plain open() would."""
+    The file gets the user's normal permissions (umask), like a plain open() would. Under torchrun only rank 0 writes
+    (every rank holds the same results)."""
+    if not parallel.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -91,16 +98,17 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """One checkpoint = `path` (safetensors) + `path.json` (sidecar with config, step, metrics, fingerprints and the
     blake2b digest of the tensor file). Both written atomically; the sidecar last, so a sidecar always describes a
-    complete tensor file."""
+    complete tensor file. Returns the digest."""
     from safetensors.torch import save
 
     path = Path(path)
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     atomic_write(path, data)
     write_json(str(path) + ".json", {**meta, "digest": digest(data)})
+    return digest(data)
 
 
 def load_tensors(path: str | Path, expect: dict[str, Any] | None = None,
@@ -176,17 +184,20 @@ def prepare_output(out_dir: str | Path, cfg, resume: bool = False, overwrite: bo
     busy = out.exists() and any(out.iterdir())
     if busy and resume:
         check_resume(out, cfg, same)
-    elif busy and overwrite:
-        if not (out / "config.json").exists():
-            raise FileExistsError(f"{out}: not an output folder of this project (no config.json); refusing to "
-                                  "empty it: pass another --output-dir")
-        shutil.rmtree(out)
-    elif busy:
+    elif busy and overwrite and not (out / "config.json").exists():
+        raise FileExistsError(f"{out}: not an output folder of this project (no config.json); refusing to "
+                              "empty it: pass another --output-dir")
+    elif busy and not overwrite:
         raise FileExistsError(f"{out} is not empty: pass --resume to continue it, --overwrite to replace it, "
                               "or --output-dir for a new run")
-    out.mkdir(parents=True, exist_ok=True)
-    if not (busy and resume):
-        write_run_config(out, cfg)
+    parallel.barrier()  # every rank has checked before rank 0 changes anything
+    if parallel.is_main():
+        if busy and overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (busy and resume):
+            write_run_config(out, cfg)
+    parallel.barrier()
     return out
 
 
@@ -238,5 +249,5 @@ def subset(items: list, k: int, gen: torch.Generator) -> list:
 
 
 def progress(iterable=None, desc: str = "", quiet: bool = False, **kw):
-    """tqdm with a description; `quiet` turns every bar off."""
-    return tqdm(iterable, desc=desc, disable=quiet, dynamic_ncols=True, **kw)
+    """tqdm with a description; `quiet` turns every bar off; under torchrun only rank 0 shows bars."""
+    return tqdm(iterable, desc=desc, disable=quiet or not parallel.is_main(), dynamic_ncols=True, **kw)

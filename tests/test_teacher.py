@@ -83,7 +83,7 @@ def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path, monkeypatch):
     assert last < first
     from llm import fingerprint
     base_fp = fingerprint(make_lm(tok))
-    path = T.save_checkpoint(t, tmp_path, cfg, base_fp, {"step": hist["steps"]})
+    path, _ = T.save_checkpoint(t, tmp_path, cfg, base_fp, {"step": hist["steps"]})
     qs, ds = ["task 1 write"] * 3, ["walk to computer", "find mouse", "grab cup"]
     monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
     loaded, meta = T.load_teacher(tmp_path)
