@@ -362,7 +362,9 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25) -> dict:
         for k in range(0, len(order), per_step):
             batch = order[k:k + per_step]
             mine = [i for i in batch if i in owned]
-            micro = [mine[j:j + cfg.batch_size] for j in range(0, len(mine), cfg.batch_size)] or [[]]
+            # every rank runs as many micro-batches as the busiest one (FSDP2 gathers weights in each), empty = no-op
+            most = max(sum(1 for i in batch if i % world == r) for r in range(world))
+            micro = [mine[j:j + cfg.batch_size] for j in range(0, max(most, 1), cfg.batch_size)]
             total = torch.zeros(())
             for m, idx in enumerate(micro):
                 with sync_grads(model, m == len(micro) - 1):

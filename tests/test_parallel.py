@@ -1,0 +1,166 @@
+"""Scale-out (parallel.py): 2 processes on the CPU with gloo, spawned here, give what one process gives: SFT with DDP
+and FSDP2, sharded encodings and teacher targets, a distillation end to end, and a run killed under 2 ranks resumed
+under 1. Tolerances: 1e-5 absolute for losses and weights (float reduction order), metrics equal."""
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import distill
+import parallel
+import teacher as T
+from conftest import make_lm, make_tokenizer, write_virtualhome
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, world, port, fn, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    fn(*args)
+    if dist.is_initialized():
+        dist.barrier()  # no rank tears the group down while another still talks
+        dist.destroy_process_group()
+
+
+def spawn(fn, *args, world=2):
+    """Run fn(*args) in `world` processes joined by gloo (as torchrun would start them)."""
+    mp.start_processes(_entry, args=(world, _free_port(), fn, args), nprocs=world, start_method="spawn")
+
+
+def _toy():
+    from data import Retrieval
+    corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(
+        ["walk to computer", "find mouse", "grab cup", "drink water", "sit on chair", "open sink"])}
+    queries = {f"q{i}": f"task {i} write an email steps done so far walk to computer" for i in range(12)}
+    qrels = {f"q{i}": {f"d{i % 6}": 1} for i in range(12)}
+    return Retrieval("toy", corpus, {"train": queries, "test": dict(queries)}, {"train": qrels, "test": dict(qrels)})
+
+
+def _sft(train_layers: int, out: str | None):
+    """One SFT run on the tiny model; with `out`, rank 0 saves losses and the gathered weights there."""
+    from metrics import BM25
+    parallel.init("cpu")
+    tok = make_tokenizer()
+    lm = make_lm(tok, layers=3)
+    t = T.Teacher(lm, tok, batch_size=3)
+    d = _toy()
+    cfg = T.TrainConfig(bench="toy", train_layers=train_layers, lr=3e-3, epochs=2, batch_size=3, grad_accum=2,
+                        warmup=0.0, max_train_queries=0, quiet=True, output_dir="unused")
+    hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
+    if hist["fsdp"]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        sd = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = {k: v.clone() for k, v in lm.state_dict().items()}
+    if out and parallel.is_main():
+        torch.save({"losses": hist["losses"], "sd": sd}, out)
+    return hist["losses"], sd
+
+
+@pytest.mark.parametrize("train_layers", [1, 0], ids=["ddp-top-block", "fsdp2-full"])
+def test_sft_two_ranks_equals_one(tmp_path, train_layers):
+    """One SFT run (2 epochs, global batch 6 = 3 x grad_accum 2) under 2 ranks, DDP for the top block or FSDP2 for the
+    full fine-tune, gives the losses and (gathered) weights of one process, within 1e-5."""
+    losses, sd = _sft(train_layers, None)
+    spawn(_sft, train_layers, str(tmp_path / "two.pt"))
+    two = torch.load(tmp_path / "two.pt")
+    assert len(two["losses"]) == len(losses) == 12  # 36 pairs, 6 per step, 2 epochs
+    assert two["losses"] == pytest.approx(losses, abs=1e-5)
+    for k, v in sd.items():
+        assert torch.allclose(two["sd"][k].float(), v.float(), atol=1e-5), k
+
+
+def _encode(out: str):
+    from student import Student
+    parallel.init("cpu")
+    tok = make_tokenizer()
+    t = T.Teacher(make_lm(tok), tok, batch_size=2)
+    s = Student(t, width=8)
+    qs = ["i feel sad", "how you write an email to my office", "walk", "what is this cup of water", "help"] * 2
+    ds = ["ask a question", "share", "walk to computer and sit on the chair", "drink water", "suggest help"] * 2
+    res = {"h_T": t.encode_pairs(qs, ds), "h_q": s.encode_queries(qs), "h_d": s.encode_docs(ds)}
+    if parallel.is_main():
+        torch.save(res, out)
+    return res
+
+
+def test_sharded_encodings_equal_one_process(tmp_path):
+    """Teacher targets (1), query (5) and document (6) encodings sharded over 2 ranks equal one process's, row for
+    row (same batches on every rank count)."""
+    one = _encode(str(tmp_path / "unused"))
+    spawn(_encode, str(tmp_path / "two.pt"))
+    two = torch.load(tmp_path / "two.pt")
+    for k in one:
+        assert torch.allclose(two[k], one[k], atol=1e-6), k
+
+
+def _distill(tmp: str, out: str, root: str, cache: str):
+    os.environ["RABTRIEVER_CACHE"] = cache
+    tok = make_tokenizer()
+    T.load_llm = lambda *a, **k: (make_lm(tok), tok)
+    distill.main(_args(tmp, out, root))
+
+
+def _args(tmp, out, root, *extra):
+    return ["--data-dir", str(root), "--teacher", str(Path(tmp) / f"teacher-{out}"), "--output-dir",
+            str(Path(tmp) / out), "--rounds", "2", "--k", "2", "--epochs", "5", "--width", "8", "--batch-size", "8",
+            "--max-train-queries", "0", "--max-test-queries", "0", "--rerank-k", "4", "--quiet", *extra]
+
+
+def _losses(folder: Path) -> list[float]:
+    rows = (folder / "metrics.csv").read_text().splitlines()[1:]
+    return [float(x) for row in rows for x in row.split(",")]
+
+
+def _metrics(folder: Path) -> dict:
+    res = json.loads((folder / "results.json").read_text())
+    return {name: {m: v for m, v in s.items() if m not in ("ms_per_query", "corpus_encode_s")}
+            for name, s in res["systems"].items()}
+
+
+@pytest.fixture
+def vh(tmp_path, monkeypatch):
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
+    tok = make_tokenizer()
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    return write_virtualhome(tmp_path, n_programs=10)
+
+
+def test_distill_two_ranks_equals_one_and_resumes_under_one(tmp_path, vh):
+    """A tiny distillation (teacher SFT with DDP, sharded caches, rank-0 sampling) under 2 ranks writes the
+    results.json metrics of one process; a run killed in round 1 under 2 ranks resumes under 1 process to the same
+    numbers."""
+    distill.main(_args(tmp_path, "one", vh))
+    spawn(_distill, str(tmp_path), "two", str(vh), str(tmp_path / "cache2"))
+    assert _metrics(tmp_path / "two") == _metrics(tmp_path / "one")
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-3, abs=1e-6)  # float reduction order
+    with pytest.raises(mp.ProcessRaisedException, match="killed in round 1"):
+        spawn(_distill_dies, str(tmp_path), str(vh), str(tmp_path / "cache3"))
+    assert (tmp_path / "cut" / "state.safetensors").exists() and not (tmp_path / "cut" / "results.json").exists()
+    distill.main(_args(tmp_path, "cut", vh, "--resume"))
+    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "one")
+
+
+def _distill_dies(tmp: str, root: str, cache: str):
+    os.environ["RABTRIEVER_CACHE"] = cache
+    tok = make_tokenizer()
+    T.load_llm = lambda *a, **k: (make_lm(tok), tok)
+    orig = distill.train_predictor
+
+    def dies(student, pairs, h_q, h_d, cache_, cfg, r, log):
+        if r == 1:
+            raise RuntimeError("killed in round 1")  # as if the job died (spawn swallows KeyboardInterrupt)
+        return orig(student, pairs, h_q, h_d, cache_, cfg, r, log)
+    distill.train_predictor = dies
+    distill.main(_args(tmp, "cut", root))
