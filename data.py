@@ -276,8 +276,13 @@ def load_beir_by_name(name: str, data_dir: str | None = None, splits=None) -> Re
 
 
 def load_msmarco(data_dir: str | None = None) -> Retrieval:
-    """MS MARCO passage dev in the BEIR layout (`msmarco`, split `dev`)."""
-    return load_beir_by_name("msmarco", data_dir, ("dev",))
+    """MS MARCO passage in the BEIR layout (`msmarco`): its train split (to distill on) when present, and dev (the
+    evaluated split, MRR@10). BEIR's `test` qrels (TREC-DL 2019) are not loaded."""
+    folder = Path(data_dir) if data_dir else fetch_beir("msmarco")
+    if not (folder / "corpus.jsonl").exists() and (folder / "msmarco" / "corpus.jsonl").exists():
+        folder = folder / "msmarco"
+    splits = tuple(s for s in ("train", "dev") if (folder / "qrels" / f"{s}.tsv").exists()) or ("dev",)
+    return load_beir(folder, "msmarco", splits)
 
 
 # ---------------------------------------------------------------------------- ESConv
