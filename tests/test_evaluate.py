@@ -100,8 +100,8 @@ def test_offline_message(tmp_path, monkeypatch, capsys):
     assert "127.0.0.1:9/scifact.zip" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
-def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
-    """Every system runs end to end on a fixture bench with a tiny random LLM and a distilled student."""
+def _distilled(tmp_path, monkeypatch):
+    """A VirtualHome-layout fixture and a student distilled on it from a tiny random LLM: (data root, student dir)."""
     import distill
     import teacher as T
     from conftest import make_lm, make_tokenizer, write_virtualhome
@@ -111,6 +111,12 @@ def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
     root = write_virtualhome(tmp_path, 10)
     distill.main(["--data-dir", str(root), "--teacher", str(tmp_path / "t"), "--output-dir", str(tmp_path / "s"),
                   "--rounds", "1", "--k", "2", "--epochs", "2", "--width", "8", "--quiet"])
+    return root, tmp_path / "s"
+
+
+def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
+    """Every system runs end to end on a fixture bench with a tiny random LLM and a distilled student."""
+    root, _ = _distilled(tmp_path, monkeypatch)
     res = E.main(["--bench", "virtualhome", "--data-dir", str(root), "--student", str(tmp_path / "s"),
                   "--systems", "prior,bm25,llm-biencoder,minilm,teacher,student", "--rerank-k", "4",
                   "--output-dir", str(tmp_path / "e"), "--quiet"])
@@ -176,17 +182,9 @@ def test_index_and_search_cli_equal_evaluate_student_run(tmp_path, monkeypatch):
     """`student.py index` + `student.py search --queries` give the run evaluate.py computes for the student with the
     same B h_d dtype: same ids in the same order, scores equal (1e-5); with float32 in evaluate, within fp16's
     tolerance."""
-    import distill
     import student as S
-    import teacher as T
-    from conftest import make_lm, make_tokenizer, write_virtualhome
     from data import load_virtualhome
-    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
-    tok = make_tokenizer()
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
-    root = write_virtualhome(tmp_path, 10)
-    distill.main(["--data-dir", str(root), "--teacher", str(tmp_path / "t"), "--output-dir", str(tmp_path / "s"),
-                  "--rounds", "1", "--k", "2", "--epochs", "2", "--width", "8", "--quiet"])
+    root, _ = _distilled(tmp_path, monkeypatch)
     runs = {}
     for dtype in ("float16", "float32"):
         E.main(["--bench", "virtualhome", "--data-dir", str(root), "--student", str(tmp_path / "s"), "--systems",

@@ -15,6 +15,7 @@ import distill
 import parallel
 import teacher as T
 from conftest import make_lm, make_tokenizer, write_virtualhome
+from test_teacher import _toy_data
 
 
 def _free_port() -> int:
@@ -38,15 +39,6 @@ def spawn(fn, *args, world=2):
     mp.start_processes(_entry, args=(world, _free_port(), fn, args), nprocs=world, start_method="spawn")
 
 
-def _toy():
-    from data import Retrieval
-    corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(
-        ["walk to computer", "find mouse", "grab cup", "drink water", "sit on chair", "open sink"])}
-    queries = {f"q{i}": f"task {i} write an email steps done so far walk to computer" for i in range(12)}
-    qrels = {f"q{i}": {f"d{i % 6}": 1} for i in range(12)}
-    return Retrieval("toy", corpus, {"train": queries, "test": dict(queries)}, {"train": qrels, "test": dict(qrels)})
-
-
 def _sft(train_layers: int, out: str | None):
     """One SFT run on the tiny model; with `out`, rank 0 saves losses and the gathered weights there."""
     from metrics import BM25
@@ -54,7 +46,7 @@ def _sft(train_layers: int, out: str | None):
     tok = make_tokenizer()
     lm = make_lm(tok, layers=3)
     t = T.Teacher(lm, tok, batch_size=3)
-    d = _toy()
+    d = _toy_data()
     cfg = T.TrainConfig(bench="toy", train_layers=train_layers, lr=3e-3, epochs=2, batch_size=3, grad_accum=2,
                         warmup=0.0, max_train_queries=0, quiet=True, output_dir="unused")
     hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
