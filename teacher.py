@@ -476,8 +476,8 @@ def save_checkpoint(teacher: Teacher, out_dir: str | Path, cfg: TrainConfig, bas
         sd = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
         sd = lm.state_dict()
-    if cfg.train_layers == 0:
-        names = list(sd)
+    if cfg.train_layers == 0:  # a tied head is the embedding matrix: saved once, tied again on load
+        names = [k for k in sd if not (k == "lm_head.weight" and lm.config.tie_word_embeddings)]
     else:
         n = len(lm.model.layers)
         keep = tuple(f"model.layers.{i}." for i in range(n - cfg.train_layers, n)) + ("model.norm.",)

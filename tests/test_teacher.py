@@ -150,3 +150,22 @@ def test_task_instruction_in_prompt_and_checkpoint(tmp_path, monkeypatch):
     assert meta["instruction"] == task and loaded.prompt.instruction == task
     with pytest.raises(ValueError, match="contradicts the checkpoint"):
         T.load_teacher(tmp_path, instruction=T.INSTRUCTION)
+
+
+def test_full_fine_tune_checkpoint_with_tied_head(tmp_path, monkeypatch):
+    """--train-layers 0 saves every weight once (the tied head is the embedding matrix) and loads back to the same
+    scores."""
+    tok = make_tokenizer()
+    lm = make_lm(tok)
+    with torch.no_grad():
+        lm.model.embed_tokens.weight.mul_(1.5)  # a "trained" full model: the tied head changes with it
+    t = T.Teacher(lm, tok)
+    cfg = T.TrainConfig(bench="toy", train_layers=0, output_dir=str(tmp_path))
+    path, _ = T.save_checkpoint(t, tmp_path, cfg, "fp", {})
+    from safetensors.torch import load_file
+    assert "lm_head.weight" not in load_file(path) and "model.embed_tokens.weight" in load_file(path)
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    monkeypatch.setattr(T, "fingerprint", lambda lm: "fp")
+    loaded, _ = T.load_teacher(tmp_path)
+    qs, ds = ["task 1 write"] * 2, ["walk to computer", "grab cup"]
+    assert torch.allclose(loaded.score(qs, ds), t.score(qs, ds), atol=1e-6)
