@@ -266,14 +266,14 @@ class EvalConfig:
     split: str = field("", "split to evaluate (default: test, or dev where there is no test)")
     max_queries: int = field(0, "evaluate a seeded subset of queries (0 = all)")
     max_docs: int = field(0, "keep the judged documents plus a seeded random rest up to this many (0 = all)")
-    rerank_k: int = field(16, "size of C(q), the candidates every system ranks (the whole pool when smaller)")
+    rerank_k: int = field(8, "size of C(q), the candidates every system ranks (the whole pool when smaller)")
     index_dtype: str = field("float32", "dtype of the student's B h_d (float32: exact (7); float16 as in an index)",
                              choices=["float32", "float16", "bfloat16"])
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher); "
                          "'zero-shot' = the untrained --model")
     student: str = field("", "distill.py output folder with predictor.safetensors (default runs/distill-{bench})")
     model: str = field("smollm2-135m", "LLM for llm-biencoder when no teacher checkpoint exists")
-    instruction: str = field("generic", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
+    instruction: str = field("task", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
                              "brings its own")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")

@@ -238,7 +238,7 @@ class TrainConfig:
     rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
     grad_checkpoint: bool = field(False, "activation checkpointing in the trained blocks (less memory, ~1/3 slower)")
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
-    instruction: str = field("generic", "the prompt's question: generic (METHOD.md), task (per bench, ours) or a text")
+    instruction: str = field("task", "the prompt's question: task (per bench, ours), generic (METHOD.md) or a text")
     seed: int = field(0, "seed for sampling and shuffling")
     overwrite: bool = field(False, "replace the teacher in output_dir (students distilled from it become unusable)")
     quiet: bool = field(False, "no progress bars")
