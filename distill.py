@@ -74,7 +74,7 @@ class DistillConfig:
     seed: int = field(0, "seed of every random draw")
     max_train_queries: int = field(128, "training queries (0 = all)")
     max_test_queries: int = field(128, "held-out queries evaluated (0 = all)")
-    rerank_k: int = field(8, "size of C(q), the candidates every system ranks in step (6) (the whole pool when smaller)")
+    rerank_k: int = field(8, "size of C(q), the candidates every system ranks in (6) (the whole pool when smaller)")
     teacher_batch: int = field(8, "pairs per teacher / encoder forward")
     eval_teacher: bool = field(True, "score the teacher in step (6) (ablations can skip it: it does not change)")
     output_dir: str = field("", "outputs (default runs/distill-{bench}[-quick])")

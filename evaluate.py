@@ -2,7 +2,7 @@
 C(q), judged by the yardsticks of metrics.py; distill.py runs its final table through `run_systems` and `report`.
 
     python evaluate.py --bench beir --datasets scifact --data-dir DIR --systems bm25
-    python evaluate.py --bench esconv --data-dir DIR          # every system (default --systems); DIR: ESConv split files
+    python evaluate.py --bench esconv --data-dir DIR          # every system (default); DIR: ESConv split files
     python evaluate.py --bench virtualhome --systems prior,bm25,teacher --rerank-k 16            # embedded, offline
     python evaluate.py --bench virtualhome --systems bm25 --max-queries 50                       # quick CPU check
 
@@ -24,7 +24,6 @@ Choices not fixed by the paper:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path

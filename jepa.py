@@ -109,7 +109,8 @@ def _filled(n: int, cols: int, dtype: torch.dtype, gen: torch.Generator) -> torc
 
 
 def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000, 8_841_823), queries=(1, 64),
-          dtype: str = "float16", max_pairs: float = 3e9, output: str = "results/predictor_throughput.json") -> list[dict]:
+          dtype: str = "float16", max_pairs: float = 3e9,
+          output: str = "results/predictor_throughput.json") -> list[dict]:
     """Candidates scored per second and per query, for `queries` queries at once over n cached documents:
     factorised (7) over B h_d (n, P) vs a dot-product bi-encoder over embeddings (n, H), both stored in `dtype`,
     and the memory-bandwidth bound of reading B h_d once per batch of queries, measured on this machine in the same
@@ -137,8 +138,8 @@ def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000
             repeats = 3 if n * b <= 1e8 else 1
             with torch.no_grad():
                 p.scores(h_q, side[:4096], u), emb[:4096] @ q.T  # warm-up
-                fact = _median_seconds(lambda: p.scores(h_q, side, u), repeats)
-                dot = _median_seconds(lambda: emb @ q.T, repeats)
+                fact = _median_seconds(lambda s=side: p.scores(h_q, s, u), repeats)
+                dot = _median_seconds(lambda e=emb: e @ q.T, repeats)
             rows.append({"n": n, "queries": b, "hidden": hidden, "width": width, "dtype": dtype,
                          "threads": torch.get_num_threads(), "factorised_cand_per_s": n * b / fact,
                          "dot_cand_per_s": n * b / dot, "bandwidth_bound_cand_per_s": b * bw / (width * elem),

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_write, progress, subset
+from common import atomic_write, progress
 
 KS = (1, 3, 5, 10, 100)
 TOP = 100

@@ -119,7 +119,7 @@ def main_first():
 
 # ---------------------------------------------------------------------------- memory per GPU: python parallel.py memory
 QWEN2_7B = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-            "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}  # Qwen2-7B-Instruct config.json
+            "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}  # Qwen2-7B-Instruct
 
 
 def param_count(c: dict) -> int:
@@ -151,7 +151,8 @@ def memory_table(c: dict, tokens: int = 512, batch: int = 1, gpus=(1, 2, 4, 8), 
     for n in gpus:
         states = 16 * p / n
         full, ckpt = states + unit + act_full + logits, states + unit + act_ckpt + logits
-        rows.append({"gpus": n, "params_B": p / 1e9, "weights_GiB": 4 * p / n / 2 ** 30, "grads_GiB": 4 * p / n / 2 ** 30,
+        rows.append({"gpus": n, "params_B": p / 1e9, "weights_GiB": 4 * p / n / 2 ** 30,
+                     "grads_GiB": 4 * p / n / 2 ** 30,
                      "adam_GiB": 8 * p / n / 2 ** 30, "gathered_unit_GiB": unit / 2 ** 30,
                      "activations_GiB": act_full / 2 ** 30, "activations_ckpt_GiB": act_ckpt / 2 ** 30,
                      "total_GiB": full / 2 ** 30, "total_ckpt_GiB": ckpt / 2 ** 30,
@@ -172,8 +173,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     cfg = json.loads(open(args.model_config).read()) if args.model_config else QWEN2_7B
     rows = memory_table(cfg, args.tokens, args.batch, gpu_gb=args.gpu_gb)
-    print(f"{rows[0]['params_B']:.2f}B parameters, {args.tokens} tokens x {args.batch} per GPU, {args.gpu_gb:.0f} GB GPUs")
-    print("| GPUs | weights fp32 | grads fp32 | AdamW | gathered block bf16 | activations (ckpt) | total (ckpt) | fits |")
+    print(f"{rows[0]['params_B']:.2f}B parameters, {args.tokens} tokens x {args.batch} per GPU, "
+          f"{args.gpu_gb:.0f} GB GPUs")
+    print("| GPUs | weights fp32 | grads fp32 | AdamW | gathered block bf16 | activations (ckpt) | total (ckpt) "
+          "| fits |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['gpus']} | {r['weights_GiB']:.1f} | {r['grads_GiB']:.1f} | {r['adam_GiB']:.1f} | "

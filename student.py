@@ -185,6 +185,10 @@ def predictor_digest(student: Student) -> str:
 
 
 # ---------------------------------------------------------------------------- index and search
+def ids_digest(ids: list[str]) -> str:
+    return hashlib.blake2b(json.dumps(ids).encode(), digest_size=12).hexdigest()
+
+
 class Index:
     """A corpus ready for the student: `doc_side` = B h_d (n, P) for its documents in a compact dtype, and their
     ids. Every document is scored for a query by the exact factorised predictor (7) (`Predictor.scores`); the
@@ -224,7 +228,7 @@ class Index:
                        "teacher_fingerprint": fingerprint(student.lm)}
         write_json(folder / "ids.json", ids)
         save_tensors(folder / "index.safetensors", {"doc_side": index.doc_side},
-                     {**index.meta, "ids_digest": hashlib.blake2b(json.dumps(ids).encode(), digest_size=12).hexdigest()})
+                     {**index.meta, "ids_digest": ids_digest(ids)})
         return index
 
     @classmethod
@@ -237,7 +241,7 @@ class Index:
             raise FileNotFoundError(f"{path}: no index here; build one with `python student.py index`")
         tensors, meta = load_tensors(path, {"kind": "index"}, fix="build the index again with --refresh-cache")
         ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
-        if hashlib.blake2b(json.dumps(ids).encode(), digest_size=12).hexdigest() != meta.get("ids_digest"):
+        if ids_digest(ids) != meta.get("ids_digest"):
             raise ValueError(f"{folder / 'ids.json'}: does not match {path.name} (damaged); build the index again")
         if student is not None and (meta["predictor"], meta["teacher_fingerprint"]) != (
                 predictor_digest(student), fingerprint(student.lm)):

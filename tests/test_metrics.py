@@ -1,4 +1,4 @@
-"""metrics.py: agreement with the teacher and Kendall's tau by hand (ties included), bootstrap CIs, the protocol C(q)."""
+"""metrics.py: agreement with the teacher and Kendall's tau by hand (ties included), bootstrap CIs, the C(q) protocol."""
 import numpy as np
 import pytest
 import torch
