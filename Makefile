@@ -6,7 +6,7 @@ install:
 	$(PIP) install --no-deps -r requirements-embedded.txt
 
 run: install
-	$(PY) distill.py
+	$(PY) distill.py --resume  # a second `make run` continues (or re-evaluates) the same run
 
 test: install
 	$(PIP) install -r requirements-test.txt
