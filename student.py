@@ -29,7 +29,7 @@ import torch
 import parallel
 from common import load_tensors, progress, save_tensors, write_json
 from jepa import INDEX_DTYPE, Predictor
-from llm import fingerprint, last_hidden
+from llm import fingerprint, last_hidden, weights_fingerprint
 from teacher import Teacher
 
 SHARD = 512
@@ -171,7 +171,10 @@ def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, 
     ckpt = next((t for t in tries if t.name and t.exists()), tries[1])
     teacher, _ = load_teacher(ckpt.parent, device=device, batch_size=batch_size, quiet=quiet)
     student = Student(teacher)
-    load_predictor(student, path, meta["teacher_fingerprint"])
+    fp = fingerprint(teacher.lm)
+    if meta.get("teacher_fingerprint") != fp and meta.get("teacher_fingerprint") == weights_fingerprint(teacher.lm):
+        fp = meta["teacher_fingerprint"]  # distilled before file digests: the identity was a hash of the weights
+    load_predictor(student, path, fp)
     student.folder, student.teacher_dir = str(Path(folder).resolve()), str(ckpt.parent.resolve())
     return student
 

@@ -217,3 +217,15 @@ def _read_trec(path):
         q, _, d, _, s, _ = line.split()
         run.setdefault(q, []).append((d, float(s)))
     return run
+
+
+def test_student_of_another_teacher_is_refused(tmp_path, monkeypatch):
+    """load_student checks the predictor's teacher fingerprint against the teacher it loads."""
+    from student import load_student
+    _, folder = _distilled(tmp_path, monkeypatch)
+    assert load_student(folder).predictor is not None
+    side = folder / "predictor.safetensors.json"
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps(meta | {"teacher_fingerprint": "0" * 24}))
+    with pytest.raises(ValueError, match="teacher_fingerprint"):
+        load_student(folder)
