@@ -345,7 +345,7 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25) -> dict:
     states = trunk_states(lm, seqs, start, cfg.batch_size, teacher.pad_id, "teacher SFT: frozen blocks (once)",
                           cfg.quiet, keep=sorted(owned)) if start else None
     forget_fingerprint(lm)  # the weights change from here on
-    params = set_trainable(lm, cfg.train_layers)
+    set_trainable(lm, cfg.train_layers)
     if cfg.grad_checkpoint:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = parallelize(lm, SFTHead(lm, start, teacher.pad_id), cfg.train_layers, next(lm.parameters()).device)
