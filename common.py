@@ -107,8 +107,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
     path = Path(path)
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     atomic_write(path, data)
-    write_json(str(path) + ".json", {**meta, "digest": digest(data)})
-    return digest(data)
+    d = digest(data)
+    write_json(str(path) + ".json", {**meta, "digest": d})
+    return d
 
 
 def load_tensors(path: str | Path, expect: dict[str, Any] | None = None,
