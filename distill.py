@@ -16,6 +16,7 @@ Steps, numbered as in METHOD.md:
         (4) teacher targets h_T for pairs not seen yet (cached by pair; z_T = W h_T is recomputed once per
             round, W is frozen)
         (5) train the predictor E epochs on all pairs so far with L_JEPA + lmbda * L_RKL (10)
+            [+ mu * the listwise KL (10b), ours, off by default]
     (6) evaluate on the held-out split: prior (label frequency), bm25, llm-biencoder, teacher, student, each ranking
         the same candidate set C(q) per query; gold metrics, agreement with the teacher, bootstrap CIs (metrics.py)
     (7) save the predictor (safetensors + JSON sidecar) and the results
@@ -64,6 +65,8 @@ class DistillConfig:
     lmbda: float = field(1.0, "weight of the reverse KL in (10)")
     tau: float = field(1.0, "temperature of the KL distributions (9)")
     kl_support: str = field("full", "full vocabulary or only the answer tokens", choices=["full", "answer"])
+    listwise: float = field(0.0, "weight mu of the listwise KL (10b) over each query's documents, batched by query "
+                                 "(ours, beyond the paper; 0 = off)")
     policy: str = field("on", "on: sample from the student; off: fixed BM25 + random negatives", choices=["on", "off"])
     no_jepa: bool = field(False, "ablation: drop L_JEPA")
     no_rkl: bool = field(False, "ablation: drop L_RKL (same as --lmbda 0)")
@@ -87,10 +90,10 @@ class DistillConfig:
     def __post_init__(self):  # checked as given, before --quick caps anything
         check_sizes(self, ("rounds", "k", "epochs", "width", "batch_size", "rerank_k", "teacher_batch"), 1)
         check_sizes(self, ("max_train_queries", "max_test_queries"), 0)
-        if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0:
-            raise ValueError(f"--tau-s {self.tau_s}, --tau {self.tau}, --lmbda {self.lmbda}, --lr {self.lr}: "
-                             "need tau_s > 0, tau > 0, lmbda >= 0, lr > 0")
-        if self.no_jepa and (self.no_rkl or self.lmbda == 0):
+        if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0 or self.listwise < 0:
+            raise ValueError(f"--tau-s {self.tau_s}, --tau {self.tau}, --lmbda {self.lmbda}, --lr {self.lr}, "
+                             f"--listwise {self.listwise}: need tau_s > 0, tau > 0, lmbda >= 0, lr > 0, listwise >= 0")
+        if self.no_jepa and (self.no_rkl or self.lmbda == 0) and not self.listwise:
             raise ValueError("--no-jepa together with --no-rkl (or --lmbda 0) leaves no loss")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: choose one")
@@ -202,6 +205,24 @@ class PairCache:
 
 
 # ---------------------------------------------------------------------------- (5) predictor training
+def batches(qi: torch.Tensor, batch_size: int, gen: torch.Generator, by_query: bool) -> list[torch.Tensor]:
+    """One epoch's batches of pair indices in a random order. by_query (the listwise KL (10b) needs a query's
+    documents together): whole queries, in random order, are packed until a batch holds at least batch_size pairs."""
+    order = torch.randperm(len(qi), generator=gen)
+    if not by_query:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    groups: dict[int, list[int]] = {}
+    for j in order.tolist():  # queries in order of first appearance: a random order
+        groups.setdefault(int(qi[j]), []).append(j)
+    out, cur = [], []
+    for members in groups.values():
+        cur += members
+        if len(cur) >= batch_size:
+            out.append(torch.tensor(cur))
+            cur = []
+    return out + ([torch.tensor(cur)] if cur else [])
+
+
 def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str]]], h_q: torch.Tensor,
                     h_d: torch.Tensor, cache: PairCache, cfg: DistillConfig, r: int, log: list[dict]) -> None:
     """E epochs of (10) over all pairs so far; a fresh AdamW per round; NaN/inf stops the run."""
@@ -218,15 +239,15 @@ def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str
     opt = torch.optim.AdamW(student.predictor.parameters(), lr=cfg.lr)
     student.predictor.train()
     step = 0
+    answer = (student.y_pos, student.y_neg)
     for epoch in progress(range(cfg.epochs), desc=f"(5) predictor round {r}", quiet=cfg.quiet):
-        order = torch.randperm(len(pairs), generator=gen)
-        parts_sum = {"jepa": 0.0, "kl": 0.0, "total": 0.0}
-        for i in range(0, len(order), cfg.batch_size):
-            b = order[i:i + cfg.batch_size]
+        parts_sum = {"jepa": 0.0, "kl": 0.0, "list": 0.0, "total": 0.0}
+        for b in batches(qi, cfg.batch_size, gen, cfg.listwise > 0):
             hq, hd, ht = h_q[qi[b]].to(dev), h_d[di[b]].to(dev), h_T[b].to(dev)
             h_hat, z_s, _ = student.forward(hq, hd, head)
             z_t = z_T[b.to(dev)] if z_T is not None else ht @ head.T
-            loss, parts = total_loss(h_hat, ht, z_s, z_t, cfg.lmbda_eff, cfg.tau, support, not cfg.no_jepa)
+            loss, parts = total_loss(h_hat, ht, z_s, z_t, cfg.lmbda_eff, cfg.tau, support, not cfg.no_jepa,
+                                     mu=cfg.listwise, groups=qi[b].to(dev), answer=answer)
             if not math.isfinite(parts["total"]):
                 raise FloatingPointError(f"round {r} epoch {epoch} step {step}: loss is {parts['total']} "
                                          f"(jepa {parts['jepa']}, kl {parts['kl']})")

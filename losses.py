@@ -6,7 +6,8 @@ Choices not fixed by the paper:
 - the KLs run over the full vocabulary by default; `support=(y_pos, y_neg)` restricts both distributions to the
   two answer tokens (renormalised);
 - temperature tau divides both logits; the KL is NOT multiplied by tau^2 (no gradient-scale correction);
-- lmbda in (10) is a free weight chosen on a development split.
+- lmbda in (10) is a free weight chosen on a development split;
+- the listwise KL (10b) is an option beyond the paper, off by default (mu = 0).
 """
 from __future__ import annotations
 
@@ -46,13 +47,40 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: 
     return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum") / student_logits.shape[0]
 
 
+def listwise_kl(student_scores: torch.Tensor, teacher_scores: torch.Tensor, groups: torch.Tensor,
+                tau: float = 1.0) -> torch.Tensor:
+    """(10b) [ours, beyond the paper] reverse KL between the student's and the teacher's score distributions over the
+    documents of one query: for each query q with pairs D_q in the batch, KL(softmax(s_S(q, D_q) / tau) ||
+    softmax(s_T(q, D_q) / tau)); mean over the queries with at least two documents (one document carries no ranking).
+    student_scores, teacher_scores (N,) = z[y+] - z[y-] (3); groups (N,) the query of each pair; teacher detached."""
+    teacher_scores = teacher_scores.detach()
+    terms = []
+    for g in torch.unique(groups):
+        m = groups == g
+        if int(m.sum()) < 2:
+            continue
+        log_p_s = F.log_softmax(student_scores[m] / tau, dim=-1)
+        log_p_t = F.log_softmax(teacher_scores[m] / tau, dim=-1)
+        terms.append((log_p_s.exp() * (log_p_s - log_p_t)).sum())
+    return torch.stack(terms).mean() if terms else student_scores.new_zeros(())
+
+
 def total_loss(h_hat: torch.Tensor, h_T: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                lmbda: float = 1.0, tau: float = 1.0, support: tuple[int, ...] | None = None, use_jepa: bool = True,
-               kl: str = "reverse") -> tuple[torch.Tensor, dict[str, float]]:
-    """(10) L = L_JEPA + lmbda * L_RKL. Returns (loss, {"jepa", "kl", "total"}) with the parts for logging.
-    `use_jepa=False` and `lmbda=0` are the two ablations; kl="forward" swaps in the forward KL (ablation)."""
+               kl: str = "reverse", mu: float = 0.0, groups: torch.Tensor | None = None,
+               answer: tuple[int, int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """(10) L = L_JEPA + lmbda * L_RKL [+ mu * L_list (10b), ours, off when mu = 0]. Returns (loss, {"jepa", "kl",
+    "list", "total"}) with the parts for logging. `use_jepa=False` and `lmbda=0` are the two ablations; kl="forward"
+    swaps in the forward KL (ablation). The listwise term needs `groups` (the query of each pair) and `answer`
+    (y+, y-), the tokens of the score (3)."""
     l_jepa = jepa_loss(h_hat, h_T) if use_jepa else h_hat.new_zeros(())
     kl_fn = reverse_kl if kl == "reverse" else forward_kl
     l_kl = kl_fn(student_logits, teacher_logits, tau, support) if lmbda else h_hat.new_zeros(())
     loss = l_jepa + lmbda * l_kl
-    return loss, {"jepa": l_jepa.item(), "kl": l_kl.item(), "total": loss.item()}
+    l_list = h_hat.new_zeros(())
+    if mu:
+        y_pos, y_neg = answer
+        l_list = listwise_kl(student_logits[:, y_pos] - student_logits[:, y_neg],
+                             teacher_logits[:, y_pos] - teacher_logits[:, y_neg], groups, tau)
+        loss = loss + mu * l_list
+    return loss, {"jepa": l_jepa.item(), "kl": l_kl.item(), "list": l_list.item(), "total": loss.item()}

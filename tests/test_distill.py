@@ -3,6 +3,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 import distill
 import teacher as T
@@ -81,7 +82,8 @@ def test_nan_loss_stops_with_parts(env, monkeypatch):
     """A non-finite loss stops the run and names the round, step and loss parts."""
     tmp, root = env
     monkeypatch.setattr(distill, "total_loss", lambda *a, **k: (a[0].sum() * float("nan"),
-                                                               {"jepa": float("nan"), "kl": 0.0, "total": float("nan")}))
+                                                               {"jepa": float("nan"), "kl": 0.0, "list": 0.0,
+                                                                "total": float("nan")}))
     with pytest.raises(FloatingPointError, match=r"round 0 epoch 0 step 0: loss is nan \(jepa nan, kl 0.0\)"):
         distill.main(_args(tmp, root, "nan"))
 
@@ -92,8 +94,28 @@ def test_policy_off_and_ablations_run(env):
     on = distill.main(_args(tmp, root, "on"))
     off = distill.main(_args(tmp, root, "off", "--policy", "off"))
     assert off["teacher_calls"] == on["teacher_calls"]
+    assert all(float(r["list"]) == 0 for r in csv.DictReader((tmp / "on" / "metrics.csv").open()))  # (10b) off
     distill.main(_args(tmp, root, "nj", "--no-jepa"))
     distill.main(_args(tmp, root, "nr", "--no-rkl"))
+
+
+def test_listwise_option(env):
+    """--listwise (10b, ours): batches hold whole queries, every pair once per epoch; the run logs a non-zero listwise
+    part; off by default (the "list" column stays 0)."""
+    g = torch.Generator().manual_seed(0)
+    qi = torch.tensor([3, 1, 3, 0, 1, 1, 2, 0, 3])
+    bs = distill.batches(qi, 4, g, by_query=True)
+    assert sorted(torch.cat(bs).tolist()) == list(range(len(qi)))
+    for b in bs:  # a query's pairs are never split over batches
+        for q in set(qi[b].tolist()):
+            assert (qi[b] == q).sum() == (qi == q).sum()
+    assert all(len(b) >= 4 for b in bs[:-1])
+    flat = distill.batches(qi, 4, torch.Generator().manual_seed(0), by_query=False)
+    assert torch.equal(torch.cat(flat), torch.randperm(len(qi), generator=torch.Generator().manual_seed(0)))
+    tmp, root = env
+    distill.main(_args(tmp, root, "lw", "--listwise", "1"))
+    rows = list(csv.DictReader((tmp / "lw" / "metrics.csv").open()))
+    assert any(float(r["list"]) > 0 for r in rows)
 
 
 def test_flags_parse():

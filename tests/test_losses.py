@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from losses import forward_kl, jepa_loss, reverse_kl, total_loss
+from losses import forward_kl, jepa_loss, listwise_kl, reverse_kl, total_loss
 
 
 def test_kl_zero_for_identical():
@@ -68,3 +68,39 @@ def test_ablations_switch_parts_off():
     h, ht, zs, zt = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 5), torch.randn(2, 5)
     assert total_loss(h, ht, zs, zt, lmbda=1, use_jepa=False)[0].item() == pytest.approx(reverse_kl(zs, zt).item())
     assert total_loss(h, ht, zs, zt, lmbda=0)[0].item() == pytest.approx(jepa_loss(h, ht).item())
+
+
+def test_listwise_kl_by_hand():
+    """(10b): per query, KL(softmax(s_S/tau) || softmax(s_T/tau)) over its documents, written out in float64; a query
+    with one document is skipped; the mean is over the remaining queries; only the student side gets a gradient."""
+    g = torch.Generator().manual_seed(1)
+    s_s = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
+    s_t = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
+    groups = torch.tensor([2, 0, 2, 0, 0, 5, 2])  # query 5 has one document
+    tau = 0.7
+    want = 0.0
+    for q in (0, 2):
+        idx = [i for i in range(7) if groups[i] == q]
+        ps = [math.exp(s_s[i].item() / tau) for i in idx]
+        pt = [math.exp(s_t[i].item() / tau) for i in idx]
+        ps, pt = [x / sum(ps) for x in ps], [x / sum(pt) for x in pt]
+        want += sum(a * (math.log(a) - math.log(b)) for a, b in zip(ps, pt)) / 2
+    got = listwise_kl(s_s, s_t, groups, tau)
+    assert got.item() == pytest.approx(want, rel=1e-10) and got.item() > 0
+    got.backward()
+    assert s_s.grad is not None and s_t.grad is None
+    assert listwise_kl(s_s, s_s.detach(), groups).item() == pytest.approx(0, abs=1e-12)
+    assert listwise_kl(s_s, s_t, torch.arange(7)).item() == 0  # no query with two documents
+
+
+def test_total_loss_listwise_term():
+    """mu * (10b) on the scores z[y+] - z[y-] is added to (10); mu = 0 leaves (10) as it was."""
+    g = torch.Generator().manual_seed(2)
+    h, ht = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    zs, zt = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    groups = torch.tensor([0, 0, 1, 1])
+    base, parts0 = total_loss(h, ht, zs, zt, lmbda=0.5)
+    loss, parts = total_loss(h, ht, zs, zt, lmbda=0.5, mu=2.0, groups=groups, answer=(4, 1))
+    lw = listwise_kl(zs[:, 4] - zs[:, 1], zt[:, 4] - zt[:, 1], groups)
+    assert parts0["list"] == 0 and parts["list"] == pytest.approx(lw.item())
+    assert loss.item() == pytest.approx(base.item() + 2.0 * lw.item(), rel=1e-6)
