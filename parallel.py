@@ -21,14 +21,16 @@ What runs where (every rank runs the same script on the same data, in the same o
   is broadcast after each round, so floating-point differences between GPUs cannot make the ranks drift apart;
 - sampling (3): rank 0 samples and broadcasts; metrics are computed on every rank from the same gathered scores;
 - files (results, TREC runs, caches, checkpoints) are written by rank 0 only (`common.atomic_write`), progress bars
-  shown on rank 0 only.
+  and log lines shown on rank 0 only (errors on stderr from every rank; RABTRIEVER_LOG_ALL_RANKS=1 shows all logs).
 Host memory: every rank loads the model itself (`from_pretrained`): N copies in host RAM while loading (Qwen2-7B in
 bf16: ~15 GB per rank), then each moves its copy to its GPU.
 """
 from __future__ import annotations
 
 import argparse
+import builtins
 import os
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -45,6 +47,17 @@ def init(device: str = "auto") -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
+    if dist.get_rank() != 0 and not os.environ.get("RABTRIEVER_LOG_ALL_RANKS"):
+        builtins.print = _stdout_silenced(builtins.print)
+
+
+def _stdout_silenced(builtin_print):
+    """print for ranks > 0: log lines (stdout) are rank 0's alone, since every rank computes the same numbers;
+    errors and warnings written to stderr still show from every rank. RABTRIEVER_LOG_ALL_RANKS=1 keeps them all."""
+    def rank_print(*args, file=None, **kwargs):
+        if file is not None and file is not sys.stdout:
+            builtin_print(*args, file=file, **kwargs)
+    return rank_print
 
 
 def world() -> int:

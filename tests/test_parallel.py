@@ -157,3 +157,20 @@ def _distill_dies(tmp: str, root: str, cache: str):
         return orig(student, pairs, h_q, h_d, cache_, cfg, r, log)
     distill.train_predictor = dies
     distill.main(_args(tmp, "cut", root))
+
+
+def _prints(out: str):
+    import io
+    import sys
+    parallel.init("cpu")
+    sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+    print("log line")
+    print("error line", file=sys.stderr)
+    Path(f"{out}.{parallel.rank()}").write_text(json.dumps([sys.stdout.getvalue(), sys.stderr.getvalue()]))
+
+
+def test_log_lines_on_rank0_only(tmp_path):
+    """Under 2 ranks a log line (stdout) shows once, from rank 0; a line on stderr shows from every rank."""
+    spawn(_prints, str(tmp_path / "p"))
+    assert json.loads((tmp_path / "p.0").read_text()) == ["log line\n", "error line\n"]
+    assert json.loads((tmp_path / "p.1").read_text()) == ["", "error line\n"]
