@@ -123,7 +123,6 @@ def step0_teacher(cfg: DistillConfig):
                            instruction=cfg.instruction)
         if cfg.quick:
             tcfg.max_train_queries, tcfg.epochs, tcfg.max_dev_queries, tcfg.rerank_k = 16, 2, 8, 4
-            tcfg.neg_bm25, tcfg.neg_random = 1, 2  # drawn like C(q) of 4
         if Path(cfg.teacher).exists() and any(Path(cfg.teacher).iterdir()):
             print(f"[distill] (0) {cfg.teacher} holds an unfinished teacher run (no checkpoint): replacing it")
             tcfg.overwrite = True
