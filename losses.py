@@ -79,6 +79,8 @@ def total_loss(h_hat: torch.Tensor, h_T: torch.Tensor, student_logits: torch.Ten
     loss = l_jepa + lmbda * l_kl
     l_list = h_hat.new_zeros(())
     if mu:
+        if groups is None or answer is None:
+            raise ValueError("the listwise term (mu > 0) needs groups (the query of each pair) and answer (y+, y-)")
         y_pos, y_neg = answer
         l_list = listwise_kl(student_logits[:, y_pos] - student_logits[:, y_neg],
                              teacher_logits[:, y_pos] - teacher_logits[:, y_neg], groups, tau)

@@ -104,3 +104,5 @@ def test_total_loss_listwise_term():
     lw = listwise_kl(zs[:, 4] - zs[:, 1], zt[:, 4] - zt[:, 1], groups)
     assert parts0["list"] == 0 and parts["list"] == pytest.approx(lw.item())
     assert loss.item() == pytest.approx(base.item() + 2.0 * lw.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="needs groups"):
+        total_loss(h, ht, zs, zt, mu=1.0)
