@@ -1,29 +1,30 @@
 """On-policy distillation of the teacher into the JEPA student: the project's main job (METHOD.md, "On-policy
-distillation", equations (8)-(10)).
+distillation", Steps 0-7, equations (8)-(11)).
 
     python distill.py                                   # embedded SmolLM2-135M on VirtualHome, offline, CPU
     python distill.py --quick                           # a smaller CPU run of the same pipeline
     python distill.py --bench esconv --data-dir DIR
     python distill.py --model Qwen/Qwen2-7B-Instruct --bench esconv --max-train-queries 0 --max-test-queries 0  # GPU
 
-Steps, numbered as in METHOD.md:
-    (0) teacher: load runs/teacher-{bench}/ or train it (teacher.py)
-    (1) student: frozen teacher + predictor; encode and cache the corpus (6) and the training queries (5)
+Steps (METHOD.md names them Step 0..Step 7; equations are (1)..(11)):
+    Step 0  teacher: load runs/teacher-{bench}/ or train it (teacher.py, (4))
+    Step 1  student: frozen teacher + predictor; encode and cache the corpus (6) and the training queries (5)
     rounds r = 0..R-1:
-        (2) score every candidate for every training query with the current student (7, factorised)
-        (3) sample k documents per query from softmax(s_S / tau_s), plus the gold ones (policy off: fixed
-            BM25 + random negatives, the same number of teacher calls)
-        (4) teacher targets h_T for pairs not seen yet (cached by pair; z_T = W h_T is recomputed once per
-            round, W is frozen)
-        (5) train the predictor E epochs on all pairs so far with L_JEPA + lmbda * L_RKL (10)
-            [+ mu * the listwise KL (10b), ours, off by default]
-    (6) evaluate on the held-out split: prior (label frequency), bm25, llm-biencoder, teacher, student, each ranking
-        the same candidate set C(q) per query; gold metrics, agreement with the teacher, bootstrap CIs (metrics.py)
-    (7) save the predictor (safetensors + JSON sidecar) and the results
+      Step 2  score every document for every training query: the student (7) (round 0: --round0, BM25 by default)
+      Step 3  pick k documents per query not sent to the teacher yet, plus the gold ones: the k best-ranked
+              (--sampling top) or k drawn from softmax(s_S / tau_s) (--sampling softmax); --policy off: fixed
+              BM25 + random negatives, the same number of teacher calls
+      Step 4  teacher targets h_T (1) for pairs not seen yet (cached by pair; z_T = W h_T (2) once per round)
+      Step 5  train the predictor E epochs on all pairs so far with L_JEPA + lmbda * L_RKL (10)
+              [+ mu * the listwise KL (10b)] [+ nu * the pool term (11) over more training queries: ours]
+    Step 6  evaluate on the held-out split: over the whole pool (the paper's protocol: prior, bm25, llm-biencoder,
+            student, and teacher@k reranking a first stage) and on C(q) (fidelity to the teacher) (metrics.py)
+    Step 7  save the predictor (safetensors + JSON sidecar) and the results
 
-Choices not fixed by the paper: the whole procedure above (rounds, k, tau_s, the pair cache), a fresh AdamW per
-round, sampling without replacement, every random draw seeded from (seed, round). `--resume` continues from the last
-finished round and from every finished chunk of teacher targets, and ends with the same numbers.
+Choices not fixed by the paper: the whole procedure above (rounds, k, the round-0 policy, top-k picks, the pair
+cache), the pool term (11) and its queries, a fresh AdamW per round, every random draw seeded from (seed, round).
+`--resume` continues from the last finished round and from every finished chunk of teacher targets, and ends with
+the same numbers.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import parallel
@@ -43,7 +45,7 @@ from common import (IntegrityError, add_dataclass_args, atomic_write, cache_dir,
                     field, load_tensors, prepare_output, progress, resolve_device, save_tensors, set_seed, subset,
                     write_json)
 from llm import DEFAULT_MODEL, fingerprint
-from losses import total_loss
+from losses import pool_nce, total_loss
 from metrics import BM25, candidate_sets, describe_protocol
 from student import Student, encode_corpus, save_predictor
 
@@ -67,7 +69,18 @@ class DistillConfig:
     kl_support: str = field("full", "full vocabulary or only the answer tokens", choices=["full", "answer"])
     listwise: float = field(0.0, "weight mu of the listwise KL (10b) over each query's documents, batched by query "
                                  "(ours, beyond the paper; 0 = off)")
-    policy: str = field("on", "on: sample from the student; off: fixed BM25 + random negatives", choices=["on", "off"])
+    policy: str = field("on", "on: documents picked by the student; off: fixed BM25 + random negatives",
+                        choices=["on", "off"])
+    sampling: str = field("top", "on-policy pick (ours): top = the student's k best-ranked documents not scored yet; "
+                                 "softmax = k drawn from softmax(s_S / tau_s)", choices=["top", "softmax"])
+    round0: str = field("bm25", "round 0's policy, where the untrained student ranks every document the same (ours)",
+                        choices=["bm25", "biencoder", "uniform"])
+    nce: float = field(1.0, "weight nu of the pool term (11), InfoNCE of the student's scores of the gold against "
+                            "pool documents (ours, beyond the paper; 0 = off)")
+    nce_queries: int = field(1024, "training queries of the pool term (11); they cost the query pass (5), no teacher "
+                                   "call (0 = all)")
+    nce_negatives: int = field(1024, "pool documents per step as negatives of (11) (the whole pool when smaller)")
+    nce_tau: float = field(1.0, "temperature of (11)")
     no_jepa: bool = field(False, "ablation: drop L_JEPA")
     no_rkl: bool = field(False, "ablation: drop L_RKL (same as --lmbda 0)")
     width: int = field(256, "predictor width P")
@@ -77,9 +90,11 @@ class DistillConfig:
     seed: int = field(0, "seed of every random draw")
     max_train_queries: int = field(128, "training queries (0 = all)")
     max_test_queries: int = field(128, "held-out queries evaluated (0 = all)")
-    rerank_k: int = field(8, "size of C(q), the candidates every system ranks in (6) (the whole pool when smaller)")
+    rerank_k: int = field(8, "size of C(q), the candidates every system ranks in Step 6 (the whole pool when smaller)")
+    teacher_k: int = field(8, "teacher@k in Step 6: the teacher reranks the union of BM25's and the student's top k "
+                              "over the whole pool (0 = the whole pool, long)")
     teacher_batch: int = field(8, "pairs per teacher / encoder forward")
-    eval_teacher: bool = field(True, "score the teacher in step (6) (ablations can skip it: it does not change)")
+    eval_teacher: bool = field(True, "score the teacher in Step 6 (ablations can skip it: it does not change)")
     output_dir: str = field("", "outputs (default runs/distill-{bench}[-quick])")
     resume: bool = field(False, "continue a killed run in output_dir (with the same settings)")
     overwrite: bool = field(False, "replace the run in output_dir (the folder is emptied first)")
@@ -89,11 +104,14 @@ class DistillConfig:
 
     def __post_init__(self):  # checked as given, before --quick caps anything
         check_sizes(self, ("rounds", "k", "epochs", "width", "batch_size", "rerank_k", "teacher_batch"), 1)
-        check_sizes(self, ("max_train_queries", "max_test_queries"), 0)
-        if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0 or self.listwise < 0:
+        check_sizes(self, ("max_train_queries", "max_test_queries", "teacher_k", "nce_queries"), 0)
+        check_sizes(self, ("nce_negatives",), 1)
+        if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0 or self.listwise < 0 or self.nce < 0 \
+                or self.nce_tau <= 0:
             raise ValueError(f"--tau-s {self.tau_s}, --tau {self.tau}, --lmbda {self.lmbda}, --lr {self.lr}, "
-                             f"--listwise {self.listwise}: need tau_s > 0, tau > 0, lmbda >= 0, lr > 0, listwise >= 0")
-        if self.no_jepa and (self.no_rkl or self.lmbda == 0) and not self.listwise:
+                             f"--listwise {self.listwise}, --nce {self.nce}, --nce-tau {self.nce_tau}: need tau_s > 0, "
+                             "tau > 0, lmbda >= 0, lr > 0, listwise >= 0, nce >= 0, nce_tau > 0")
+        if self.no_jepa and (self.no_rkl or self.lmbda == 0) and not self.listwise and not self.nce:
             raise ValueError("--no-jepa together with --no-rkl (or --lmbda 0) leaves no loss")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: choose one")
@@ -112,19 +130,19 @@ class DistillConfig:
         return 0.0 if self.no_rkl else self.lmbda
 
 
-# ---------------------------------------------------------------------------- (0) teacher
+# ---------------------------------------------------------------------------- Step 0: teacher
 def step0_teacher(cfg: DistillConfig):
     from teacher import TrainConfig, cmd_train, instruction_for, load_teacher
 
     if not Path(cfg.teacher, "teacher.safetensors").exists():
-        print(f"[distill] (0) no teacher at {cfg.teacher}: training one")
+        print(f"[distill] Step 0: no teacher at {cfg.teacher}: training one")
         tcfg = TrainConfig(bench=cfg.bench, data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
                            output_dir=cfg.teacher, seed=cfg.seed, quiet=cfg.quiet, batch_size=cfg.teacher_batch,
                            instruction=cfg.instruction)
         if cfg.quick:
             tcfg.max_train_queries, tcfg.epochs, tcfg.max_dev_queries, tcfg.rerank_k = 16, 2, 8, 4
         if Path(cfg.teacher).exists() and any(Path(cfg.teacher).iterdir()):
-            print(f"[distill] (0) {cfg.teacher} holds an unfinished teacher run (no checkpoint): replacing it")
+            print(f"[distill] Step 0: {cfg.teacher} holds an unfinished teacher run (no checkpoint): replacing it")
             tcfg.overwrite = True
         cmd_train(tcfg)
     teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet,
@@ -135,7 +153,7 @@ def step0_teacher(cfg: DistillConfig):
     return teacher, meta
 
 
-# ---------------------------------------------------------------------------- (3) sampling
+# ---------------------------------------------------------------------------- Step 3: sampling
 def sample_policy(scores: torch.Tensor, exclude: list[set[int]], k: int, tau_s: float,
                   gen: torch.Generator) -> list[list[int]]:
     """k documents per query without replacement from softmax(s_S / tau_s) over the documents not excluded (the
@@ -148,6 +166,44 @@ def sample_policy(scores: torch.Tensor, exclude: list[set[int]], k: int, tau_s: 
         kk = min(k, int((probs > 0).sum()))
         out.append(torch.multinomial(probs, kk, replacement=False, generator=gen).tolist())
     return out
+
+
+def sample_top(scores: torch.Tensor, exclude: list[set[int]], k: int) -> list[list[int]]:
+    """[ours] The k best-ranked documents of each query that are not excluded (gold, or already sent to the
+    teacher): the student's own hard negatives, refreshed every round (as ANCE mines them); ties by lower index."""
+    out = []
+    for row, g in zip(scores, exclude):
+        row = row.double().clone()
+        row[list(g)] = -math.inf
+        kk = min(k, len(row) - len(g))
+        out.append(row.topk(kk).indices.tolist() if kk > 0 else [])
+    return out
+
+
+def policy_scores(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
+                  texts: list[str]) -> torch.Tensor:
+    """Step 2: the scores (Q, n) the round's documents are picked by. The student's own (7) from round 1 on; in
+    round 0, where the untrained student scores every document the same, the --round0 policy [ours]: BM25, the
+    frozen bi-encoder (cosine of h_q (5) and h_d (6)), or the student itself (uniform)."""
+    if r > 0 or cfg.round0 == "uniform":
+        return student.score_all(h_q, h_d)
+    if cfg.round0 == "bm25":
+        return torch.from_numpy(np.stack([bm25.scores(t) for t in texts]))
+    q = torch.nn.functional.normalize(h_q.float(), dim=-1)
+    return q @ torch.nn.functional.normalize(h_d.float(), dim=-1).T
+
+
+def pool_queries(cfg: DistillConfig, student: Student, train_q: dict[str, str], train_rel: dict, qids: list[str],
+                 h_q: torch.Tensor, doc_index: dict[str, int], out: Path) -> tuple[torch.Tensor, list[set[int]]]:
+    """The queries of the pool term (11): the teacher's training queries first, then more training queries up to
+    --nce-queries (a seeded subset; they cost the query pass (5) only, no teacher call), with their gold rows."""
+    rest = [q for q in train_q if q not in set(qids)]
+    n_extra = len(rest) if cfg.nce_queries == 0 else max(0, cfg.nce_queries - len(qids))
+    extra = subset(rest, n_extra, torch.Generator().manual_seed(cfg.seed + 1)) if n_extra else []
+    h_extra = encode_corpus(student, extra, [train_q[q] for q in extra], out / "pool_queries", kind="queries") \
+        if extra else h_q[:0]
+    gold = [{doc_index[d] for d, g in train_rel[q].items() if g > 0} for q in qids + extra]
+    return torch.cat([h_q, h_extra]), gold
 
 
 def sample_fixed(bm25_top: list[list[int]], gold: list[set[int]], n_docs: int, k: int, r: int,
@@ -167,7 +223,7 @@ def sample_fixed(bm25_top: list[list[int]], gold: list[set[int]], n_docs: int, k
     return out
 
 
-# ---------------------------------------------------------------------------- (4) teacher targets
+# ---------------------------------------------------------------------------- Step 4: teacher targets
 class PairCache:
     """h_T by (query id, doc id), persisted as one safetensors file per finished chunk."""
 
@@ -195,7 +251,7 @@ class PairCache:
     def fill(self, pairs: list[tuple[str, str]], teacher, queries: dict[str, str], doc_text, tag: str, quiet: bool):
         todo = [p for p in dict.fromkeys(pairs) if p not in self.h]
         chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
-        for c, chunk in enumerate(progress(chunks, desc=f"(4) teacher targets {tag}", quiet=quiet)):
+        for c, chunk in enumerate(progress(chunks, desc=f"Step 4: teacher targets {tag}", quiet=quiet)):
             h = teacher.encode_pairs([queries[q] for q, _ in chunk], [doc_text(d) for _, d in chunk], desc="teacher")
             save_tensors(self.folder / f"chunk-{tag}-{c:05d}.safetensors", {"h_T": h},
                          {"teacher_fingerprint": self.fp, "pairs": [list(p) for p in chunk]})
@@ -204,7 +260,7 @@ class PairCache:
         return len(todo)
 
 
-# ---------------------------------------------------------------------------- (5) predictor training
+# ---------------------------------------------------------------------------- Step 5: predictor training
 def batches(qi: torch.Tensor, batch_size: int, gen: torch.Generator, by_query: bool) -> list[torch.Tensor]:
     """One epoch's batches of pair indices in a random order. by_query (the listwise KL (10b) needs a query's
     documents together): whole queries, in random order, are packed until a batch holds at least batch_size pairs."""
@@ -223,9 +279,41 @@ def batches(qi: torch.Tensor, batch_size: int, gen: torch.Generator, by_query: b
     return out + ([torch.tensor(cur)] if cur else [])
 
 
+class PoolBatches:
+    """The queries of the pool term (11), cycled in a seeded order, `size` per step, with their negatives: every
+    document of the pool (`negatives` = 0) or `negatives` documents drawn from it per step (shared by the step's
+    queries, as in-batch negatives), plus each query's gold. One gold per query and step, drawn at random."""
+
+    def __init__(self, h_q: torch.Tensor, gold: list[set[int]], n_docs: int, size: int, negatives: int,
+                 gen: torch.Generator):
+        self.h_q, self.gold, self.n_docs, self.size, self.negatives, self.gen = h_q, gold, n_docs, size, negatives, gen
+        self.order: list[int] = []
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(h_q (B, H), document rows (n,), target (B,) column of each query's chosen gold, exclude (B, n))."""
+        while len(self.order) < self.size:
+            self.order += torch.randperm(len(self.gold), generator=self.gen).tolist()
+        idx, self.order = self.order[:self.size], self.order[self.size:]
+        golds = [sorted(self.gold[i]) for i in idx]
+        chosen = [g[int(torch.randint(len(g), (1,), generator=self.gen))] for g in golds]
+        if self.negatives and self.negatives < self.n_docs:
+            drawn = torch.randperm(self.n_docs, generator=self.gen)[:self.negatives].tolist()
+            docs = list(dict.fromkeys(chosen + drawn))
+        else:
+            docs = list(range(self.n_docs))
+        col = {d: j for j, d in enumerate(docs)}
+        exclude = torch.zeros(len(idx), len(docs), dtype=torch.bool)
+        for row, g in enumerate(golds):
+            exclude[row, [col[d] for d in g if d in col]] = True
+        return self.h_q[idx], torch.tensor(docs), torch.tensor([col[c] for c in chosen]), exclude
+
+
 def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str]]], h_q: torch.Tensor,
-                    h_d: torch.Tensor, cache: PairCache, cfg: DistillConfig, r: int, log: list[dict]) -> None:
-    """E epochs of (10) over all pairs so far; a fresh AdamW per round; NaN/inf stops the run."""
+                    h_d: torch.Tensor, cache: PairCache, cfg: DistillConfig, r: int, log: list[dict],
+                    pool: tuple[torch.Tensor, list[set[int]]] | None = None) -> None:
+    """Step 5: E epochs of (10) over all pairs so far, plus nu * (11) over `pool` = (h_q, gold document rows) of
+    the pool term's queries, one batch of them per step, when --nce > 0; a fresh AdamW per round; NaN/inf stops
+    the run."""
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
     dev = student.u.device
     qi = torch.tensor([p[0] for p in pairs])
@@ -240,17 +328,27 @@ def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str
     student.predictor.train()
     step = 0
     answer = (student.y_pos, student.y_neg)
-    for epoch in progress(range(cfg.epochs), desc=f"(5) predictor round {r}", quiet=cfg.quiet):
-        parts_sum = {"jepa": 0.0, "kl": 0.0, "list": 0.0, "total": 0.0}
+    nce = PoolBatches(pool[0], pool[1], h_d.shape[0], cfg.batch_size, cfg.nce_negatives,
+                      torch.Generator().manual_seed(cfg.seed * 1000 + r + 500)) if cfg.nce and pool else None
+    for epoch in progress(range(cfg.epochs), desc=f"Step 5: predictor, round {r}", quiet=cfg.quiet):
+        parts_sum = {"jepa": 0.0, "kl": 0.0, "list": 0.0, "pool": 0.0, "total": 0.0}
         for b in batches(qi, cfg.batch_size, gen, cfg.listwise > 0):
             hq, hd, ht = h_q[qi[b]].to(dev), h_d[di[b]].to(dev), h_T[b].to(dev)
             h_hat, z_s, _ = student.forward(hq, hd, head)
             z_t = z_T[b.to(dev)] if z_T is not None else ht @ head.T
             loss, parts = total_loss(h_hat, ht, z_s, z_t, cfg.lmbda_eff, cfg.tau, support, not cfg.no_jepa,
                                      mu=cfg.listwise, groups=qi[b].to(dev), answer=answer)
+            parts["pool"] = 0.0
+            if nce is not None:
+                pq, docs, target, exclude = nce.next()
+                pred = student.predictor
+                s_pool = pred.scores(pq.to(dev), pred.doc_side(h_d[docs].to(dev)), student.u)  # (B, n) with grad
+                l_pool = pool_nce(s_pool, target.to(dev), exclude.to(dev), cfg.nce_tau)
+                loss = loss + cfg.nce * l_pool
+                parts["pool"], parts["total"] = l_pool.item(), loss.item()
             if not math.isfinite(parts["total"]):
                 raise FloatingPointError(f"round {r} epoch {epoch} step {step}: loss is {parts['total']} "
-                                         f"(jepa {parts['jepa']}, kl {parts['kl']})")
+                                         f"(jepa {parts['jepa']}, kl {parts['kl']}, pool {parts['pool']})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -315,43 +413,49 @@ def run(cfg: DistillConfig) -> dict:
         first_round, log = meta["round"] + 1, meta["log"]
         pairs = [(a, b, tuple(c)) for a, b, c in meta["pairs"]]
         print(f"[distill] resuming after round {meta['round']}")
-    bm25 = BM25({d: data.doc_text(d) for d in doc_ids}) if cfg.policy == "off" else None
-    bm25_top = [[doc_index[d] for d in bm25.top(train_q[q], 4 * cfg.k * cfg.rounds + 8)] for q in qids] if bm25 else None
+    need_bm25 = cfg.policy == "off" or (cfg.round0 == "bm25" and first_round == 0)
+    bm25 = BM25({d: data.doc_text(d) for d in doc_ids}) if need_bm25 else None
+    bm25_top = [[doc_index[d] for d in bm25.top(train_q[q], 4 * cfg.k * cfg.rounds + 8)] for q in qids] \
+        if cfg.policy == "off" else None
+    pool = pool_queries(cfg, student, train_q, train_rel, qids, h_q, doc_index, out) if cfg.nce else None
     for r in range(first_round, cfg.rounds):
         t0 = time.time()
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
-        # (2) score every candidate with the current student; (3) sample k per query plus gold
+        # Step 2: score every document for every training query; Step 3: pick k per query (plus the gold ones)
         if cfg.policy == "on":
-            scores = student.score_all(h_q, h_d)
+            scores = policy_scores(cfg, r, student, h_q, h_d, bm25, [train_q[q] for q in qids])
             seen = [set(g) for g in gold]
             for i, d, _ in pairs:
                 seen[i].add(d)
-            picks = parallel.broadcast(sample_policy(scores, seen, cfg.k, cfg.tau_s, gen))  # rank 0 decides
+            pick = sample_top(scores, seen, cfg.k) if cfg.sampling == "top" and not (r == 0 and cfg.round0 == "uniform") \
+                else sample_policy(scores, seen, cfg.k, cfg.tau_s, gen)
+            picks = parallel.broadcast(pick)  # rank 0 decides
         else:
             fixed = torch.Generator().manual_seed(cfg.seed)  # the same lists every round; round r takes slice r
             picks = sample_fixed(bm25_top, gold, len(doc_ids), cfg.k, r, fixed)
         new = [(i, d) for i, (p, g) in enumerate(zip(picks, gold)) for d in sorted(g) + p]
         known = {p[:2] for p in pairs}
         pairs += [(i, d, (qids[i], doc_ids[d])) for i, d in new if (i, d) not in known]
-        # (4) teacher targets for new pairs only
+        # Step 4: teacher targets for new pairs only
         cache.fill([p[2] for p in pairs], teacher, train_q, data.doc_text, f"r{r}", cfg.quiet)
-        # (5) train the predictor on all pairs so far
-        train_predictor(student, pairs, h_q, h_d, cache, cfg, r, log)
+        # Step 5: train the predictor on all pairs so far
+        train_predictor(student, pairs, h_q, h_d, cache, cfg, r, log, pool)
         parallel.broadcast_module(student.predictor)  # replicated training; rank 0's copy is the one kept
         last = log[-1]
         print(f"[distill] round {r}: {len(pairs)} pairs, teacher calls so far {len(cache.h)}, "
-              f"loss {last['total']:.4f} (jepa {last['jepa']:.4f}, kl {last['kl']:.4f}), {time.time() - t0:.0f}s")
+              f"loss {last['total']:.4f} (jepa {last['jepa']:.4f}, kl {last['kl']:.4f}, pool {last['pool']:.4f}), "
+              f"{time.time() - t0:.0f}s")
         save_tensors(state, student.predictor.state_dict(),
                      {"round": r, "log": log, "pairs": [[a, b, list(c)] for a, b, c in pairs],
                       "teacher_fingerprint": teacher_fp})
         write_log(out / "metrics.csv", log)
         timings[f"round_{r}"] = time.time() - t0
 
-    # (6) evaluate on the held-out split
+    # Step 6: evaluate on the held-out split
     t0 = time.time()
     res = evaluate_all(cfg, data, test_split, teacher, student, h_d, timings["1_encode_docs"])
     timings["6_evaluate"] = time.time() - t0
-    # (7) save
+    # Step 7: save
     meta = {"teacher_checkpoint": str(Path(cfg.teacher) / "teacher.safetensors"),
             "teacher_checkpoint_abs": str((Path(cfg.teacher) / "teacher.safetensors").resolve()),
             "base_model": tmeta.get("base_model"),
@@ -369,7 +473,8 @@ def run(cfg: DistillConfig) -> dict:
 
 def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student, h_d: torch.Tensor,
                  d_seconds: float) -> dict:
-    """prior, bm25, llm-biencoder, teacher and student on the held-out split, every system on the same C(q)."""
+    """Step 6: prior, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system on the same
+    C(q), on the held-out split."""
     from data import train_test_splits
     from evaluate import eval_queries, report, run_systems, timed
 
@@ -382,10 +487,10 @@ def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student
                            torch.Generator().manual_seed(cfg.seed + 11))
     names = ["prior", "bm25", "llm-biencoder"] + (["teacher"] if cfg.eval_teacher else []) + ["student"]
     results = run_systems(names, data, queries, cands, bm25, bm25_seconds, train_test_splits(data)[0], teacher,
-                          student, h_d, d_seconds, quiet=cfg.quiet)
+                          student, h_d, d_seconds, quiet=cfg.quiet, teacher_k=cfg.teacher_k)
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
-                  header, extra={"truncated": teacher.prompt.cut_counts()}, seed=cfg.seed)
+                  header, extra={"truncated": teacher.prompt.cut_counts()}, seed=cfg.seed, pool_size=len(doc_ids))
 
 
 def main(argv=None) -> dict:

@@ -34,18 +34,18 @@ import torch
 from common import (add_dataclass_args, atomic_write, check_sizes, cli, config_from_args, field, prepare_output,
                     progress, resolve_device, set_seed, subset, write_json)
 import parallel
-from metrics import (BM25, N_BOOT, candidate_sets, describe_protocol, drop_identical, fidelity, judged, label_prior,
-                     on_candidates, per_query, summarize, top_run, write_trec)
+from metrics import (BM25, N_BOOT, candidate_sets, describe_protocol, drop_identical, fidelity, hubness, judged,
+                     label_prior, on_candidates, per_query, ranked, summarize, top_run, write_trec)
 
 
 # ---------------------------------------------------------------------------- systems
 @dataclass
 class SystemResult:
-    cand_run: dict[str, dict[str, float]]            # scores on C(q): every metric of the table is computed on it
+    cand_run: dict[str, dict[str, float]] | None     # scores on C(q), the fidelity table (None: teacher@k)
     ms_per_query: float
     encode_seconds: float | None = None              # one-off corpus encoding / indexing
     note: str = ""
-    full_run: dict[str, dict[str, float]] | None = None  # top 100 over the whole pool (retrievers only)
+    full_run: dict[str, dict[str, float]] | None = None  # top 100 over the whole pool (teacher@k: its union)
 
 
 def timed(fn, *args) -> tuple[object, float]:
@@ -168,12 +168,53 @@ def system_teacher(teacher, data, queries: dict[str, str], cands: dict[str, list
     return SystemResult(run, 1000 * dt / max(1, len(queries)), None, "scores C(q) jointly")
 
 
+def first_stage_union(runs: list[dict[str, dict[str, float]]], qids: list[str], k: int) -> dict[str, list[str]]:
+    """For each query, the union of the top k documents of each first-stage run, in order of first appearance."""
+    out = {}
+    for q in qids:
+        seen: dict[str, None] = {}
+        for run in runs:
+            seen |= dict.fromkeys(ranked(run.get(q, {}))[:k])
+        out[q] = list(seen)
+    return out
+
+
+def system_teacher_at_k(teacher, data, queries: dict[str, str], first: dict[str, SystemResult], k: int,
+                        known: SystemResult | None = None) -> SystemResult:
+    """teacher@k, the teacher's whole-pool reference: it reranks, jointly (1)-(3), the union of the top k documents
+    of each first-stage system in `first` over the whole pool (k = 0: every document of the pool, |pool| teacher
+    calls per query). Documents outside the union are not retrieved. Pairs already scored on C(q) (`known`) are
+    reused; ms/query counts every pair of the union at the measured cost per pair."""
+    from teacher import teacher_run
+
+    qids = list(queries)
+    if k == 0:
+        union = {q: list(data.corpus) for q in qids}
+        note = f"reranks the whole pool ({len(data.corpus)} documents)"
+    else:
+        missing = [n for n, r in first.items() if r.full_run is None]
+        if missing or not first:
+            raise ValueError(f"teacher@{k}: first-stage systems {missing or '(none)'} have no whole-pool run")
+        union = first_stage_union([r.full_run for r in first.values()], qids, k)
+        note = f"reranks the union of the top {k} of {' and '.join(first)}"
+    old = known.cand_run if known is not None else {}
+    todo = {q: [d for d in docs if d not in old.get(q, {})] for q, docs in union.items()}
+    todo = {q: ds for q, ds in todo.items() if ds}
+    new, dt = timed(teacher_run, teacher, queries, todo, data.doc_text, f"teacher@{k or 'pool'}") if todo else ({}, 0.0)
+    n_new, n_all = sum(map(len, todo.values())), sum(map(len, union.values()))
+    per_pair = dt / n_new if n_new else (known.ms_per_query * len(qids) / 1000 / max(1, n_all) if known else 0.0)
+    run = {q: {d: new.get(q, {}).get(d, old.get(q, {}).get(d)) for d in docs} for q, docs in union.items()}
+    return SystemResult(None, 1000 * per_pair * n_all / max(1, len(qids)), None, note, run)
+
+
 def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str, list[str]], bm25: BM25,
                 bm25_seconds: float, train_split: str | None, teacher=None, student=None, h_d=None,
                 d_seconds: float = 0.0, doc_cache: str | Path | None = None, quiet: bool = False,
-                index_dtype: str = "float32") -> dict:
-    """Every system of `names` on the same queries and the same C(q), in the order of `names`. The student's
-    document embeddings h_d come in (distill.py) or are encoded into `doc_cache` (evaluate.py)."""
+                index_dtype: str = "float32", teacher_k: int = 8,
+                first_stage: tuple[str, ...] = ("bm25", "student")) -> dict:
+    """Every system of `names` on the same queries and the same C(q), in the order of `names`; with "teacher",
+    also teacher@k (`system_teacher_at_k`) over the first-stage systems of `first_stage` that were run. The
+    student's document embeddings h_d come in (distill.py) or are encoded into `doc_cache` (evaluate.py)."""
     from student import encode_corpus
 
     qids, doc_ids = list(queries), list(data.corpus)
@@ -200,11 +241,17 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
                                                 index_dtype)
     if "teacher" in names:
         results["teacher"] = system_teacher(teacher, data, queries, cands)
-    return {k: results[k] for k in names if k in results}
+        first = {n: results[n] for n in first_stage if n in results}
+        if teacher_k == 0 or first:
+            results[f"teacher@{teacher_k or 'pool'}"] = system_teacher_at_k(teacher, data, queries, first, teacher_k,
+                                                                            results["teacher"])
+    order = [n for n in names if n in results] + [n for n in results if n.startswith("teacher@")]
+    return {k: results[k] for k in order}
 
 
 # ---------------------------------------------------------------------------- reporting
-HEAD = ("R@1", "R@3", "MRR@10", "nDCG@10", "agree@1", "kendall_tau")
+POOL_HEAD = ("R@1", "MRR@10", "nDCG@10", "R@10")
+CAND_HEAD = ("R@1", "MRR@10", "nDCG@10", "agree@1", "kendall_tau")
 
 
 def _cell(s: dict, m: str) -> str:
@@ -213,41 +260,52 @@ def _cell(s: dict, m: str) -> str:
 
 def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: dict[str, SystemResult],
            protocol: str, header: str = "", ignore_identical: bool = False, extra: dict | None = None,
-           seed: int = 0) -> dict:
-    """Metrics of every system on C(q) against the gold and, when the teacher was run, against the teacher's scores
-    (agree@1, kendall_tau), each with a 95% bootstrap CI over queries; the retrievers' metrics over the whole pool
-    under "full_pool". Writes results.json, results.md and TREC run files (run.NAME.trec on C(q),
-    run.NAME.full.trec over the pool); returns the dict."""
+           seed: int = 0, *, pool_size: int) -> dict:
+    """Two tables, each metric with a 95% bootstrap CI over queries. First the paper's protocol: every retriever
+    over the whole pool of `pool_size` documents, and teacher@k, with the hubness of each ranking
+    (`metrics.hubness`), under each system's "full_pool". Then fidelity on C(q): every system on the candidates the
+    teacher scored, against the gold and, when the teacher was run, against the teacher's scores (agree@1,
+    kendall_tau). Writes results.json, results.md and TREC run files (run.NAME.full.trec over the pool, run.NAME.trec
+    on C(q)); returns the dict."""
     out = Path(out_dir)
     prep = drop_identical if ignore_identical else (lambda r: r)
     qids = judged(qrels)
     teacher_run = prep(results["teacher"].cand_run) if "teacher" in results else None
     systems = {}
     for name, r in results.items():
-        run = prep(r.cand_run)
-        per = per_query(run, qrels)
-        if teacher_run is not None:
-            per |= fidelity(run, teacher_run, qids)
-        systems[name] = {**summarize(per, seed), "ms_per_query": r.ms_per_query, "corpus_encode_s": r.encode_seconds,
-                         "note": r.note}
-        write_trec(out / f"run.{name}.trec", run, name)
+        s: dict = {"ms_per_query": r.ms_per_query, "corpus_encode_s": r.encode_seconds, "note": r.note}
         if r.full_run is not None:
             full = prep(r.full_run)
-            systems[name]["full_pool"] = summarize(per_query(full, qrels), seed)
+            s["full_pool"] = summarize(per_query(full, qrels), seed) | {
+                "hubness": hubness({q: full.get(q, {}) for q in qids}, pool_size)}
             write_trec(out / f"run.{name}.full.trec", full, name)
-    res = {"bench": bench, "split": split, "n_queries": len(qids), "protocol": protocol, "header": header,
-           "ci": f"95% percentile bootstrap over queries, {N_BOOT} resamples, seed {seed}", "systems": systems,
-           **(extra or {})}
+        if r.cand_run is not None:
+            run = prep(r.cand_run)
+            per = per_query(run, qrels)
+            if teacher_run is not None:
+                per |= fidelity(run, teacher_run, qids)
+            s["candidates"] = summarize(per, seed)
+            write_trec(out / f"run.{name}.trec", run, name)
+        systems[name] = s
+    res = {"bench": bench, "split": split, "n_queries": len(qids), "pool_size": pool_size, "protocol": protocol,
+           "header": header, "ci": f"95% percentile bootstrap over queries, {N_BOOT} resamples, seed {seed}",
+           "systems": systems, **(extra or {})}
     md = [f"**{bench}** / {split}, {len(qids)} queries{(' — ' + header) if header else ''}", "",
-          f"{protocol}. Mean (95% bootstrap CI over queries); agree@1 / kendall_tau against the teacher's scores "
-          "on C(q); full-pool columns: the retriever over every document.", "",
-          "| system | " + " | ".join(HEAD) + " | full-pool R@1 | full-pool MRR@10 | ms/query | note |",
-          "|---" * (len(HEAD) + 5) + "|"]
+          f"Whole pool ({pool_size} documents), the paper's protocol: each retriever ranks every document; "
+          "teacher@k reranks a first stage's top k. Mean (95% bootstrap CI over queries); hubness: distinct "
+          "documents ranked first, the largest share of queries one document tops, skewness of N10.", "",
+          "| system | " + " | ".join(POOL_HEAD) + " | distinct top-1 | max top-1 share | N10 skew | ms/query | note |",
+          "|---" * (len(POOL_HEAD) + 6) + "|"]
     for name, s in systems.items():
-        fp = s.get("full_pool")
-        pool = f"{fp['R@1']:.3f} | {fp['MRR@10']:.3f}" if fp else "- | -"
-        md.append(f"| {name} | " + " | ".join(_cell(s, h) for h in HEAD) +
-                  f" | {pool} | {s['ms_per_query']:.1f} | {s['note']} |")
+        if "full_pool" in s:
+            fp, hub = s["full_pool"], s["full_pool"]["hubness"]
+            md.append(f"| {name} | " + " | ".join(_cell(fp, h) for h in POOL_HEAD) +
+                      f" | {hub['distinct_top1']} | {hub['max_top1_share']:.2f} | {hub['n10_skew']:.1f} | "
+                      f"{s['ms_per_query']:.1f} | {s['note']} |")
+    md += ["", f"Candidates C(q), fidelity to the teacher: {protocol}. agree@1 / kendall_tau against the teacher's "
+           "scores on C(q).", "", "| system | " + " | ".join(CAND_HEAD) + " |", "|---" * (len(CAND_HEAD) + 1) + "|"]
+    md += [f"| {name} | " + " | ".join(_cell(s["candidates"], h) for h in CAND_HEAD) + " |"
+           for name, s in systems.items() if "candidates" in s]
     write_json(out / "results.json", res)
     atomic_write(out / "results.md", "\n".join(md) + "\n")
     print("\n".join(md))
@@ -266,6 +324,9 @@ class EvalConfig:
     max_queries: int = field(0, "evaluate a seeded subset of queries (0 = all)")
     max_docs: int = field(0, "keep the judged documents plus a seeded random rest up to this many (0 = all)")
     rerank_k: int = field(8, "size of C(q), the candidates every system ranks (the whole pool when smaller)")
+    teacher_k: int = field(8, "teacher@k reranks the union of the first stage's top k over the whole pool (0 = the "
+                              "whole pool: one teacher call per document and query, long)")
+    first_stage: str = field("bm25,student", "systems whose top k teacher@k reranks (those evaluated)")
     index_dtype: str = field("float32", "dtype of the student's B h_d (float32: exact (7); float16 as in an index)",
                              choices=["float32", "float16", "bfloat16"])
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher); "
@@ -282,19 +343,24 @@ class EvalConfig:
     quiet: bool = field(False, "no progress bars")
 
     def __post_init__(self):
-        check_sizes(self, ("max_queries", "max_docs"), 0)
+        check_sizes(self, ("max_queries", "max_docs", "teacher_k"), 0)
         check_sizes(self, ("rerank_k",), 1)
         if not self.system_list:
             raise ValueError("--systems is empty")
         known = {"prior", "bm25", "llm-biencoder", "minilm", "teacher", "student"}
-        bad = set(self.system_list) - known
-        if bad:
-            raise ValueError(f"--systems: unknown {sorted(bad)}; choose from {sorted(known)}")
+        for flag, names in (("--systems", self.system_list), ("--first-stage", self.first_stage_list)):
+            bad = set(names) - known
+            if bad:
+                raise ValueError(f"{flag}: unknown {sorted(bad)}; choose from {sorted(known)}")
         self.output_dir = self.output_dir or f"runs/eval-{self.bench}"
 
     @property
     def system_list(self) -> list[str]:
         return [s.strip() for s in self.systems.split(",") if s.strip()]
+
+    @property
+    def first_stage_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.first_stage.split(",") if s.strip())
 
 
 def eval_queries(queries: dict[str, str], n: int, seed: int) -> list[str]:
@@ -310,7 +376,7 @@ def shrink(data, split: str, cfg: EvalConfig):
     if cfg.max_docs and cfg.max_docs < len(data.corpus):
         keep = {d for q in qids for d in qrels[q]}
         rest = [d for d in data.corpus if d not in keep]
-        keep |= set(subset(rest, max(0, cfg.max_docs - len(judged)), gen))
+        keep |= set(subset(rest, max(0, cfg.max_docs - len(keep)), gen))
         data = type(data)(data.name, {d: v for d, v in data.corpus.items() if d in keep}, data.queries, data.qrels)
     return data, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
 
@@ -369,14 +435,15 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}") if student else None
     results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
                           None if train == split else train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
-                          index_dtype=cfg.index_dtype)
+                          index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list)
     header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")
     beir_format = name not in ("esconv", "saycan", "virtualhome")
     extra = {"truncated": teacher.prompt.cut_counts()} if teacher else None
     return report(out, name, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k), header,
-                  ignore_identical=cfg.ignore_identical and beir_format, extra=extra, seed=cfg.seed)
+                  ignore_identical=cfg.ignore_identical and beir_format, extra=extra, seed=cfg.seed,
+                  pool_size=len(doc_ids))
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -393,16 +460,39 @@ def run(cfg: EvalConfig) -> dict:
     teacher, student = load_models(cfg, cfg.bench if cfg.bench != "beir" else names[0])
     per = {n: evaluate_bench(cfg, n, d, teacher, student, out / n if len(names) > 1 else out)
            for n, d in loaded.items()}
-    if len(names) > 1:  # BEIR's headline: nDCG@10 of each retriever over the whole corpus, averaged over data sets
-        pool = {n: {s: v.get("full_pool", v)["nDCG@10"] for s, v in r["systems"].items()} for n, r in per.items()}
-        systems = sorted({s for r in pool.values() for s in r})
-        mean = {s: float(np.mean([pool[n][s] for n in names if s in pool[n]])) for s in systems}
-        summary = {"bench": "beir", "datasets": names, "mean_nDCG@10": mean, "per_dataset": pool,
-                   "note": "full-pool nDCG@10 (the teacher, which scores C(q) only: nDCG@10 on C(q))"}
+    if len(names) > 1:  # BEIR's headline: each system's nDCG@10 averaged over data sets, one protocol per column
+        summary = beir_summary(per, names)
         write_json(out / "results.json", summary)
-        print("mean nDCG@10 over " + ", ".join(names) + ": " + ", ".join(f"{s} {v:.4f}" for s, v in mean.items()))
+        atomic_write(out / "results.md", summary["markdown"] + "\n")
+        print(summary["markdown"])
         return summary
     return per[names[0]]
+
+
+def beir_summary(per: dict[str, dict], names: list[str]) -> dict:
+    """Mean nDCG@10 over data sets, never mixing protocols in one number: `whole_pool` (each retriever over the whole
+    corpus, teacher@k over its first stage: what BEIR, MTEB and the paper report) and `candidates` (every system on
+    C(q)). A system missing from a data set is left out of that mean, and the table says over how many sets."""
+    out = {"bench": "beir", "datasets": names}
+    for proto in ("whole_pool", "candidates"):
+        key = "full_pool" if proto == "whole_pool" else "candidates"
+        table = {n: {s: v[key]["nDCG@10"] for s, v in r["systems"].items() if key in v} for n, r in per.items()}
+        systems = list(dict.fromkeys(s for n in names for s in table[n]))
+        out[proto] = {"per_dataset": table, "mean_nDCG@10": {
+            s: float(np.mean([table[n][s] for n in names if s in table[n]])) for s in systems},
+            "n_datasets": {s: sum(s in table[n] for n in names) for s in systems}}
+    pool, cand = out["whole_pool"], out["candidates"]
+    systems = list(dict.fromkeys(list(pool["mean_nDCG@10"]) + list(cand["mean_nDCG@10"])))
+    md = [f"BEIR nDCG@10 over {', '.join(names)}: whole corpus (the standard protocol; teacher@k reranks its first "
+          "stage) and, apart, C(q).", "", "| system | " + " | ".join(names) + " | mean, whole corpus (sets) | "
+          "mean on C(q) (sets) |", "|---" * (len(names) + 3) + "|"]
+    for s in systems:
+        cells = [f"{pool['per_dataset'][n][s]:.4f}" if s in pool["per_dataset"][n] else "-" for n in names]
+        m_pool = f"{pool['mean_nDCG@10'][s]:.4f} ({pool['n_datasets'][s]})" if s in pool["mean_nDCG@10"] else "-"
+        m_cand = f"{cand['mean_nDCG@10'][s]:.4f} ({cand['n_datasets'][s]})" if s in cand["mean_nDCG@10"] else "-"
+        md.append(f"| {s} | " + " | ".join(cells) + f" | {m_pool} | {m_cand} |")
+    out["markdown"] = "\n".join(md)
+    return out
 
 
 def _data_dir(cfg: EvalConfig, name: str) -> str | None:

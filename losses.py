@@ -65,6 +65,21 @@ def listwise_kl(student_scores: torch.Tensor, teacher_scores: torch.Tensor, grou
     return torch.stack(terms).mean() if terms else student_scores.new_zeros(())
 
 
+def pool_nce(scores: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None = None,
+             tau: float = 1.0) -> torch.Tensor:
+    """(11) [ours, beyond the paper] InfoNCE of the student's scores over documents of the pool, so that documents
+    the teacher never scored for a query still enter its loss: for each query q with gold document d+ and pool
+    documents D(q) (d+ among them), L_pool = -log( exp(s_S(q, d+) / tau) / sum_{d in D(q)} exp(s_S(q, d) / tau) ).
+    scores (B, n) s_S of each query against n documents; target (B,) the column of each query's d+; exclude (B, n)
+    True for documents that must not count as negatives (the query's other gold documents). Mean over the B queries."""
+    logits = scores / tau
+    if exclude is not None:
+        keep = torch.zeros_like(exclude)
+        keep[torch.arange(len(target), device=target.device), target] = True
+        logits = logits.masked_fill(exclude & ~keep, float("-inf"))
+    return F.cross_entropy(logits, target)
+
+
 def total_loss(h_hat: torch.Tensor, h_T: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                lmbda: float = 1.0, tau: float = 1.0, support: tuple[int, ...] | None = None, use_jepa: bool = True,
                kl: str = "reverse", mu: float = 0.0, groups: torch.Tensor | None = None,

@@ -139,6 +139,27 @@ def fidelity(run: dict[str, dict[str, float]], teacher_run: dict[str, dict[str, 
     return out
 
 
+# ---------------------------------------------------------------------------- hubness over the whole pool
+def hubness(run: dict[str, dict[str, float]], pool_size: int, k: int = 10) -> dict[str, float]:
+    """How much a few documents dominate a retriever's rankings over a pool of `pool_size` documents (Radovanovic et
+    al., JMLR 2010): `distinct_top1` = documents ranked first for at least one query; `max_top1_share` = the largest
+    fraction of queries that one document tops; `n10_skew` = the skewness E[(N - mean)^3] / std^3 of N_k(d), the number
+    of queries whose top k holds d, over all `pool_size` documents (those never in a top k count as 0). A ranking
+    that ignores the query (the label prior) gives 1, 1.0 and the largest skew; a uniform spread gives skew near 0."""
+    tops = [ranked(docs) for docs in run.values() if docs]
+    if not tops or pool_size < 1:
+        raise ValueError("hubness: no ranking or an empty pool")
+    first = Counter(t[0] for t in tops)
+    n_k = Counter(d for t in tops for d in t[:k])
+    counts = np.zeros(pool_size, dtype=np.float64)
+    if len(n_k) > pool_size:
+        raise ValueError(f"hubness: {len(n_k)} distinct documents in the top {k}s, more than the pool's {pool_size}")
+    counts[:len(n_k)] = list(n_k.values())
+    std = counts.std()
+    skew = float(((counts - counts.mean()) ** 3).mean() / std ** 3) if std > 0 else 0.0
+    return {"distinct_top1": len(first), "max_top1_share": max(first.values()) / len(tops), f"n{k}_skew": skew}
+
+
 # ---------------------------------------------------------------------------- confidence intervals
 def bootstrap_ci(values, seed: int = 0, n_boot: int = N_BOOT, level: float = 0.95) -> list[float]:
     """Percentile bootstrap CI of the mean over queries: `n_boot` resamples with replacement of the per-query values,

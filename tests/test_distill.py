@@ -2,6 +2,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,10 +31,19 @@ def test_end_to_end_schema_loss_and_determinism(env):
     tmp, root = env
     a = distill.main(_args(tmp, root, "a"))
     for name in ("prior", "bm25", "llm-biencoder", "teacher", "student"):
-        assert set(a["systems"][name]) >= {"R@1", "R@3", "R@10", "MRR@10", "nDCG@10", "ms_per_query", "R@1_ci",
-                                           "MRR@10_ci", "agree@1", "agree@1_ci", "kendall_tau", "kendall_tau_ci"}
-    assert {"bench", "split", "n_queries", "protocol", "systems"} <= set(
-        json.loads((tmp / "a" / "results.json").read_text()))
+        assert set(a["systems"][name]["candidates"]) >= {"R@1", "R@3", "R@10", "MRR@10", "nDCG@10", "R@1_ci",
+                                                         "MRR@10_ci", "agree@1", "agree@1_ci", "kendall_tau",
+                                                         "kendall_tau_ci"}
+        assert "ms_per_query" in a["systems"][name]
+    for name in ("prior", "bm25", "llm-biencoder", "student", "teacher@8"):  # the whole pool, the paper's protocol
+        pool = a["systems"][name]["full_pool"]
+        assert {"R@1", "R@1_ci", "MRR@10", "MRR@10_ci", "nDCG@10", "nDCG@10_ci"} <= set(pool)
+        assert set(pool["hubness"]) == {"distinct_top1", "max_top1_share", "n10_skew"}
+    assert "full_pool" not in a["systems"]["teacher"] and "candidates" not in a["systems"]["teacher@8"]
+    saved = json.loads((tmp / "a" / "results.json").read_text())
+    assert {"bench", "split", "n_queries", "protocol", "pool_size", "systems"} <= set(saved)
+    md = (tmp / "a" / "results.md").read_text()
+    assert md.index("Whole pool") < md.index("Candidates C(q)")  # the paper's protocol leads
     rows = list(csv.DictReader(open(tmp / "a" / "metrics.csv")))
     r0 = [float(r["total"]) for r in rows if r["round"] == "0"]
     assert r0[-1] < r0[0]
@@ -52,10 +62,10 @@ def test_resume_equals_uninterrupted(env, monkeypatch):
     full = distill.main(_args(tmp, root, "full"))
     orig = distill.train_predictor
 
-    def dies(student, pairs, h_q, h_d, cache, cfg, r, log):
+    def dies(student, pairs, h_q, h_d, cache, cfg, r, log, pool):
         if r == 1:
             raise KeyboardInterrupt("killed")
-        return orig(student, pairs, h_q, h_d, cache, cfg, r, log)
+        return orig(student, pairs, h_q, h_d, cache, cfg, r, log, pool)
     monkeypatch.setattr(distill, "train_predictor", dies)
     with pytest.raises(KeyboardInterrupt):
         distill.main(_args(tmp, root, "cut"))
@@ -75,7 +85,7 @@ def test_teacher_logits_once_per_round_equal_per_batch(env, monkeypatch):
     monkeypatch.setattr(distill, "Z_T_BYTES", 0)
     per_batch = distill.main(_args(tmp, root, "per_batch"))
     assert (tmp / "once" / "metrics.csv").read_text() == (tmp / "per_batch" / "metrics.csv").read_text()
-    assert {k: s["R@1"] for k, s in once["systems"].items()} == {k: s["R@1"] for k, s in per_batch["systems"].items()}
+    assert once["systems"]["student"]["full_pool"] == per_batch["systems"]["student"]["full_pool"]
 
 
 def test_nan_loss_stops_with_parts(env, monkeypatch):
@@ -84,7 +94,7 @@ def test_nan_loss_stops_with_parts(env, monkeypatch):
     monkeypatch.setattr(distill, "total_loss", lambda *a, **k: (a[0].sum() * float("nan"),
                                                                {"jepa": float("nan"), "kl": 0.0, "list": 0.0,
                                                                 "total": float("nan")}))
-    with pytest.raises(FloatingPointError, match=r"round 0 epoch 0 step 0: loss is nan \(jepa nan, kl 0.0\)"):
+    with pytest.raises(FloatingPointError, match=r"round 0 epoch 0 step 0: loss is nan \(jepa nan, kl 0.0, pool "):
         distill.main(_args(tmp, root, "nan"))
 
 
@@ -129,3 +139,69 @@ def test_flags_parse():
     assert cfg.no_jepa and not cfg.no_rkl and not cfg.eval_teacher and cfg.lmbda == 2.0 and cfg.lmbda_eff == 2.0
     cfg = config_from_args(distill.DistillConfig, p.parse_args(["--no-rkl"]))
     assert cfg.no_rkl and cfg.lmbda_eff == 0.0 and cfg.eval_teacher
+
+
+def test_sample_top_takes_the_best_unscored():
+    """Step 3 with --sampling top: each query's k best-ranked documents that are neither gold nor already sent to
+    the teacher; fewer when fewer are left."""
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7, 0.3], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    assert distill.sample_top(scores, [{1}, {0, 1, 2, 3}], 2) == [[3, 2], [4]]
+    assert distill.sample_top(scores, [{0, 1, 2, 3, 4}, set()], 1) == [[], [0]]
+
+
+def test_round0_not_uniform_and_no_pair_twice(env, monkeypatch):
+    """Round 0 picks BM25's top documents (--round0 bm25), not uniform draws; over the rounds no (query, document)
+    pair is sent to the teacher twice; every query keeps its gold pairs."""
+    import metrics
+    tmp, root = env
+    picked = []
+    orig = distill.sample_top
+
+    def spy(s, e, k):
+        out = orig(s, e, k)
+        picked.append((s.clone(), [set(x) for x in e], out))
+        return out
+    monkeypatch.setattr(distill, "sample_top", spy)
+    res = distill.main(_args(tmp, root, "r0"))
+    from data import load_virtualhome, train_test_splits
+    data = load_virtualhome(root)
+    train_q, train_rel = data.split(train_test_splits(data)[0])
+    bm25 = metrics.BM25({d: data.doc_text(d) for d in data.corpus})
+    want = torch.from_numpy(np.stack([bm25.scores(train_q[q]) for q in train_q]))
+    assert torch.equal(picked[0][0], want)  # round 0 ranks by BM25
+    state = json.loads((tmp / "r0" / "state.safetensors.json").read_text())
+    keys = [tuple(p[2]) for p in state["pairs"]]
+    assert len(keys) == len(set(keys)) == res["teacher_calls"]
+    doc_ids = list(data.corpus)
+    for i, q in enumerate(train_q):
+        gold = {doc_ids.index(d) for d in train_rel[q]}
+        assert picked[0][1][i] == gold  # round 0 excludes the gold only
+        assert picked[1][1][i] == gold | set(picked[0][2][i])  # round 1 also what round 0 sent to the teacher
+        assert not set(picked[1][2][i]) & picked[1][1][i]
+        assert all((q, doc_ids[d]) in keys for d in gold | set(picked[0][2][i]) | set(picked[1][2][i]))
+
+
+def test_pool_batches_and_term(env):
+    """PoolBatches: each step's queries, each with one of its gold documents among the negatives' columns and its
+    other gold ones excluded; the whole pool when --nce-negatives >= the pool; a run with --nce logs the term and
+    --nce 0 logs none."""
+    h = torch.arange(12.0).reshape(6, 2)
+    gold = [{0}, {1, 2}, {3}, {4}, {5}, {0, 5}]
+    b = distill.PoolBatches(h, gold, 10, 4, 3, torch.Generator().manual_seed(0))
+    seen = []
+    for _ in range(3):
+        hq, docs, target, exclude = b.next()
+        idx = [int(r[0]) // 2 for r in hq]
+        seen += idx
+        assert hq.shape == (4, 2) and exclude.shape == (4, len(docs)) and len(docs) <= 4 + 3
+        for row, i in enumerate(idx):
+            assert int(docs[target[row]]) in gold[i] and exclude[row, target[row]]
+            assert {int(docs[j]) for j in range(len(docs)) if exclude[row, j]} == gold[i] & set(docs.tolist())
+    assert sorted(seen[:6]) == list(range(6))  # every query once per cycle
+    whole = distill.PoolBatches(h, gold, 10, 2, 50, torch.Generator().manual_seed(0))
+    assert whole.next()[1].tolist() == list(range(10))
+    tmp, root = env
+    distill.main(_args(tmp, root, "nce"))
+    distill.main(_args(tmp, root, "no-nce", "--nce", "0"))
+    rows = {run: list(csv.DictReader((tmp / run / "metrics.csv").open())) for run in ("nce", "no-nce")}
+    assert all(float(r["pool"]) > 0 for r in rows["nce"]) and all(float(r["pool"]) == 0 for r in rows["no-nce"])

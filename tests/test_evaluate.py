@@ -76,15 +76,19 @@ def test_beir_scifact_style_run_matches_pytrec(tmp_path):
     write_beir(tmp_path / "beir" / "toy", corpus, queries, qrels)
     res = E.main(["--bench", "beir", "--datasets", "toy", "--data-dir", str(tmp_path / "beir"), "--systems", "bm25",
                   "--output-dir", str(tmp_path / "out"), "--quiet"])
-    trec = {}
-    for line in (tmp_path / "out" / "run.bm25.trec").read_text().splitlines():
-        q, _, d, _, s, _ = line.split()
-        trec.setdefault(q, {})[d] = float(s)
-    ref = pytrec_eval.RelevanceEvaluator({"q1": {"d0": 2, "d4": 1}, "q2": {"d1": 1}, "q3": {"d2": 1}},
-                                         {"ndcg_cut.10"}).evaluate(trec)
-    want = sum(v["ndcg_cut_10"] for v in ref.values()) / 3
-    assert res["systems"]["bm25"]["nDCG@10"] == pytest.approx(want, abs=1e-9)
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["n_queries"] == 3
+    qrels_ = {"q1": {"d0": 2, "d4": 1}, "q2": {"d1": 1}, "q3": {"d2": 1}}
+    for run_file, part in (("run.bm25.full.trec", "full_pool"), ("run.bm25.trec", "candidates")):
+        trec = {}
+        for line in (tmp_path / "out" / run_file).read_text().splitlines():
+            q, _, d, _, s, _ = line.split()
+            trec.setdefault(q, {})[d] = float(s)
+        ref = pytrec_eval.RelevanceEvaluator(qrels_, {"ndcg_cut.10"}).evaluate(trec)
+        want = sum(v["ndcg_cut_10"] for v in ref.values()) / 3
+        assert res["systems"]["bm25"][part]["nDCG@10"] == pytest.approx(want, abs=1e-9)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["n_queries"] == 3 and saved["pool_size"] == 6
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.index("Whole pool") < md.index("Candidates C(q)")
 
 
 def test_offline_message(tmp_path, monkeypatch, capsys):
@@ -121,15 +125,23 @@ def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
                   "--systems", "prior,bm25,llm-biencoder,minilm,teacher,student", "--rerank-k", "4",
                   "--output-dir", str(tmp_path / "e"), "--quiet"])
     assert {"prior", "bm25", "llm-biencoder", "teacher", "student"} <= set(res["systems"])
-    for name in res["systems"]:
-        assert (tmp_path / "e" / f"run.{name}.trec").exists()
+    for name, s in res["systems"].items():  # a TREC file per protocol the system was run on
+        assert (tmp_path / "e" / f"run.{name}.trec").exists() == ("candidates" in s)
+        assert (tmp_path / "e" / f"run.{name}.full.trec").exists() == ("full_pool" in s)
     assert res["n_queries"] > 0 and "C(q) = gold + 3 negatives" in res["protocol"]
     for name, s in res["systems"].items():
-        for m in ("R@1", "MRR@10", "agree@1", "kendall_tau"):
-            lo, hi = s[m + "_ci"]
-            assert lo <= s[m] <= hi
-    assert res["systems"]["teacher"]["agree@1"] == 1.0 and res["systems"]["teacher"]["kendall_tau"] == 1.0
+        parts = [(s["candidates"], ("R@1", "MRR@10", "agree@1", "kendall_tau"))] if "candidates" in s else []
+        parts += [(s["full_pool"], ("R@1", "MRR@10", "nDCG@10"))] if "full_pool" in s else []
+        assert parts, name
+        for part, ms in parts:
+            for m in ms:
+                lo, hi = part[m + "_ci"]
+                assert lo <= part[m] <= hi
+    teacher = res["systems"]["teacher"]["candidates"]
+    assert teacher["agree@1"] == 1.0 and teacher["kendall_tau"] == 1.0
     assert "full_pool" in res["systems"]["student"] and "full_pool" not in res["systems"]["teacher"]
+    assert "teacher@8" in res["systems"] and "reranks the union of the top 8 of bm25 and student" in \
+        res["systems"]["teacher@8"]["note"]
 
 
 def test_every_system_ranks_the_same_candidates(tmp_path, monkeypatch):
@@ -148,9 +160,10 @@ def test_every_system_ranks_the_same_candidates(tmp_path, monkeypatch):
     cands = M.candidate_sets(list(queries), queries, qrels, doc_ids, bm25, 5, torch.Generator().manual_seed(0))
     results = E.run_systems(["prior", "bm25", "llm-biencoder", "teacher", "student"], data, queries, cands, bm25, 0.0,
                             "train", teacher, student, doc_cache=tmp_path / "cache", quiet=True)
-    assert len(results) == 5
+    assert len(results) == 6 and results["teacher@8"].cand_run is None
     for name, r in results.items():
-        assert {q: sorted(r.cand_run[q]) for q in queries} == {q: sorted(cands[q]) for q in queries}, name
+        if name != "teacher@8":
+            assert {q: sorted(r.cand_run[q]) for q in queries} == {q: sorted(cands[q]) for q in queries}, name
 
 
 def test_trec_ids_with_spaces(tmp_path):
@@ -229,3 +242,47 @@ def test_student_of_another_teacher_is_refused(tmp_path, monkeypatch):
     side.write_text(json.dumps(meta | {"teacher_fingerprint": "0" * 24}))
     with pytest.raises(ValueError, match="teacher_fingerprint"):
         load_student(folder)
+
+
+def test_teacher_at_k_reranks_the_first_stage_union(tmp_path, monkeypatch):
+    """teacher@k scores exactly the union of each first stage's top k (k = 0: the whole pool), with the teacher's
+    own joint scores (1)-(3); pairs already scored on C(q) are not sent again."""
+    import teacher as T
+    from conftest import make_lm, make_tokenizer, write_virtualhome
+    from data import load_virtualhome
+    assert E.first_stage_union([{"q": {"a": 3, "b": 2, "c": 1}}, {"q": {"c": 9, "d": 8, "a": 7}}], ["q"], 2) == \
+        {"q": ["a", "b", "c", "d"]}
+    tok = make_tokenizer()
+    teacher = T.Teacher(make_lm(tok), tok)
+    data = load_virtualhome(write_virtualhome(tmp_path, 10))
+    queries = dict(list(data.split("test")[0].items())[:3])
+    pool = list(data.corpus)
+    first = {"x": E.SystemResult(None, 0.0, full_run={q: {d: -i for i, d in enumerate(pool)} for q in queries}),
+             "y": E.SystemResult(None, 0.0, full_run={q: {d: i for i, d in enumerate(pool)} for q in queries})}
+    known = E.SystemResult({q: {pool[0]: 123.0} for q in queries}, 10.0)
+    sent = []
+    orig = T.teacher_run
+    monkeypatch.setattr(T, "teacher_run", lambda t, qs, c, *a: sent.append(c) or orig(t, qs, c, *a))
+    r = E.system_teacher_at_k(teacher, data, queries, first, 2, known)
+    want = {q: [pool[0], pool[1], pool[-1], pool[-2]] for q in queries}
+    assert {q: sorted(r.full_run[q]) for q in queries} == {q: sorted(w) for q, w in want.items()}
+    assert sent == [{q: w[1:] for q, w in want.items()}]  # pool[0] came from C(q)
+    ref = orig(teacher, queries, {q: w[1:] for q, w in want.items()}, data.doc_text)
+    assert all(r.full_run[q][pool[0]] == 123.0 and all(r.full_run[q][d] == ref[q][d] for d in want[q][1:])
+               for q in queries)
+    whole = E.system_teacher_at_k(teacher, data, queries, {}, 0)
+    assert all(sorted(whole.full_run[q]) == sorted(pool) for q in queries)
+
+
+def test_max_docs_keeps_judged_and_fills_up(tmp_path):
+    """--max-docs N keeps every judged document of the evaluated queries plus a seeded random rest, N in all."""
+    from conftest import write_virtualhome
+    root = write_virtualhome(tmp_path, 10)
+    res = E.main(["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25", "--max-docs", "12",
+                  "--output-dir", str(tmp_path / "o"), "--quiet"])
+    assert res["pool_size"] == 12 and "12 documents (subset)" in res["header"]
+    run = _read_trec(tmp_path / "o" / "run.bm25.full.trec")
+    docs = {d for hits in run.values() for d, _ in hits}
+    from data import load_virtualhome
+    qrels = load_virtualhome(root).split("test")[1]
+    assert len(docs) == 12 and {M.trec_id(d) for q in qrels for d in qrels[q]} <= docs

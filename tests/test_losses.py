@@ -1,10 +1,10 @@
-"""losses.py: equations (8)-(10) against closed forms and hand-written sums."""
+"""losses.py: equations (8)-(11) against closed forms and hand-written sums."""
 import math
 
 import pytest
 import torch
 
-from losses import forward_kl, jepa_loss, listwise_kl, reverse_kl, total_loss
+from losses import forward_kl, jepa_loss, listwise_kl, pool_nce, reverse_kl, total_loss
 
 
 def test_kl_zero_for_identical():
@@ -106,3 +106,23 @@ def test_total_loss_listwise_term():
     assert loss.item() == pytest.approx(base.item() + 2.0 * lw.item(), rel=1e-6)
     with pytest.raises(ValueError, match="needs groups"):
         total_loss(h, ht, zs, zt, mu=1.0)
+
+
+def test_pool_nce_by_hand_float64():
+    """(11) = mean_q [log sum_{d in D(q)} exp(s(q, d) / tau) - s(q, d+) / tau], written out in float64; an excluded
+    document (another gold of the query) leaves the sum, the target itself never does; gradients reach the scores."""
+    s = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.3, 0.3, 1.2, -0.4]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 2])
+    for tau in (1.0, 0.5):
+        want = sum(math.log(sum(math.exp(v / tau) for v in row)) - row[t] / tau
+                   for row, t in zip(s.tolist(), target.tolist())) / 2
+        assert pool_nce(s, target, tau=tau).item() == pytest.approx(want, rel=1e-12)
+    exclude = torch.tensor([[True, False, True, False], [False, False, True, False]])  # q1: doc 2 is gold too
+    row0 = [2.0, 0.5, 0.0]  # doc 2 of q1 excluded; q1's target (doc 0) is kept although marked
+    row1 = [0.3, 0.3, 1.2, -0.4]
+    want = (math.log(sum(math.exp(v) for v in row0)) - 2.0 + math.log(sum(math.exp(v) for v in row1)) - 1.2) / 2
+    loss = pool_nce(s, target, exclude)
+    assert loss.item() == pytest.approx(want, rel=1e-12)
+    loss.backward()
+    assert s.grad[0, 2] == 0 and s.grad[0, 0] < 0 and s.grad[1, 2] < 0  # the gold is pushed up, excluded untouched
+    assert torch.autograd.gradcheck(lambda x: pool_nce(x, target, exclude, 0.7), (s.detach().requires_grad_(),))

@@ -117,3 +117,24 @@ def test_no_import_circle():
     for m in graph:
         visit(m, [])
     assert graph["metrics"] == ["common"]
+
+
+def test_hubness_by_hand():
+    """Four queries over a pool of five documents: distinct top-1, the largest share one document tops, and the
+    skewness of N_2 (documents never in a top 2 count as 0) worked out on paper."""
+    run = {"q1": {"a": 3.0, "b": 2.0, "c": 1.0}, "q2": {"a": 5.0, "c": 4.0}, "q3": {"b": 1.0, "a": 0.5},
+           "q4": {"a": 1.0, "b": 1.0}}  # q4: a tie, broken by id descending as trec_eval does -> b first
+    h = M.hubness(run, pool_size=5, k=2)
+    assert h["distinct_top1"] == 2 and h["max_top1_share"] == 0.5
+    # N_2: a 4, b 3, c 1, d 0, e 0 -> mean 1.6, central moments m2 = 2.64, m3 = 1.632; skew = m3 / m2^1.5
+    n = [4, 3, 1, 0, 0]
+    m2 = sum((x - 1.6) ** 2 for x in n) / 5
+    m3 = sum((x - 1.6) ** 3 for x in n) / 5
+    assert m2 == pytest.approx(2.64) and m3 == pytest.approx(1.632)
+    assert h["n2_skew"] == pytest.approx(m3 / m2 ** 1.5, rel=1e-12)
+    same = M.hubness({q: {"a": 1.0, "b": 0.0} for q in ("q1", "q2", "q3")}, pool_size=3, k=1)
+    assert same == {"distinct_top1": 1, "max_top1_share": 1.0, "n1_skew": pytest.approx(1 / 2 ** 0.5)}
+    spread = M.hubness({"q1": {"a": 1.0}, "q2": {"b": 1.0}}, pool_size=2, k=1)
+    assert spread == {"distinct_top1": 2, "max_top1_share": 0.5, "n1_skew": 0.0}
+    with pytest.raises(ValueError, match="pool"):
+        M.hubness(run, pool_size=2, k=2)

@@ -151,10 +151,10 @@ def _distill_dies(tmp: str, root: str, cache: str):
     T.load_llm = lambda *a, **k: (make_lm(tok), tok)
     orig = distill.train_predictor
 
-    def dies(student, pairs, h_q, h_d, cache_, cfg, r, log):
+    def dies(student, pairs, h_q, h_d, cache_, cfg, r, *rest):
         if r == 1:
             raise RuntimeError("killed in round 1")  # as if the job died (spawn swallows KeyboardInterrupt)
-        return orig(student, pairs, h_q, h_d, cache_, cfg, r, log)
+        return orig(student, pairs, h_q, h_d, cache_, cfg, r, *rest)
     distill.train_predictor = dies
     distill.main(_args(tmp, "cut", root))
 
