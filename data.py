@@ -1,15 +1,20 @@
 """Retrieval data sets in their official formats, as one small in-memory type.
 
-Paper section: experiments (ESConv, SayCan, MS MARCO, BEIR) plus VirtualHome, the offline default of this project.
+Paper section: experiments (ESConv, PsyQA, SayCan, MS MARCO, BEIR) plus VirtualHome, the offline default of this
+project.
 
     python data.py stats --bench virtualhome --split all
     python data.py stats --bench esconv --data-dir DIR --split test
+    python data.py stats --bench psyqa --data-dir DIR         # PsyQA_full.json (or the public PsyQA_example.json)
     python data.py stats --bench scifact --data-dir DIR      # any BEIR name; without DIR the official zip is fetched
 
 Choices not fixed by the paper:
 - ESConv: query = the last `ESCONV_TURNS` utterances before a supporter turn ("Seeker: ..." / "Supporter: ..."),
   earlier strategy labels removed so the query is dialogue text only; documents = the 8 strategies, each its name
   plus a one-sentence description written for this project. The JSON corpus is split 80/10/10 by conversation.
+- PsyQA: query = question + description + the last PSYQA_SPANS spans of the answer before a labelled span;
+  documents = the 7 strategies, each its name plus a one-sentence description written for this project; questions
+  split 80/10/10 by question.
 - SayCan and VirtualHome: query = task (+ description) + the last `HISTORY` steps done so far (numbered as in the
   program); documents = the distinct step texts;
   relevant = the next step. Split by instruction / program, 80/20, seed 0.
@@ -39,6 +44,9 @@ BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{
 ESCONV_URL = "https://raw.githubusercontent.com/thu-coai/Emotional-Support-Conversation/main/codes/dataset/{split}WithStrategy_short.tsv"
 ESCONV_JSON_URL = "https://raw.githubusercontent.com/thu-coai/Emotional-Support-Conversation/main/ESConv.json"
 SAYCAN_URL = "https://raw.githubusercontent.com/say-can/say-can.github.io/main/data/saycan_plan_v0_l.tsv"
+PSYQA_URL = "https://raw.githubusercontent.com/thu-coai/PsyQA/main/PsyQA_example.json"  # the public sample
+PSYQA_FILES = ("PsyQA_full.json", "PsyQA.json", "PsyQA_example.json")  # looked for, in this order, in --data-dir
+PSYQA_SPANS = 3  # PsyQA: the query keeps the question, its description and the last spans of the answer so far
 ESCONV_TURNS = 6
 HISTORY = 6  # next-step tasks: the query keeps the task and the last HISTORY steps done (CPU budget)
 SPLIT_SEED = 0
@@ -58,6 +66,18 @@ ESCONV_STRATEGIES = {
 # of FailedESConv.json ("Direct Guidance", "Approval and Reassurance", "Restatement"); any other name is an error.
 ESCONV_ALIASES = {"Question": "Questions", "Others": "Other", "Direct Guidance": "Providing Suggestions",
                   "Approval and Reassurance": "Affirmation and Reassurance", "Restatement": "Restatement or Paraphrasing"}
+
+
+# The 7 PsyQA strategies (spelled as in the official file) with descriptions written for this project.
+PSYQA_STRATEGIES = {
+    "Approval and Reassurance": "Affirm the asker's feelings or strengths and reassure them.",
+    "Restatement": "Repeat or summarise what the asker described, to show it was understood.",
+    "Interpretation": "Explain the asker's situation or feelings from a psychological point of view.",
+    "Direct Guidance": "Give concrete suggestions or instructions on what the asker could do.",
+    "Self-disclosure": "Share one's own similar experience or feelings.",
+    "Information": "Give facts, knowledge or resources about the problem.",
+    "Others": "Greetings, thanks, wishes or anything that fits no other strategy.",
+}
 
 
 @dataclass
@@ -394,6 +414,86 @@ def load_esconv(data_dir: str | None = None) -> Retrieval:
     return check_qrels(data)
 
 
+# ---------------------------------------------------------------------------- PsyQA
+def _field(obj: dict, name: str, kind, where: str):
+    if not isinstance(obj, dict) or name not in obj:
+        raise DataError(f"{where}: missing field '{name}'")
+    value = obj[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise DataError(f"{where}: field '{name}' is {type(value).__name__}, not {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def load_psyqa(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
+    """The official strategy-annotated PsyQA file (github.com/thu-coai/PsyQA: `PsyQA_example.json` public, the full
+    set under the authors' user agreement): a JSON list of questions `{question, description, keywords, answers:
+    [{answer_text, has_label, labels_sequence: [{start, end, type}] or null}], questionID}`. Each labelled span of an
+    annotated answer is one query: the question, its description and the answer's last PSYQA_SPANS spans before it;
+    its document is the span's strategy (7). Questions are split 80/10/10 into train/dev/test with a fixed seed."""
+    path = Path(path)
+    try:
+        items = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
+    if not isinstance(items, list) or not items:
+        raise DataError(f"{path}: expected a non-empty JSON list of questions")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    cut1, cut2 = int(0.8 * len(order)), int(0.9 * len(order))
+    split_of = {c: ("train" if i < cut1 else "dev" if i < cut2 else "test") for i, c in enumerate(order)}
+    corpus = {name: {"title": name, "text": desc} for name, desc in PSYQA_STRATEGIES.items()}
+    data = Retrieval("psyqa", corpus, {s: {} for s in ("train", "dev", "test")}, {s: {} for s in ("train", "dev", "test")})
+    seen_ids: dict[str, int] = {}
+    for n, item in enumerate(items):
+        where = f"{path}: question {n}"
+        qid = str(_field(item, "questionID", (int, str), where))
+        if qid in seen_ids:
+            raise DataError(f"{where}: field 'questionID' {qid!r} already used by question {seen_ids[qid]}")
+        seen_ids[qid] = n
+        question = _need(_field(item, "question", str, where), where, "question").strip()
+        description = _field(item, "description", str, where).strip()
+        for a, answer in enumerate(_field(item, "answers", list, where)):
+            at = f"{where}, answer {a}"
+            text = _field(answer, "answer_text", str, at)
+            if not _field(answer, "has_label", bool, at):
+                continue
+            spans, end = [], 0
+            for k, span in enumerate(_field(answer, "labels_sequence", list, at)):
+                sp = f"{at}, span {k}"
+                start, stop = _field(span, "start", int, sp), _field(span, "end", int, sp)
+                if not end <= start < stop <= len(text):
+                    raise DataError(f"{sp}: fields 'start' {start} / 'end' {stop} are not an increasing range within "
+                                    f"the answer's {len(text)} characters (after {end})")
+                strategy = _field(span, "type", str, sp).strip()
+                if strategy not in PSYQA_STRATEGIES:
+                    raise DataError(f"{sp}: field 'type' has unknown value {strategy!r}")
+                done = " ".join(t for t in spans[-PSYQA_SPANS:]) or "(nothing yet)"
+                q = f"q{qid}-a{a}-s{k}"
+                data.queries[split_of[n]][q] = (f"Question: {question}\nDescription: {description}\n"
+                                                f"Answer so far: {done}")
+                data.qrels[split_of[n]][q] = {strategy: 1}
+                spans.append(text[start:stop].strip())
+                end = stop
+    if not any(data.queries.values()):
+        raise DataError(f"{path}: no answer with strategy labels (has_label true)")
+    return data
+
+
+def load_psyqa_dir(data_dir: str | None = None) -> Retrieval:
+    """--data-dir: a PsyQA JSON file, or a folder holding one of PSYQA_FILES; else the public sample from GitHub."""
+    if data_dir:
+        path = Path(data_dir)
+        if path.is_dir():
+            found = [path / f for f in PSYQA_FILES if (path / f).exists()]
+            if not found:
+                raise FileNotFoundError(f"{path}: none of {', '.join(PSYQA_FILES)} found")
+            path = found[0]
+        return load_psyqa(path)
+    print("[data] psyqa: no --data-dir, using the public sample PsyQA_example.json (the full set needs the authors' "
+          "user agreement, github.com/thu-coai/PsyQA)")
+    return load_psyqa(download(PSYQA_URL, cache_dir("psyqa") / "PsyQA_example.json"))
+
+
 # ---------------------------------------------------------------------------- next-step tasks: SayCan, VirtualHome
 def _next_step_task(name: str, programs: list[tuple[str, str, list[tuple[str, str]]]], seed: int) -> Retrieval:
     """programs: (program id, task text, [(step id, step text)]). One query per step: task + steps so far."""
@@ -497,15 +597,17 @@ def load_virtualhome(data_dir: str | None = None, seed: int = SPLIT_SEED) -> Ret
 
 
 # ---------------------------------------------------------------------------- one entry point
-BENCHES = ("virtualhome", "esconv", "saycan", "msmarco")
+BENCHES = ("virtualhome", "esconv", "psyqa", "saycan", "msmarco")
 
 
 def load_bench(bench: str, data_dir: str | None = None) -> Retrieval:
-    """virtualhome | esconv | saycan | msmarco | any BEIR data set name."""
+    """virtualhome | esconv | psyqa | saycan | msmarco | any BEIR data set name."""
     if bench == "virtualhome":
         return load_virtualhome(data_dir)
     if bench == "esconv":
         return load_esconv(data_dir)
+    if bench == "psyqa":
+        return load_psyqa_dir(data_dir)
     if bench == "saycan":
         return load_saycan(data_dir or download(SAYCAN_URL, cache_dir("saycan") / "saycan_plan_v0_l.tsv"))
     if bench == "msmarco":
@@ -534,7 +636,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stats", help="print one JSON line of counts")
-    s.add_argument("--bench", default="virtualhome", help="virtualhome | esconv | saycan | msmarco | BEIR name")
+    s.add_argument("--bench", default="virtualhome", help="virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
     s.add_argument("--data-dir", default=None)
     s.add_argument("--split", default="all")
     args = p.parse_args(argv)

@@ -55,7 +55,7 @@ Z_T_BYTES = 1 << 30  # z_T of all pairs is computed once per round when it fits 
 
 @dataclass
 class DistillConfig:
-    bench: str = field("virtualhome", "virtualhome | esconv | saycan | msmarco | BEIR name")
+    bench: str = field("virtualhome", "virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
     data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
     model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder (for a new teacher)")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])

@@ -1,9 +1,10 @@
-"""The experiment driver (paper section: experiments): every system on the same queries and the same candidate sets
-C(q), judged by the yardsticks of metrics.py; distill.py runs its final table through `run_systems` and `report`.
+"""The experiment driver (paper section: experiments): every system on the same queries, over the whole pool (the
+paper's protocol) and on the candidate sets C(q) the teacher scores (fidelity), judged by the yardsticks of
+metrics.py; distill.py runs its final tables through `run_systems` and `report`.
 
     python evaluate.py --bench beir --datasets scifact --data-dir DIR --systems bm25
     python evaluate.py --bench esconv --data-dir DIR          # every system (default); DIR: ESConv split files
-    python evaluate.py --bench virtualhome --systems prior,bm25,teacher --rerank-k 16            # embedded, offline
+    python evaluate.py --bench virtualhome --systems prior,bm25,teacher --teacher-k 16            # embedded, offline
     python evaluate.py --bench virtualhome --systems bm25 --max-queries 50                       # quick CPU check
 
 Reported by the paper (Qwen2-7B, METHOD.md): ESConv R@1 student 32.8 / teacher 34.4 / best bi-encoder 23.9;
@@ -12,14 +13,16 @@ Public reference points to sanity-check a run: BM25 (Pyserini flat) nDCG@10 on S
 ArguAna 0.397-0.414, FiQA 0.236, MS MARCO dev MRR@10 0.184-0.187.
 
 Choices not fixed by the paper:
-- `prior` ranks every query's candidates by how often each document is gold in the training split: the score a
-  retriever gets from the label distribution alone (ESConv's 8 strategies are far from uniform);
-- the protocol: the teacher scores a fixed candidate set C(q) per query (`metrics.candidate_sets`, size
-  `--rerank-k`: the whole pool when it is smaller, else gold + BM25-hard + random negatives) and every system ranks
-  the same C(q); the table's metrics, its agreement with the teacher and their bootstrap CIs are computed there
-  (metrics.py says how). Retrievers are also reported over the whole pool ("full_pool", top 100 per query);
+- the whole pool comes first: every retriever ranks every document (its top 100 kept, "full_pool" in results.json,
+  with its hubness); the teacher, which reads each pair jointly, reranks the union of a first stage's top k there
+  (teacher@k: `--teacher-k`, `--first-stage`; `--teacher-k 0` scores the whole pool, one call per document and query);
+- `prior` ranks every query's documents by how often each is gold in the training split: the score a retriever
+  gets from the label distribution alone (ESConv's 8 strategies are far from uniform);
+- fidelity: the teacher scores a fixed candidate set C(q) per query (`metrics.candidate_sets`, size `--rerank-k`:
+  the whole pool when it is smaller, else gold + BM25-hard + random negatives) and every system ranks the same
+  C(q); agreement with the teacher and the C(q) metrics ("candidates" in results.json) are computed there;
 - metrics are means over queries with at least one relevant document, a query missing from a run counting 0
-  (trec_eval -c).
+  (trec_eval -c), each with a 95% percentile bootstrap CI over queries (metrics.py says how).
 """
 from __future__ import annotations
 
@@ -313,10 +316,17 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
 
 
 # ---------------------------------------------------------------------------- CLI
+# The 13 public BEIR sets that BEIR-style averages use (MS MARCO is the training set; CQADupStack's 12 forums and
+# the 4 sets that are not publicly downloadable, BioASQ, Signal-1M, TREC-NEWS and Robust04, are left out).
+BEIR_13 = ("trec-covid", "nfcorpus", "nq", "hotpotqa", "fiqa", "arguana", "webis-touche2020", "quora",
+           "dbpedia-entity", "scidocs", "fever", "climate-fever", "scifact")
+
+
 @dataclass
 class EvalConfig:
-    bench: str = field("virtualhome", "beir | msmarco | esconv | saycan | virtualhome | a single BEIR name")
-    datasets: str = field("scifact,nfcorpus,arguana,fiqa,scidocs,trec-covid", "BEIR names for --bench beir")
+    bench: str = field("virtualhome", "beir | msmarco | esconv | psyqa | saycan | virtualhome | a single BEIR name")
+    datasets: str = field(",".join(BEIR_13), "BEIR names for --bench beir (default: the 13 public sets such papers "
+                          "average; each downloaded only when asked, or read from --data-dir)")
     data_dir: str = field("", "local copy (for beir: a folder holding one sub-folder per data set, or the set)")
     systems: str = field("prior,bm25,llm-biencoder,minilm,teacher,student",
                          "comma-separated systems to compare (prior: needs a training split)")
@@ -439,7 +449,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")
-    beir_format = name not in ("esconv", "saycan", "virtualhome")
+    beir_format = name not in ("esconv", "psyqa", "saycan", "virtualhome")
     extra = {"truncated": teacher.prompt.cut_counts()} if teacher else None
     return report(out, name, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k), header,
                   ignore_identical=cfg.ignore_identical and beir_format, extra=extra, seed=cfg.seed,

@@ -1,4 +1,4 @@
-"""The distillation losses, METHOD.md equations (8)-(10): pure functions, tensors in, scalar out, no model calls.
+"""The distillation losses, METHOD.md equations (8)-(11): pure functions, tensors in, scalar out, no model calls.
 
 Shapes: N pairs, H hidden, V vocabulary (or 2 when restricted to the answer tokens).
 
@@ -7,7 +7,9 @@ Choices not fixed by the paper:
   two answer tokens (renormalised);
 - temperature tau divides both logits; the KL is NOT multiplied by tau^2 (no gradient-scale correction);
 - lmbda in (10) is a free weight chosen on a development split;
-- the listwise KL (10b) is an option beyond the paper, off by default (mu = 0).
+- the listwise KL (10b) is an option beyond the paper, off by default (mu = 0);
+- the pool term (11), InfoNCE of the student's scores of the gold against pool documents, is beyond the paper and on
+  by default in distill.py (`--nce`): (8)-(10) alone never see a document the teacher did not score.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ default and runs exactly as before; every helper here is a no-op there.
     python parallel.py memory [--model-config config.json] [--tokens 512]           # the README's memory table (GiB)
 
 What runs where (every rank runs the same script on the same data, in the same order):
-- encodings (h_d (6), h_q (5), teacher targets h_T (4), the teacher's evaluation row): `llm.last_hidden` gives batch
+- encodings (h_d (6), h_q (5), teacher targets h_T (1), the teacher's evaluation row): `llm.last_hidden` gives batch
   b to rank b % N and sums the zero-filled results over ranks, so every rank ends with the rows one process computes,
   from the same batches (bitwise equal on CPU);
 - teacher SFT (4): the pairs are owned round-robin (pair i by rank i % N, its frozen-bottom states computed there
@@ -16,10 +16,10 @@ What runs where (every rank runs the same script on the same data, in the same o
   blocks (`--train-layers N > 0`) with DistributedDataParallel, the full fine-tune (`--train-layers 0`) with FSDP2
   (`fully_shard`, one unit per decoder block, bf16 parameters with fp32 gradient reduction on GPU); the checkpoint is
   gathered to rank 0 (full state dict) and written in the one-process format;
-- predictor training (5): replicated, every rank trains the same predictor on the same gathered pairs with the same
+- predictor training (Step 5): replicated, every rank trains the same predictor on the same gathered pairs with the same
   seed (it is small: a rank-0-only step would leave the others idle and need a broadcast anyway); rank 0's predictor
   is broadcast after each round, so floating-point differences between GPUs cannot make the ranks drift apart;
-- sampling (3): rank 0 samples and broadcasts; metrics are computed on every rank from the same gathered scores;
+- picking documents (Step 3): rank 0 picks and broadcasts; metrics are computed on every rank from the same gathered scores;
 - files (results, TREC runs, caches, checkpoints) are written by rank 0 only (`common.atomic_write`), progress bars
   and log lines shown on rank 0 only (errors on stderr from every rank; RABTRIEVER_LOG_ALL_RANKS=1 shows all logs).
 Host memory: every rank loads the model itself (`from_pretrained`): N copies in host RAM while loading (Qwen2-7B in

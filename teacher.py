@@ -1,20 +1,20 @@
 """The teacher: an LLM generative reranker that reads the document first, then the query, and scores relevance by the
 log-probabilities of "yes" / "no" (METHOD.md equations (1)-(4); the paper's teacher is LaHoRe, arXiv 2412.16615).
 
-    python teacher.py train --bench virtualhome                          # SFT (4) + dev metric, ~8 min on 2 CPU cores
+    python teacher.py train --bench virtualhome                          # SFT (4) + dev metric, ~2.5 min on 2 CPU cores
     python teacher.py train --bench esconv --data-dir DIR
     python teacher.py score --query "I feel so alone" --doc "Reflection of feelings" [--checkpoint runs/teacher-esconv]
     python teacher.py bench                                               # pairs/s at total lengths 128 and 512
 
 Choices not fixed by the paper:
 - exact prompt wording, rendered with the model's chat template (plain text + "Answer:" when it has none); the
-  question is METHOD.md's generic one by default, `--instruction task` asks each bench's own question;
+  question is each bench's own by default (`--instruction task`), or METHOD.md's generic one (`generic`), or a text;
 - score s_T = z_T[yes] - z_T[no] (3), which ranks like p(yes | {yes, no});
 - length policy: the document is cut to `--max-doc-tokens`; a prompt over the model's window cuts the document
   further, then the query from its start; the instruction never (`Prompt`);
 - SFT negatives: per query `--neg-bm25` hard negatives from BM25's top ranks plus `--neg-random` from the pool;
-- `--train-layers N` (default 2 on CPU) trains only the last N blocks and the final norm; 0 = full fine-tune
-  (the paper's setting). The head is tied to the embeddings in SmolLM2 and stays frozen unless N = 0.
+- `--train-layers N` (default 2, on every device) trains only the last N blocks and the final norm; 0 = the full
+  fine-tune the paper reports. The head (tied to the embeddings in SmolLM2) stays frozen unless N = 0.
   With N > 0 the frozen bottom blocks see every SFT pair and every dev pair exactly once: their output states are
   kept in memory (`llm.trunk_states`) and each epoch, and the zero-shot and trained dev metric, run only the top N
   blocks on them (`llm.top_last`; equal to the full forward, tested). Epochs then cost ~N/L of a pass.
@@ -48,6 +48,7 @@ TASK_INSTRUCTIONS = {
     "virtualhome": "Is the document the next step of the task? Answer yes or no.",
     "saycan": "Is the document the next step of the task? Answer yes or no.",
     "esconv": "Is the document the strategy the supporter uses next? Answer yes or no.",
+    "psyqa": "Is the document the strategy the answer uses next? Answer yes or no.",
 }
 RELEVANCE = "Is the document relevant to the query? Answer yes or no."  # BEIR, MS MARCO
 
@@ -171,7 +172,7 @@ class Teacher:
 
     @property
     def head(self) -> torch.Tensor:
-        """W, the LM head (V, H), float32 on the CPU-side device of the model."""
+        """W, the LM head (V, H), in the model's dtype (float32 on CPU, bfloat16 on GPU) and on its device."""
         return self.lm.lm_head.weight
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -217,7 +218,7 @@ class Teacher:
 # ---------------------------------------------------------------------------- training (4)
 @dataclass
 class TrainConfig:
-    bench: str = field("virtualhome", "virtualhome | esconv | saycan | msmarco | BEIR name")
+    bench: str = field("virtualhome", "virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
     data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
     model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])

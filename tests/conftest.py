@@ -62,3 +62,29 @@ def write_virtualhome(root: Path, n_programs: int = 10) -> Path:
         (folder / f"file{p}_1.txt").write_text(f"Task {p} with {a}\nwalk to the {a} and put the {b} on it\n\n\n"
                                                + "\n".join(steps) + "\n")
     return root / "dataset"
+
+
+PSYQA_TYPES = ["Approval and Reassurance", "Restatement", "Interpretation", "Direct Guidance", "Self-disclosure",
+               "Information", "Others"]
+
+
+def write_psyqa(folder: Path, n_questions: int = 20, name: str = "PsyQA_example.json") -> Path:
+    """A PsyQA file in the official format (github.com/thu-coai/PsyQA): questions with annotated answers (character
+    spans with a strategy type), one unannotated answer (has_label false, labels_sequence null) per question."""
+    import json
+    items = []
+    for i in range(n_questions):
+        parts = [f"i feel sad {i} .", " what is it like ?", " you can ask a question ."]
+        text = "".join(parts)
+        spans, start = [], 0
+        for k, p in enumerate(parts):
+            spans.append({"start": start, "end": start + len(p), "type": PSYQA_TYPES[(i + k) % 7]})
+            start += len(p)
+        items.append({"question": f"why do i feel lonely {i} ?", "description": "my friends do not help me",
+                      "keywords": "emotion,loneliness", "questionID": 4000 + i,
+                      "answers": [{"answer_text": text, "has_label": True, "labels_sequence": spans},
+                                  {"answer_text": "share it with your friends", "has_label": False,
+                                   "labels_sequence": None}]})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
+    return folder

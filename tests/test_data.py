@@ -3,12 +3,14 @@ import functools
 import http.server
 import json
 import os
+import re
 import threading
 import zipfile
 
 import pytest
 
 import data
+from data import DataError, load_bench
 from conftest import write_virtualhome
 
 
@@ -214,3 +216,38 @@ def test_stats_cli(tmp_path, capsys):
     data.main(["stats", "--bench", "virtualhome", "--data-dir", str(write_virtualhome(tmp_path)), "--split", "test"])
     out = json.loads(capsys.readouterr().out)
     assert out["bench"] == "virtualhome" and out["queries"] == 8 and out["documents"] == 28
+
+
+def test_psyqa_official_format(tmp_path):
+    """PsyQA: the 7 strategies are the documents; one query per labelled span, holding the question, the description
+    and the answer's spans before it; unannotated answers are skipped; questions split 80/10/10 by question."""
+    from conftest import PSYQA_TYPES, write_psyqa
+    data = load_bench("psyqa", str(write_psyqa(tmp_path / "p", 20)))
+    assert sorted(data.corpus) == sorted(PSYQA_TYPES) and set(data.queries) == {"train", "dev", "test"}
+    assert {s: len(q) for s, q in data.queries.items()} == {"train": 48, "dev": 6, "test": 6}
+    every = {q: t for qs in data.queries.values() for q, t in qs.items()}
+    rel = {q: r for rs in data.qrels.values() for q, r in rs.items()}
+    assert every["q4003-a0-s0"].endswith("Answer so far: (nothing yet)") and rel["q4003-a0-s0"] == {PSYQA_TYPES[3]: 1}
+    assert "Question: why do i feel lonely 3 ?\nDescription: my friends do not help me" in every["q4003-a0-s2"]
+    assert every["q4003-a0-s2"].endswith("Answer so far: i feel sad 3 . what is it like ?")
+    assert rel["q4003-a0-s2"] == {PSYQA_TYPES[5]: 1} and not any("-a1-" in q for q in every)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda it: it[2]["answers"][0]["labels_sequence"][1].update(type="Question"), "question 2, answer 0, span 1: "
+     "field 'type' has unknown value 'Question'"),
+    (lambda it: it[1]["answers"][0]["labels_sequence"][0].update(end=10 ** 6), "question 1, answer 0, span 0: fields"),
+    (lambda it: it[0].pop("question"), "question 0: missing field 'question'"),
+    (lambda it: it[3].update(questionID=4000), "question 3: field 'questionID' '4000' already used by question 0"),
+    (lambda it: it[4]["answers"][0].update(has_label="yes"), "question 4, answer 0: field 'has_label' is str"),
+])
+def test_psyqa_bad_input(tmp_path, change, needle):
+    """A bad PsyQA file stops with the file, question, answer, span and field named."""
+    from conftest import write_psyqa
+    folder = write_psyqa(tmp_path / "p", 8)
+    path = folder / "PsyQA_example.json"
+    items = json.loads(path.read_text(encoding="utf-8"))
+    change(items)
+    path.write_text(json.dumps(items), encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(needle)):
+        load_bench("psyqa", str(folder))

@@ -205,3 +205,19 @@ def test_pool_batches_and_term(env):
     distill.main(_args(tmp, root, "no-nce", "--nce", "0"))
     rows = {run: list(csv.DictReader((tmp / run / "metrics.csv").open())) for run in ("nce", "no-nce")}
     assert all(float(r["pool"]) > 0 for r in rows["nce"]) and all(float(r["pool"]) == 0 for r in rows["no-nce"])
+
+
+def test_psyqa_distill_and_evaluate(env):
+    """`distill.py --bench psyqa` and `evaluate.py --bench psyqa` run end to end on a file in the official format:
+    7 strategies, the whole pool being C(q)."""
+    import evaluate
+    from conftest import write_psyqa
+    tmp, _ = env
+    root = write_psyqa(tmp / "psyqa", 20)
+    args = _args(tmp, root, "pq", "--bench", "psyqa", "--rerank-k", "8")
+    args[args.index("--teacher") + 1] = str(tmp / "teacher-psyqa")
+    res = distill.main(args)
+    assert res["pool_size"] == 7 and res["protocol"] == "C(q) = all 7 documents"
+    ev = evaluate.main(["--bench", "psyqa", "--data-dir", str(root), "--student", str(tmp / "pq"), "--systems",
+                        "prior,bm25,student", "--output-dir", str(tmp / "pq-eval"), "--quiet"])
+    assert ev["systems"]["student"]["full_pool"]["R@1"] == res["systems"]["student"]["full_pool"]["R@1"]
