@@ -47,7 +47,7 @@ from common import (IntegrityError, add_dataclass_args, atomic_write, cache_dir,
 from llm import DEFAULT_MODEL, fingerprint
 from losses import pool_nce, total_loss
 from metrics import BM25, candidate_sets, describe_protocol
-from student import Student, encode_corpus, save_predictor
+from student import Student, encode_corpus, ids_digest, save_predictor
 
 CHUNK = 64  # teacher targets are computed and saved in chunks of this many pairs
 Z_T_BYTES = 1 << 30  # z_T of all pairs is computed once per round when it fits in this many bytes
@@ -194,14 +194,15 @@ def policy_scores(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tenso
 
 
 def pool_queries(cfg: DistillConfig, student: Student, train_q: dict[str, str], train_rel: dict, qids: list[str],
-                 h_q: torch.Tensor, doc_index: dict[str, int], out: Path) -> tuple[torch.Tensor, list[set[int]]]:
+                 h_q: torch.Tensor, doc_index: dict[str, int]) -> tuple[torch.Tensor, list[set[int]]]:
     """The queries of the pool term (11): the teacher's training queries first, then more training queries up to
-    --nce-queries (a seeded subset; they cost the query pass (5) only, no teacher call), with their gold rows."""
+    --nce-queries (a seeded subset; they cost the query pass (5) only, no teacher call, and are cached under
+    $RABTRIEVER_CACHE/queryemb for every run of the same teacher), with their gold rows."""
     rest = [q for q in train_q if q not in set(qids)]
     n_extra = len(rest) if cfg.nce_queries == 0 else max(0, cfg.nce_queries - len(qids))
     extra = subset(rest, n_extra, torch.Generator().manual_seed(cfg.seed + 1)) if n_extra else []
-    h_extra = encode_corpus(student, extra, [train_q[q] for q in extra], out / "pool_queries", kind="queries") \
-        if extra else h_q[:0]
+    folder = cache_dir("queryemb", f"{cfg.bench}-{fingerprint(student.lm)}-{ids_digest(extra)}")  # shared by runs
+    h_extra = encode_corpus(student, extra, [train_q[q] for q in extra], folder, kind="queries") if extra else h_q[:0]
     gold = [{doc_index[d] for d, g in train_rel[q].items() if g > 0} for q in qids + extra]
     return torch.cat([h_q, h_extra]), gold
 
@@ -417,7 +418,9 @@ def run(cfg: DistillConfig) -> dict:
     bm25 = BM25({d: data.doc_text(d) for d in doc_ids}) if need_bm25 else None
     bm25_top = [[doc_index[d] for d in bm25.top(train_q[q], 4 * cfg.k * cfg.rounds + 8)] for q in qids] \
         if cfg.policy == "off" else None
-    pool = pool_queries(cfg, student, train_q, train_rel, qids, h_q, doc_index, out) if cfg.nce else None
+    t0 = time.time()
+    pool = pool_queries(cfg, student, train_q, train_rel, qids, h_q, doc_index) if cfg.nce else None
+    timings["1_encode_pool_queries"] = time.time() - t0
     for r in range(first_round, cfg.rounds):
         t0 = time.time()
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
@@ -476,7 +479,7 @@ def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student
     """Step 6: prior, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system on the same
     C(q), on the held-out split."""
     from data import train_test_splits
-    from evaluate import eval_queries, report, run_systems, timed
+    from evaluate import eval_queries, report, run_systems, teacher_scores_cache, timed
 
     queries, qrels = data.split(split)
     qids = eval_queries(queries, cfg.max_test_queries, cfg.seed)
@@ -487,7 +490,8 @@ def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student
                            torch.Generator().manual_seed(cfg.seed + 11))
     names = ["prior", "bm25", "llm-biencoder"] + (["teacher"] if cfg.eval_teacher else []) + ["student"]
     results = run_systems(names, data, queries, cands, bm25, bm25_seconds, train_test_splits(data)[0], teacher,
-                          student, h_d, d_seconds, quiet=cfg.quiet, teacher_k=cfg.teacher_k)
+                          student, h_d, d_seconds, quiet=cfg.quiet, teacher_k=cfg.teacher_k,
+                          scores=teacher_scores_cache(teacher, cfg.bench) if cfg.eval_teacher else None)
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
                   header, extra={"truncated": teacher.prompt.cut_counts()}, seed=cfg.seed, pool_size=len(doc_ids))

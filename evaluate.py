@@ -163,11 +163,71 @@ def system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds
                         f"h_q pass + factorised predictor over all documents ({dtype} B h_d)", full)
 
 
-def system_teacher(teacher, data, queries: dict[str, str], cands: dict[str, list[str]]) -> SystemResult:
-    """The teacher scores every (query, document in C(q)) jointly (1)-(3): the reference every system is held to."""
-    from teacher import teacher_run
+class TeacherScores:
+    """s_T (3) of every (query, document) pair one teacher has scored, kept in `folder` (scores.safetensors + a
+    sidecar with the pair keys and the seconds they took) so that another student evaluated with the same teacher
+    costs only the pairs not scored yet; `folder` None keeps them in memory for one run. A pair's key is a digest of
+    the query text and the document text. Times are honest: every pair of a run counts at the cost per pair measured
+    when it was computed."""
 
-    run, dt = timed(teacher_run, teacher, queries, cands, data.doc_text)
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder) if folder else None
+        self.s: dict[str, float] = {}
+        self.seconds, self.computed = 0.0, 0
+        path = self.folder / "scores.safetensors" if self.folder else None
+        if path is not None and path.exists():
+            from common import load_tensors
+            t, meta = load_tensors(path, {"kind": "teacher-scores"}, fix=f"delete {self.folder} (it is a cache)")
+            self.s = dict(zip(meta["keys"], t["s_T"].tolist()))
+            self.seconds, self.computed = meta["seconds"], meta["computed"]
+
+    @staticmethod
+    def key(query: str, doc: str) -> str:
+        import hashlib
+        return hashlib.blake2b(f"{query}\0{doc}".encode(), digest_size=10).hexdigest()
+
+    def run(self, teacher, queries: dict[str, str], cands: dict[str, list[str]], doc_text,
+            desc: str = "teacher") -> tuple[dict[str, dict[str, float]], float]:
+        """(run {qid: {doc id: s_T}} over `cands`, seconds those pairs cost the teacher)."""
+        from common import save_tensors
+        from teacher import teacher_run
+
+        keys = {(q, d): self.key(queries[q], doc_text(d)) for q, ds in cands.items() for d in ds}
+        todo: dict[str, list[str]] = {}
+        for (q, d), k in keys.items():
+            if k not in self.s:
+                todo.setdefault(q, []).append(d)
+        if todo:
+            new, dt = timed(teacher_run, teacher, queries, todo, doc_text, desc)
+            for q, ds in new.items():
+                for d, v in ds.items():
+                    self.s[keys[q, d]] = v
+            self.seconds, self.computed = self.seconds + dt, self.computed + sum(map(len, todo.values()))
+            if self.folder is not None:
+                save_tensors(self.folder / "scores.safetensors", {"s_T": torch.tensor(list(self.s.values()))},
+                             {"kind": "teacher-scores", "keys": list(self.s), "seconds": self.seconds,
+                              "computed": self.computed})
+        run = {q: {d: self.s[keys[q, d]] for d in ds} for q, ds in cands.items()}
+        return run, len(keys) * self.seconds / max(1, self.computed)
+
+
+def teacher_scores_cache(teacher, bench: str) -> TeacherScores:
+    """The TeacherScores of this teacher (its weights' fingerprint and its prompt) for `bench`, kept under
+    $RABTRIEVER_CACHE/teacher-scores."""
+    import hashlib
+    import json
+
+    from common import cache_dir
+    from llm import fingerprint
+
+    prompt = hashlib.blake2b(json.dumps(teacher.prompt.describe(), sort_keys=True).encode(), digest_size=6).hexdigest()
+    return TeacherScores(cache_dir("teacher-scores", f"{bench}-{fingerprint(teacher.lm)}-{prompt}"))
+
+
+def system_teacher(teacher, data, queries: dict[str, str], cands: dict[str, list[str]],
+                   scores: TeacherScores | None = None) -> SystemResult:
+    """The teacher scores every (query, document in C(q)) jointly (1)-(3): the reference every system is held to."""
+    run, dt = (scores or TeacherScores()).run(teacher, queries, cands, data.doc_text)
     return SystemResult(run, 1000 * dt / max(1, len(queries)), None, "scores C(q) jointly")
 
 
@@ -183,13 +243,10 @@ def first_stage_union(runs: list[dict[str, dict[str, float]]], qids: list[str], 
 
 
 def system_teacher_at_k(teacher, data, queries: dict[str, str], first: dict[str, SystemResult], k: int,
-                        known: SystemResult | None = None) -> SystemResult:
+                        scores: TeacherScores | None = None) -> SystemResult:
     """teacher@k, the teacher's whole-pool reference: it reranks, jointly (1)-(3), the union of the top k documents
     of each first-stage system in `first` over the whole pool (k = 0: every document of the pool, |pool| teacher
-    calls per query). Documents outside the union are not retrieved. Pairs already scored on C(q) (`known`) are
-    reused; ms/query counts every pair of the union at the measured cost per pair."""
-    from teacher import teacher_run
-
+    calls per query). Documents outside the union are not retrieved."""
     qids = list(queries)
     if k == 0:
         union = {q: list(data.corpus) for q in qids}
@@ -200,24 +257,19 @@ def system_teacher_at_k(teacher, data, queries: dict[str, str], first: dict[str,
             raise ValueError(f"teacher@{k}: first-stage systems {missing or '(none)'} have no whole-pool run")
         union = first_stage_union([r.full_run for r in first.values()], qids, k)
         note = f"reranks the union of the top {k} of {' and '.join(first)}"
-    old = known.cand_run if known is not None else {}
-    todo = {q: [d for d in docs if d not in old.get(q, {})] for q, docs in union.items()}
-    todo = {q: ds for q, ds in todo.items() if ds}
-    new, dt = timed(teacher_run, teacher, queries, todo, data.doc_text, f"teacher@{k or 'pool'}") if todo else ({}, 0.0)
-    n_new, n_all = sum(map(len, todo.values())), sum(map(len, union.values()))
-    per_pair = dt / n_new if n_new else (known.ms_per_query * len(qids) / 1000 / max(1, n_all) if known else 0.0)
-    run = {q: {d: new.get(q, {}).get(d, old.get(q, {}).get(d)) for d in docs} for q, docs in union.items()}
-    return SystemResult(None, 1000 * per_pair * n_all / max(1, len(qids)), None, note, run)
+    run, dt = (scores or TeacherScores()).run(teacher, queries, union, data.doc_text, f"teacher@{k or 'pool'}")
+    return SystemResult(None, 1000 * dt / max(1, len(qids)), None, note, run)
 
 
 def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str, list[str]], bm25: BM25,
                 bm25_seconds: float, train_split: str | None, teacher=None, student=None, h_d=None,
                 d_seconds: float = 0.0, doc_cache: str | Path | None = None, quiet: bool = False,
                 index_dtype: str = "float32", teacher_k: int = 8,
-                first_stage: tuple[str, ...] = ("bm25", "student")) -> dict:
+                first_stage: tuple[str, ...] = ("bm25", "student"), scores: TeacherScores | None = None) -> dict:
     """Every system of `names` on the same queries and the same C(q), in the order of `names`; with "teacher",
-    also teacher@k (`system_teacher_at_k`) over the first-stage systems of `first_stage` that were run. The
-    student's document embeddings h_d come in (distill.py) or are encoded into `doc_cache` (evaluate.py)."""
+    also teacher@k (`system_teacher_at_k`) over the first-stage systems of `first_stage` that were run, both through
+    `scores` (the teacher's pairs, kept across runs when it has a folder). The student's document embeddings h_d
+    come in (distill.py) or are encoded into `doc_cache` (evaluate.py)."""
     from student import encode_corpus
 
     qids, doc_ids = list(queries), list(data.corpus)
@@ -243,11 +295,12 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
             results["student"] = system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds,
                                                 index_dtype)
     if "teacher" in names:
-        results["teacher"] = system_teacher(teacher, data, queries, cands)
+        scores = scores or TeacherScores()
+        results["teacher"] = system_teacher(teacher, data, queries, cands, scores)
         first = {n: results[n] for n in first_stage if n in results}
         if teacher_k == 0 or first:
             results[f"teacher@{teacher_k or 'pool'}"] = system_teacher_at_k(teacher, data, queries, first, teacher_k,
-                                                                            results["teacher"])
+                                                                            scores)
     order = [n for n in names if n in results] + [n for n in results if n.startswith("teacher@")]
     return {k: results[k] for k in order}
 
@@ -445,7 +498,9 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}") if student else None
     results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
                           None if train == split else train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
-                          index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list)
+                          index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list,
+                          scores=teacher_scores_cache(teacher, name) if teacher and "teacher" in cfg.system_list
+                          else None)
     header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")

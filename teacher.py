@@ -39,7 +39,7 @@ from common import (add_dataclass_args, check_sizes, cli, config_from_args, fiel
 import parallel
 from llm import (DEFAULT_MODEL, can_split, fingerprint, forget_fingerprint, last_hidden, last_logits, load_llm, top_last,
                  trunk_states, weights_fingerprint)
-from metrics import BM25, candidate_sets, describe_protocol, evaluate_run, label_prior
+from metrics import BM25, candidate_sets, describe_protocol, evaluate_run, label_prior, ranked
 
 YES, NO = "yes", "no"
 INSTRUCTION = "Does the document fit the query? Answer yes or no."  # the generic question of METHOD.md
@@ -234,6 +234,10 @@ class TrainConfig:
     clip: float = field(1.0, "gradient norm clip")
     neg_bm25: int = field(1, "hard negatives per query from BM25's top ranks")
     neg_random: int = field(1, "random negatives per query from the pool")
+    neg_self: int = field(0, "self-mined negatives per query (ours): after the first pass, the teacher's own N "
+                             "best-scored wrong documents among --mine-k of BM25 and --mine-k frequent ones, then a "
+                             "second pass over all pairs (0 = off)")
+    mine_k: int = field(8, "with --neg-self: documents of BM25's top and of the most frequent gold ones scored")
     max_train_queries: int = field(96, "training queries used (0 = all)")
     max_dev_queries: int = field(64, "held-out queries for the dev metric (0 = all)")
     rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
@@ -246,7 +250,9 @@ class TrainConfig:
 
     def __post_init__(self):
         check_sizes(self, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens"), 1)
-        check_sizes(self, ("train_layers", "neg_bm25", "neg_random", "max_train_queries", "max_dev_queries"), 0)
+        check_sizes(self, ("train_layers", "neg_bm25", "neg_random", "neg_self", "max_train_queries",
+                           "max_dev_queries"), 0)
+        check_sizes(self, ("mine_k",), 1)
         if not 0 <= self.warmup < 1 or self.lr <= 0:
             raise ValueError(f"--warmup {self.warmup}, --lr {self.lr}: need 0 <= warmup < 1 and lr > 0")
         self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
@@ -325,8 +331,9 @@ def parallelize(lm, head: SFTHead, train_layers: int, device: torch.device):
     return head
 
 
-def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25) -> dict:
-    """SFT (4) with AdamW, warmup + cosine, gradient accumulation and clipping. Returns the loss history.
+def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: list | None = None) -> dict:
+    """SFT (4) with AdamW, warmup + cosine, gradient accumulation and clipping, on `sft_pairs` or on the given
+    (query text, doc id, label) `pairs`. Returns the loss history.
 
     One optimiser step = a global batch of batch_size x grad_accum pairs in a seeded order, whatever the number of
     processes: under torchrun pair i is owned by rank i % N (its frozen-bottom states computed there only), each rank
@@ -334,8 +341,8 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25) -> dict:
     (local sum / global count, x N because DDP and FSDP2 average over ranks)."""
     from transformers import get_cosine_schedule_with_warmup
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    pairs = sft_pairs(data, split, cfg, bm25, gen)
+    gen = torch.Generator().manual_seed(cfg.seed + (0 if pairs is None else 2))
+    pairs = sft_pairs(data, split, cfg, bm25, gen) if pairs is None else pairs
     if len(pairs) < parallel.world():
         raise ValueError(f"teacher SFT: {len(pairs)} pairs for {parallel.world()} processes")
     seqs = [teacher.prompt.teacher(q, data.doc_text(d)) for q, d, _ in pairs]
@@ -388,7 +395,31 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25) -> dict:
         lm.gradient_checkpointing_disable()
     lm.eval().requires_grad_(False)
     return {"losses": losses, "steps": len(losses), "pairs": len(pairs), "seconds": time.time() - t0,
-            "fsdp": parallel.world() > 1 and cfg.train_layers == 0}
+            "fsdp": parallel.world() > 1 and cfg.train_layers == 0, "pair_list": pairs}
+
+
+def mine_negatives(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25,
+                   pairs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Self-mined negatives [ours]: for each query of `pairs`, the teacher trained so far scores a first stage (BM25's
+    top --mine-k and the --mine-k documents most often gold in the training split, the hubs a retriever meets), and
+    its --neg-self best-scored documents that are neither gold nor already paired with the query become new
+    negatives: the mistakes it would make when reranking a pool."""
+    queries, qrels = data.split(split)
+    gold_of: dict[str, set[str]] = {}  # by query text: queries with the same text share their gold documents
+    for q, t in queries.items():
+        gold_of.setdefault(t, set()).update(d for d, g in qrels[q].items() if g > 0)
+    counts = label_prior(data, split)
+    frequent = sorted(counts, key=lambda d: (-counts[d], d))[:cfg.mine_k]
+    used: dict[str, set[str]] = {}
+    for q, d, _ in pairs:
+        used.setdefault(q, set()).add(d)
+    cands = {}
+    for q, seen in used.items():
+        first = dict.fromkeys(bm25.top(q, cfg.mine_k) + frequent)
+        cands[q] = [d for d in first if d not in gold_of[q] and d not in seen]
+    run = teacher_run(teacher, {q: q for q in cands}, {q: c for q, c in cands.items() if c}, data.doc_text,
+                      "teacher SFT: mining negatives")
+    return [(q, d, 0) for q in cands for d in ranked(run.get(q, {}))[:cfg.neg_self]]
 
 
 @contextmanager
@@ -543,6 +574,9 @@ def cmd_train(cfg: TrainConfig) -> dict:
 
     set_seed(cfg.seed)
     device = resolve_device(cfg.device)  # inputs and settings are checked before anything is written
+    if cfg.neg_self and parallel.world() > 1:
+        raise ValueError("--neg-self runs in one process (its second pass would wrap the model for DDP / FSDP2 "
+                         "twice): run `python teacher.py train ...` without torchrun")
     with parallel.main_first():  # a download or unpacking happens once
         data = load_bench(cfg.bench, cfg.data_dir or None)
     train_split, test_split = train_test_splits(data)
@@ -560,6 +594,12 @@ def cmd_train(cfg: TrainConfig) -> dict:
     print(f"[teacher] zero-shot {test_split}: R@1 {before['R@1']:.4f} MRR@10 {before['MRR@10']:.4f} "
           f"({before['n_queries']} queries, {before['protocol']}; majority R@1 {before['majority_R@1']:.4f})")
     hist = train(teacher, data, train_split, cfg, bm25)
+    if cfg.neg_self:  # a second pass over the pairs and the teacher's own mistakes
+        mined = mine_negatives(teacher, data, train_split, cfg, bm25, hist["pair_list"])
+        print(f"[teacher] mined {len(mined)} negatives (its own top-ranked wrong documents); training again")
+        second = train(teacher, data, train_split, cfg, bm25, hist["pair_list"] + mined)
+        hist = second | {"losses": hist["losses"] + second["losses"], "steps": hist["steps"] + second["steps"],
+                         "seconds": hist["seconds"] + second["seconds"]}
     meta = {"step": hist["steps"], "train_split": train_split, "dev_before": before,
             "train_seconds": hist["seconds"], "loss_first": hist["losses"][0], "loss_last": hist["losses"][-1],
             "truncated": teacher.prompt.cut_counts()}

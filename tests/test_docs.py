@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EQ = re.compile(r"(?<![\w.\[])\((\d{1,2}[a-z]?)\)")
+EQ = re.compile(r"(?<![\w.\[])(?<!\d )\(([0-9]|1[0-9]|20)([a-z]?)\)")  # (n), n <= 20, not a count after a number
 STEP = re.compile(r"\bStep (\d+)\b")
 DEF = re.compile(r"\*\*\((\d{1,2}[a-z]?)\)\*\*")
 STEP_DEF = re.compile(r"\*\*Step (\d+)\*\*")
@@ -78,7 +78,7 @@ def test_every_reference_resolves():
     bad = []
     for path in _sources() + _docs():
         text = _prose(path) if path.suffix == ".py" else path.read_text(encoding="utf-8")
-        bad += [f"{path.name}: ({n})" for n in EQ.findall(text) if n not in eqs]
+        bad += [f"{path.name}: ({n}{x})" for n, x in EQ.findall(text) if n + x not in eqs]
         bad += [f"{path.name}: Step {n}" for n in STEP.findall(text) if n not in steps]
         for ref in set(re.findall(r"\b((?:docs/)?[A-Z][\w]*\.md)\b", text)):
             if not (ROOT / ref).exists() and not (ROOT / "docs" / ref).exists():

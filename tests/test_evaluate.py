@@ -259,17 +259,21 @@ def test_teacher_at_k_reranks_the_first_stage_union(tmp_path, monkeypatch):
     pool = list(data.corpus)
     first = {"x": E.SystemResult(None, 0.0, full_run={q: {d: -i for i, d in enumerate(pool)} for q in queries}),
              "y": E.SystemResult(None, 0.0, full_run={q: {d: i for i, d in enumerate(pool)} for q in queries})}
-    known = E.SystemResult({q: {pool[0]: 123.0} for q in queries}, 10.0)
     sent = []
     orig = T.teacher_run
     monkeypatch.setattr(T, "teacher_run", lambda t, qs, c, *a: sent.append(c) or orig(t, qs, c, *a))
-    r = E.system_teacher_at_k(teacher, data, queries, first, 2, known)
+    scores = E.TeacherScores(tmp_path / "scores")
+    c_q = E.system_teacher(teacher, data, queries, {q: [pool[0]] for q in queries}, scores)
+    r = E.system_teacher_at_k(teacher, data, queries, first, 2, scores)
     want = {q: [pool[0], pool[1], pool[-1], pool[-2]] for q in queries}
     assert {q: sorted(r.full_run[q]) for q in queries} == {q: sorted(w) for q, w in want.items()}
-    assert sent == [{q: w[1:] for q, w in want.items()}]  # pool[0] came from C(q)
-    ref = orig(teacher, queries, {q: w[1:] for q, w in want.items()}, data.doc_text)
-    assert all(r.full_run[q][pool[0]] == 123.0 and all(r.full_run[q][d] == ref[q][d] for d in want[q][1:])
-               for q in queries)
+    assert sent[1] == {q: w[1:] for q, w in want.items()}  # pool[0] was scored on C(q): not sent again
+    ref = orig(teacher, queries, want, data.doc_text)
+    assert all(r.full_run[q][d] == pytest.approx(ref[q][d], abs=1e-5) for q in queries for d in want[q])
+    assert all(c_q.cand_run[q][pool[0]] == r.full_run[q][pool[0]] for q in queries)
+    again = E.system_teacher_at_k(teacher, data, queries, first, 2, E.TeacherScores(tmp_path / "scores"))
+    assert len(sent) == 2 and again.full_run == r.full_run  # read back from disk, nothing sent
+    assert again.ms_per_query == pytest.approx(r.ms_per_query)  # the cost measured when the pairs were scored
     whole = E.system_teacher_at_k(teacher, data, queries, {}, 0)
     assert all(sorted(whole.full_run[q]) == sorted(pool) for q in queries)
 

@@ -169,3 +169,32 @@ def test_full_fine_tune_checkpoint_with_tied_head(tmp_path, monkeypatch):
     loaded, _ = T.load_teacher(tmp_path)
     qs, ds = ["task 1 write"] * 2, ["walk to computer", "grab cup"]
     assert torch.allclose(loaded.score(qs, ds), t.score(qs, ds), atol=1e-6)
+
+
+def test_self_mined_negatives(tmp_path, monkeypatch):
+    """--neg-self: the teacher's own best-scored documents among BM25's and the frequent ones' first stage, never a
+    gold document nor one already paired with the query, at most N per query, ranked by its score (3)."""
+    from metrics import BM25, ranked
+    tok = make_tokenizer()
+    t = T.Teacher(make_lm(tok), tok, batch_size=8)
+    d = _toy_data()
+    cfg = T.TrainConfig(bench="toy", neg_self=2, mine_k=3, max_train_queries=0, quiet=True)
+    bm25 = BM25({k: d.doc_text(k) for k in d.corpus})
+    pairs = T.sft_pairs(d, "train", cfg, bm25, torch.Generator().manual_seed(0))
+    mined = T.mine_negatives(t, d, "train", cfg, bm25, pairs)
+    queries, qrels = d.split("train")
+    by_text = {txt: q for q, txt in queries.items()}
+    counts = T.label_prior(d, "train")
+    frequent = sorted(counts, key=lambda x: (-counts[x], x))[:3]
+    for q in {p[0] for p in pairs}:
+        mine = [doc for qq, doc, label in mined if qq == q]
+        assert all(label == 0 for qq, _, label in mined if qq == q) and len(mine) <= 2
+        seen = {doc for qq, doc, _ in pairs if qq == q}
+        gold = {doc for qid, txt in queries.items() if txt == q for doc in qrels[qid]}
+        first = [x for x in dict.fromkeys(bm25.top(q, 3) + frequent) if x not in gold | seen]
+        scores = dict(zip(first, t.score([q] * len(first), [d.doc_text(x) for x in first]).tolist()))
+        assert mine == ranked(scores)[:2], by_text[q]
+    monkeypatch.setattr(T.parallel, "world", lambda: 2)
+    with pytest.raises(ValueError, match="--neg-self runs in one process"):
+        T.cmd_train(T.TrainConfig(bench="virtualhome", data_dir=str(tmp_path / "none"), neg_self=1,
+                                  output_dir=str(tmp_path / "o")))
