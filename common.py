@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -94,6 +96,16 @@ class IntegrityError(ValueError):
     """A tensor file that does not match the digest in its sidecar, or cannot be read: damaged or truncated."""
 
 
+def read_json(path: str | Path, fix: str = "delete it and run again"):
+    """A JSON file the project wrote (sidecar, config, ids, cache key); unreadable or damaged -> IntegrityError
+    naming the file and `fix`, what to do."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{path}: not valid JSON ({e}); the file is damaged: {fix}") from e
+
+
 def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -123,10 +135,7 @@ def load_tensors(path: str | Path, expect: dict[str, Any] | None = None,
     side = Path(str(path) + ".json")
     if not path.exists() or not side.exists():
         raise FileNotFoundError(f"{path}: checkpoint or its sidecar {side.name} is missing")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IntegrityError(f"{side}: sidecar is not valid JSON ({e}); {fix}") from e
+    meta = read_json(side, fix)
     for key, want in (expect or {}).items():
         if meta.get(key) != want:
             raise ValueError(f"{side}: field '{key}' is {meta.get(key)!r} but this run has {want!r}; "
@@ -159,8 +168,31 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, type=typ, default=default, help=help_, choices=f.metadata.get("choices"))
 
 
-def config_from_args(cls, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+def given_flags(cls, argv: list[str]) -> set[str]:
+    """The fields of `cls` whose flag appears in `argv` (`--name`, `--name=v`, `--no-name`): set by the user."""
+    out = set()
+    for f in dataclasses.fields(cls):
+        flag = f.name.replace("_", "-")
+        if any(a in (f"--{flag}", f"--no-{flag}") or a.startswith(f"--{flag}=") for a in argv):
+            out.add(f.name)
+    return out
+
+
+def config_from_args(cls, args: argparse.Namespace, argv: list[str] | None = None):
+    """The config of parsed flags. With `--quick`, each field of the class's QUICK caps ({field: cap}; 0 = all counts
+    as over the cap) is lowered to its cap unless the user set it (`argv`), and what changed is printed."""
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    caps = getattr(cls, "QUICK", {})
+    if kw.get("quick") and caps:
+        given = given_flags(cls, sys.argv[1:] if argv is None else argv)
+        changed = []
+        for name, cap in caps.items():
+            if name not in given and (kw[name] == 0 or kw[name] > cap):
+                changed.append(f"{name} {kw[name]} -> {cap}")
+                kw[name] = cap
+        if changed:
+            print(f"[{cls.__name__}] --quick: {', '.join(changed)} (set a flag to keep its value)")
+    return cls(**kw)
 
 
 def field(default, help: str, **kw):
@@ -168,38 +200,77 @@ def field(default, help: str, **kw):
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
-def write_run_config(out_dir: str | Path, cfg) -> None:
-    """The resolved config and the exact command line, written next to the outputs before any work starts."""
-    write_json(Path(out_dir) / "config.json", {"config": dataclasses.asdict(cfg), "argv": sys.argv,
+# What each script leaves in its output folder that only it may replace (its checkpoints).
+CHECKPOINTS = {"distill": ("predictor.safetensors", "state.safetensors"), "teacher": ("teacher.safetensors",),
+               "index": ("index.safetensors",)}
+_created: list[Path] = []  # output folders this process made, removed again if the run fails before writing more
+
+
+def write_run_config(out_dir: str | Path, cfg, script: str) -> None:
+    """The resolved config, the exact command line and the script that owns the folder, written next to the outputs
+    before any work starts."""
+    write_json(Path(out_dir) / "config.json", {"script": script, "config": dataclasses.asdict(cfg), "argv": sys.argv,
                                                "torch": torch.__version__, "citation": CITATION})
 
 
+def folder_owner(folder: str | Path) -> str | None:
+    """The script that made an output folder: the one config.json names, else (folders of older versions) the kind
+    of checkpoint it holds; None for neither."""
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        owner = read_json(folder / "config.json").get("script")
+        if owner:
+            return owner
+    return next((s for s, files in CHECKPOINTS.items() if any((folder / f).exists() for f in files)), None)
+
+
 def prepare_output(out_dir: str | Path, cfg, resume: bool = False, overwrite: bool = False,
-                   same: tuple[str, ...] = ("resume", "overwrite", "quiet", "refresh_cache")) -> Path:
-    """The output folder, called once inputs and config are validated (nothing is written before). A non-empty
-    folder is refused unless `resume` (its config.json must then equal `cfg` in every field not in `same`: the
-    fields that do not change results) or `overwrite` (the folder, one of ours with a config.json, is emptied)."""
+                   same: tuple[str, ...] = ("resume", "overwrite", "quiet", "refresh_cache"), *,
+                   script: str, can_resume: bool = False) -> Path:
+    """The output folder of `script`, called once inputs and config are validated (nothing is written before). A
+    non-empty folder is refused unless `resume` (its config.json must then equal `cfg` in every field not in `same`:
+    the fields that do not change results) or `overwrite`, which empties only a folder this script made and that
+    holds no checkpoint of another script. A folder made here is removed again if the run fails right away
+    (`cleanup_failed_start`)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
     busy = out.exists() and any(out.iterdir())
     if busy and resume:
         check_resume(out, cfg, same)
-    elif busy and overwrite and not (out / "config.json").exists():
-        raise FileExistsError(f"{out}: not an output folder of this project (no config.json); refusing to "
-                              "empty it: pass another --output-dir")
-    elif busy and not overwrite:
-        raise FileExistsError(f"{out} is not empty: pass --resume to continue it, --overwrite to replace it, "
-                              "or --output-dir for a new run")
+    elif busy and overwrite:
+        owner = folder_owner(out)
+        foreign = [f for s, files in CHECKPOINTS.items() if s != script for f in files if (out / f).exists()]
+        if owner is None and not (out / "config.json").exists():
+            raise FileExistsError(f"{out}: not an output folder of this project (no config.json); refusing to "
+                                  "empty it: pass another --output-dir")
+        if owner not in (script, None) or foreign:
+            raise FileExistsError(f"{out}: made by {owner}.py{f' (it holds {foreign[0]})' if foreign else ''}; "
+                                  f"--overwrite replaces only a folder made by {script}.py: pass another --output-dir")
+    elif busy:
+        raise FileExistsError(f"{out} is not empty: pass " + ("--resume to continue it, " if can_resume else "") +
+                              "--overwrite to replace it, or --output-dir for a new run")
     parallel.barrier()  # every rank has checked before rank 0 changes anything
     if parallel.is_main():
         if busy and overwrite:
             shutil.rmtree(out)
+        fresh = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            _created.append(out)
         if not (busy and resume):
-            write_run_config(out, cfg)
+            write_run_config(out, cfg, script)
     parallel.barrier()
     return out
+
+
+def cleanup_failed_start() -> None:
+    """Remove the output folders this process made that hold nothing but their config.json: a start that failed
+    (unwritable cache, bad model) leaves nothing behind, so the corrected command runs as it is."""
+    for out in _created:
+        if out.is_dir() and {p.name for p in out.iterdir()} <= {"config.json"}:
+            shutil.rmtree(out, ignore_errors=True)
+    _created.clear()
 
 
 def check_resume(out: Path, cfg, same: tuple[str, ...]) -> None:
@@ -207,12 +278,20 @@ def check_resume(out: Path, cfg, same: tuple[str, ...]) -> None:
     path = out / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing, so {out} cannot be resumed; use --overwrite or a new --output-dir")
-    old = json.loads(path.read_text(encoding="utf-8")).get("config", {})
+    old = read_json(path).get("config", {})
     new = dataclasses.asdict(cfg)
     diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in same and old.get(k) != v]
     if diff:
         raise ValueError(f"{path}: --resume with settings that change results: {'; '.join(diff)}; resume with the "
                          "run's own settings, or start a new run")
+
+
+def check_finite(cfg) -> None:
+    """Every float field of a config is a finite number (`--lr nan` or `--tau inf` are refused up front)."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"--{f.name.replace('_', '-')} is {v}; it must be a finite number")
 
 
 def check_sizes(cfg, names: tuple[str, ...], minimum: int = 0) -> None:
@@ -224,20 +303,46 @@ def check_sizes(cfg, names: tuple[str, ...], minimum: int = 0) -> None:
             raise ValueError(f"{flag} is {v}; it must be >= {minimum}" + (" (0 = all)" if minimum == 0 else ""))
 
 
-def cli(main, argv: list[str] | None = None):
-    """Run a script's main(argv): an error caused by input (bad files, flags, folders) prints `error: ...` on stderr
-    and exits 2 without a traceback; `--debug` shows the traceback instead."""
+def _os_message(e: OSError, again: str) -> str:
+    """One line for an OSError: ours already read as a sentence; the system's name the path and the way out."""
+    if e.errno is None:
+        return str(e.args[0] if e.args else e)
+    where = f"{e.filename}: " if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return f"{where}no space left on the device; free space, then {again}"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{where}{e.strerror} (not writable): point $RABTRIEVER_CACHE or --output-dir at a writable folder, "
+                f"then {again}")
+    return f"{where}{e.strerror}; {again}"
+
+
+def cli(main, argv: list[str] | None = None, again: str = "rerun the command"):
+    """Run a script's main(argv) so that every failure a user can cause is one line, with the way out: an input error
+    (bad files, flags, values, folders) or an OSError (disk full, a read-only cache, permissions) prints `error: ...`
+    on stderr and exits 2; Ctrl-C prints `interrupted: ...` and exits 130; `again` says how to continue (distill.py:
+    "rerun with --resume"). A folder this run made that holds only its config.json is removed. `--debug` shows the
+    traceback as well."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    tail = "" if debug else "  (--debug shows the traceback)"
     try:
         return main(argv)
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError, ConnectionError, NotADirectoryError,
-            IsADirectoryError, PermissionError, RuntimeError) as e:
+    except KeyboardInterrupt:
+        cleanup_failed_start()
         if debug:
             traceback.print_exc()
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}" + ("" if debug else "  (--debug shows the traceback)"), file=sys.stderr)
+        print(f"interrupted: every file written so far is complete (atomic writes); {again}", file=sys.stderr)
+        sys.exit(130)
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        cleanup_failed_start()
+        if debug:
+            traceback.print_exc()
+        if isinstance(e, OSError):
+            msg = _os_message(e, again)
+        else:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}{tail}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (add_dataclass_args, atomic_write, check_sizes, cli, config_from_args, field, prepare_output, progress,
-                    resolve_device, set_seed, write_json)
+from common import (add_dataclass_args, atomic_write, check_finite, check_sizes, cli, config_from_args, field,
+                    prepare_output, progress, resolve_device, set_seed, write_json)
 from llm import DEFAULT_MODEL, last_hidden, load_llm
 
 
@@ -53,11 +53,12 @@ class ComplexityConfig:
     quick: bool = field(False, "L_d up to 128, n = 4, 1 repeat")
     quiet: bool = field(False, "no progress bars")
 
+    QUICK = {"max_len": 128, "n": 4, "repeats": 1}  # --quick caps (common.config_from_args)
+
     def __post_init__(self):
+        check_finite(self)
         check_sizes(self, ("min_len", "n", "width", "batch_size", "repeats", "query_len"), 1)
         check_sizes(self, ("timed_pairs",), 0)
-        if self.quick:
-            self.max_len, self.n, self.repeats = min(self.max_len, 128), min(self.n, 4), 1
         self.output_dir = self.output_dir or ("runs/complexity-quick" if self.quick else "results/complexity")
         self.timed = self.n if self.timed_pairs == 0 else min(self.n, self.timed_pairs)  # teacher passes timed
         if self.min_len < 1 or self.max_len < self.min_len or self.n < 1 or self.repeats < 1 or self.timed_pairs < 0:
@@ -267,7 +268,7 @@ def plot(path: Path, rows: list[dict], lengths: list[int]) -> None:
 def run(cfg: ComplexityConfig) -> dict:
     set_seed(cfg.seed)
     resolve_device(cfg.device)
-    out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite)
+    out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite, script="complexity")
     lm, tok = load_llm(cfg.model, cfg.device)
     device = str(next(lm.parameters()).device)
     print(f"[complexity] device {device}, torch threads {torch.get_num_threads()}")
@@ -280,8 +281,8 @@ def run(cfg: ComplexityConfig) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, ComplexityConfig)
-    return run(config_from_args(ComplexityConfig, p.parse_args(argv)))
+    return run(config_from_args(ComplexityConfig, p.parse_args(argv), argv))
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, again="rerun the command (pass --overwrite if its output folder holds a partial run)")

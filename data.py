@@ -262,6 +262,7 @@ def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ..
         if not path.exists():
             raise KeyError(f"{folder}: split '{split}' does not exist (have: {', '.join(available)})")
         qrels: dict[str, dict[str, int]] = {}
+        where: dict[tuple[str, str], tuple[int, int]] = {}
         for n, line in read_lines(path):
             parts = line.rstrip("\r\n").split("\t")
             if n == 1 and parts[0] == "query-id" or not line.strip():
@@ -276,6 +277,12 @@ def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ..
                 raise DataError(f"{path}:{n}: field 'query-id' names unknown query '{parts[0]}'")
             if parts[1] not in corpus:
                 raise DataError(f"{path}:{n}: field 'corpus-id' names unknown document '{parts[1]}'")
+            seen = where.get((parts[0], parts[1]))
+            if seen:
+                kind = "repeats" if seen[1] == grade else f"contradicts (score {seen[1]} there)"
+                raise DataError(f"{path}:{n}: the judgement of query '{parts[0]}' for document '{parts[1]}' {kind} "
+                                f"line {seen[0]}: keep one line per (query-id, corpus-id)")
+            where[parts[0], parts[1]] = (n, grade)
             qrels.setdefault(parts[0], {})[parts[1]] = grade
         if not any(g > 0 for rel in qrels.values() for g in rel.values()):
             raise DataError(f"{path}: no judgement with a score > 0: split '{split}' has nothing to evaluate")

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 import parallel
-from common import (IntegrityError, add_dataclass_args, atomic_write, cache_dir, check_sizes, cli, config_from_args,
-                    field, load_tensors, prepare_output, progress, resolve_device, save_tensors, set_seed, subset,
-                    write_json)
+from common import (IntegrityError, add_dataclass_args, atomic_write, cache_dir, check_finite, check_sizes, cli,
+                    config_from_args, field, folder_owner, load_tensors, prepare_output, progress, resolve_device,
+                    save_tensors, set_seed, subset, write_json)
 from llm import DEFAULT_MODEL, fingerprint
 from losses import pool_nce, total_loss
 from metrics import BM25, candidate_sets, describe_protocol
@@ -102,7 +102,13 @@ class DistillConfig:
     quick: bool = field(False, "small CPU run: fewer queries, rounds and epochs")
     quiet: bool = field(False, "no progress bars")
 
-    def __post_init__(self):  # checked as given, before --quick caps anything
+    # --quick (common.config_from_args): these caps, on every field the user did not set; the teacher is trained on
+    # fewer queries too (step0_teacher)
+    QUICK = {"max_train_queries": 16, "max_test_queries": 16, "rounds": 2, "k": 1, "epochs": 20, "rerank_k": 4,
+             "nce_queries": 128, "teacher_k": 4}
+
+    def __post_init__(self):
+        check_finite(self)
         check_sizes(self, ("rounds", "k", "epochs", "width", "batch_size", "rerank_k", "teacher_batch"), 1)
         check_sizes(self, ("max_train_queries", "max_test_queries", "teacher_k", "nce_queries"), 0)
         check_sizes(self, ("nce_negatives",), 1)
@@ -115,11 +121,6 @@ class DistillConfig:
             raise ValueError("--no-jepa together with --no-rkl (or --lmbda 0) leaves no loss")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: choose one")
-        if self.quick:  # every size capped; the teacher is trained on fewer queries too (step0_teacher)
-            self.max_train_queries = min(self.max_train_queries or 16, 16)
-            self.max_test_queries = min(self.max_test_queries or 16, 16)
-            self.rounds, self.k, self.epochs = min(self.rounds, 2), 1, min(self.epochs, 20)
-            self.rerank_k = min(self.rerank_k, 4)
         suffix = ("" if self.model == DEFAULT_MODEL else "-" + self.model.strip("/").replace("/", "_")) + (
             "-quick" if self.quick else "")
         self.teacher = self.teacher or f"runs/teacher-{self.bench}{suffix}"
@@ -151,6 +152,23 @@ def step0_teacher(cfg: DistillConfig):
         raise ValueError(f"{cfg.teacher}: teacher was trained from '{meta.get('base_model')}', but --model is "
                          f"'{cfg.model}'; pass --teacher DIR for a new one")
     return teacher, meta
+
+
+def check_teacher_folder(cfg: DistillConfig) -> None:
+    """--teacher must be a folder made by teacher.py (finished, or an unfinished run to replace), an empty folder or
+    a new path: never another script's output, which Step 0 would otherwise empty to train a teacher in it."""
+    folder = Path(cfg.teacher)
+    if Path(cfg.output_dir).resolve() == folder.resolve():
+        raise ValueError(f"--teacher and --output-dir are the same folder {folder}: the teacher needs its own")
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"--teacher {folder}: exists and is not a folder")
+    owner = folder_owner(folder)
+    if owner != "teacher":
+        made = f"made by {owner}.py" if owner else "not an output folder of this project"
+        raise FileExistsError(f"--teacher {folder}: {made}, not a teacher folder; pass a folder made by "
+                              "`python teacher.py train`, or a new path to train a teacher in")
 
 
 # ---------------------------------------------------------------------------- Step 3: sampling
@@ -380,7 +398,8 @@ def run(cfg: DistillConfig) -> dict:
     train_split, test_split = train_test_splits(data)
     check_split(data, train_split, "training")
     check_split(data, test_split, "test")
-    out = prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite)
+    check_teacher_folder(cfg)
+    out = prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite, script="distill", can_resume=True)
     set_seed(cfg.seed)
     timings: dict[str, float] = {}
 
@@ -454,17 +473,19 @@ def run(cfg: DistillConfig) -> dict:
         write_log(out / "metrics.csv", log)
         timings[f"round_{r}"] = time.time() - t0
 
-    # Step 6: evaluate on the held-out split
-    t0 = time.time()
-    res = evaluate_all(cfg, data, test_split, teacher, student, h_d, timings["1_encode_docs"])
-    timings["6_evaluate"] = time.time() - t0
-    # Step 7: save
+    # Step 7 (first half): the predictor is final; saved before the evaluation, so that no results exist without it
     meta = {"teacher_checkpoint": str(Path(cfg.teacher) / "teacher.safetensors"),
             "teacher_checkpoint_abs": str((Path(cfg.teacher) / "teacher.safetensors").resolve()),
             "base_model": tmeta.get("base_model"),
             "teacher_fingerprint": teacher_fp, "config": dataclasses.asdict(cfg), "rounds": cfg.rounds,
-            "pairs": len(pairs), "teacher_calls": len(cache.h), "metrics": res["systems"]["student"]}
+            "pairs": len(pairs), "teacher_calls": len(cache.h)}
     save_predictor(student, out / "predictor.safetensors", meta)
+    # Step 6: evaluate on the held-out split
+    t0 = time.time()
+    res = evaluate_all(cfg, data, test_split, teacher, student, h_d, timings["1_encode_docs"])
+    timings["6_evaluate"] = time.time() - t0
+    # Step 7: the student's metrics join its sidecar; results.json is written last
+    save_predictor(student, out / "predictor.safetensors", meta | {"metrics": res["systems"]["student"]})
     timings["total"] = time.time() - t_start
     res["timings_s"] = timings
     res["teacher_calls"] = len(cache.h)
@@ -500,8 +521,8 @@ def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, DistillConfig)
-    return run(config_from_args(DistillConfig, p.parse_args(argv)))
+    return run(config_from_args(DistillConfig, p.parse_args(argv), argv))
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, again="rerun the same command with --resume to continue where it stopped")

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (add_dataclass_args, atomic_write, check_sizes, cli, config_from_args, field, prepare_output,
-                    progress, resolve_device, set_seed, subset, write_json)
+from common import (add_dataclass_args, atomic_write, check_finite, check_sizes, cli, config_from_args, field,
+                    prepare_output, progress, resolve_device, set_seed, subset, write_json)
 import parallel
 from metrics import (BM25, N_BOOT, candidate_sets, describe_protocol, drop_identical, fidelity, hubness, judged,
                      label_prior, on_candidates, per_query, ranked, summarize, top_run, write_trec)
@@ -265,7 +265,8 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
                 bm25_seconds: float, train_split: str | None, teacher=None, student=None, h_d=None,
                 d_seconds: float = 0.0, doc_cache: str | Path | None = None, quiet: bool = False,
                 index_dtype: str = "float32", teacher_k: int = 8,
-                first_stage: tuple[str, ...] = ("bm25", "student"), scores: TeacherScores | None = None) -> dict:
+                first_stage: tuple[str, ...] = ("bm25", "student"), scores: TeacherScores | None = None,
+                refresh_cache: bool = False) -> dict:
     """Every system of `names` on the same queries and the same C(q), in the order of `names`; with "teacher",
     also teacher@k (`system_teacher_at_k`) over the first-stage systems of `first_stage` that were run, both through
     `scores` (the teacher's pairs, kept across runs when it has a folder). The student's document embeddings h_d
@@ -287,7 +288,8 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
             results["minilm"] = r
     if student is not None and {"llm-biencoder", "student"} & set(names):
         if h_d is None:
-            h_d, d_seconds = timed(encode_corpus, student, doc_ids, [data.doc_text(d) for d in doc_ids], doc_cache)
+            h_d, d_seconds = timed(encode_corpus, student, doc_ids, [data.doc_text(d) for d in doc_ids], doc_cache,
+                                   refresh_cache)
         h_q, q_seconds = timed(student.encode_queries, [queries[q] for q in qids], "test queries")
         if "llm-biencoder" in names:
             results["llm-biencoder"] = system_biencoder(qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds)
@@ -401,11 +403,13 @@ class EvalConfig:
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
     output_dir: str = field("", "outputs (default runs/eval-{bench})")
-    overwrite: bool = field(False, "replace the results in output_dir (the folder is emptied first)")
+    overwrite: bool = field(False, "replace the results in output_dir (only a folder made by evaluate.py)")
+    refresh_cache: bool = field(False, "rebuild the student's document cache from scratch (a damaged or stale one)")
     seed: int = field(0, "seed of the query / document subsets")
     quiet: bool = field(False, "no progress bars")
 
     def __post_init__(self):
+        check_finite(self)
         check_sizes(self, ("max_queries", "max_docs", "teacher_k"), 0)
         check_sizes(self, ("rerank_k",), 1)
         if not self.system_list:
@@ -500,7 +504,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
                           None if train == split else train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
                           index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list,
                           scores=teacher_scores_cache(teacher, name) if teacher and "teacher" in cfg.system_list
-                          else None)
+                          else None, refresh_cache=cfg.refresh_cache)
     header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")
@@ -521,7 +525,7 @@ def run(cfg: EvalConfig) -> dict:
         loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}
     for n, d in loaded.items():
         check_split(d, eval_split(cfg, d), "test")
-    out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite)
+    out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite, script="evaluate")
     teacher, student = load_models(cfg, cfg.bench if cfg.bench != "beir" else names[0])
     per = {n: evaluate_bench(cfg, n, d, teacher, student, out / n if len(names) > 1 else out)
            for n, d in loaded.items()}
@@ -575,4 +579,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, again="rerun the command (pass --overwrite if its output folder holds a partial run)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 import parallel
-from common import load_tensors, progress, save_tensors, write_json
+from common import folder_owner, load_tensors, progress, read_json, save_tensors, write_json
 from jepa import INDEX_DTYPE, Predictor
 from llm import fingerprint, last_hidden, weights_fingerprint
 from teacher import Teacher
@@ -115,14 +116,15 @@ def encode_corpus(student: Student, doc_ids: list[str], texts: list[str], folder
         shutil.rmtree(folder)  # rebuilt from scratch: stale or damaged shards are never reused
     parallel.barrier()
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        old = read_json(meta_path, "delete the folder or pass --refresh-cache")
         diff = [k for k in key if old.get(k) != key[k]]
         if diff:
             raise StaleCacheError(f"{meta_path}: document cache made for different {', '.join(diff)} "
                                   "(model weights, prompt or corpus changed); delete the folder or pass "
                                   "--refresh-cache")
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(meta_path, key)
+    if not meta_path.exists():  # a finished cache is only read (it may sit on a read-only disk)
+        write_json(meta_path, key)
     shards = []
     starts = range(0, len(doc_ids), SHARD)
     done = parallel.broadcast({i for i in starts if all(
@@ -163,7 +165,7 @@ def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, 
     side = Path(str(path) + ".json")
     if not path.exists() or not side.exists():
         raise FileNotFoundError(f"{path}: no student checkpoint; run `python distill.py` or pass --student DIR")
-    meta = json.loads(side.read_text(encoding="utf-8"))
+    meta = read_json(side, "run distill.py again")
     # the teacher where distill.py saw it (absolute), else relative to this working folder, else next to the student
     # folder (runs/distill-x beside runs/teacher-x); the fingerprint check below refuses a wrong one
     tries = [Path(meta.get("teacher_checkpoint_abs", "")), Path(meta["teacher_checkpoint"]),
@@ -192,15 +194,39 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.blake2b(json.dumps(ids).encode(), digest_size=12).hexdigest()
 
 
+def text_digests(texts: list[str]) -> torch.Tensor:
+    """An 8-byte blake2b digest of each document's text, (n, 8) uint8: what an index remembers of its corpus."""
+    rows = [list(hashlib.blake2b(t.encode(), digest_size=8).digest()) for t in texts]
+    return torch.tensor(rows, dtype=torch.uint8).reshape(len(rows), 8)
+
+
+def corpus_changes(index: "Index", corpus: dict[str, dict[str, str]]) -> str:
+    """'' when `corpus` is the one the index was built from, else what differs, in words."""
+    from data import doc_text
+
+    if index.doc_digest is None:
+        return ""
+    row = {d: i for i, d in enumerate(index.ids)}
+    added = [d for d in corpus if d not in row]
+    removed = [d for d in index.ids if d not in corpus]
+    kept = [d for d in index.ids if d in corpus]
+    new = text_digests([doc_text(corpus[d]) for d in kept])
+    old = index.doc_digest[[row[d] for d in kept]] if kept else new
+    edited = [kept[i] for i in (old != new).any(dim=1).nonzero().flatten().tolist()]
+    parts = [f"{len(x)} {w} (first {x[0]!r})" for x, w in ((edited, "edited"), (added, "added"), (removed, "removed"))
+             if x]
+    return ", ".join(parts)
+
+
 class Index:
     """A corpus ready for the student: `doc_side` = B h_d (n, P) for its documents in a compact dtype, and their
     ids. Every document is scored for a query by the exact factorised predictor (7) (`Predictor.scores`); the
     only approximation is the dtype of B h_d (float16: scores within ~1e-3 relative of float32, see the README)."""
 
-    def __init__(self, ids: list[str], doc_side: torch.Tensor, meta: dict):
+    def __init__(self, ids: list[str], doc_side: torch.Tensor, meta: dict, doc_digest: torch.Tensor | None = None):
         if len(ids) != doc_side.shape[0]:
             raise ValueError(f"index: {len(ids)} ids for {doc_side.shape[0]} rows of B h_d")
-        self.ids, self.doc_side, self.meta = ids, doc_side, meta
+        self.ids, self.doc_side, self.meta, self.doc_digest = ids, doc_side, meta, doc_digest
 
     @classmethod
     def from_h_d(cls, student: Student, ids: list[str], h_d: torch.Tensor, dtype: str = "float16") -> "Index":
@@ -224,13 +250,15 @@ class Index:
 
         folder = Path(folder)
         ids = list(corpus)
-        h_d = encode_corpus(student, ids, [doc_text(corpus[d]) for d in ids], folder / "h_d", refresh)
+        texts = [doc_text(corpus[d]) for d in ids]
+        h_d = encode_corpus(student, ids, texts, folder / "h_d", refresh)
         index = cls.from_h_d(student, ids, h_d, dtype)
+        index.doc_digest = text_digests(texts)
         index.meta |= {"student": getattr(student, "folder", ""), "corpus": corpus_path,
                        "predictor": predictor_digest(student),
                        "teacher_fingerprint": fingerprint(student.lm)}
         write_json(folder / "ids.json", ids)
-        save_tensors(folder / "index.safetensors", {"doc_side": index.doc_side},
+        save_tensors(folder / "index.safetensors", {"doc_side": index.doc_side, "doc_digest": index.doc_digest},
                      {**index.meta, "ids_digest": ids_digest(ids)})
         return index
 
@@ -240,17 +268,19 @@ class Index:
         is refused."""
         folder = Path(folder)
         path = folder / "index.safetensors"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no index here; build one with `python student.py index`")
-        tensors, meta = load_tensors(path, {"kind": "index"}, fix="build the index again with --refresh-cache")
-        ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+        if not path.exists() or not Path(str(path) + ".json").exists():
+            raise FileNotFoundError(f"{folder}: no index here (index.safetensors and its sidecar); build one with "
+                                    "`python student.py index`")
+        tensors, meta = load_tensors(path, {"kind": "index"}, fix="build the index again with `student.py index "
+                                     "--overwrite --refresh-cache`")
+        ids = read_json(folder / "ids.json", "build the index again with `student.py index --overwrite`")
         if ids_digest(ids) != meta.get("ids_digest"):
             raise ValueError(f"{folder / 'ids.json'}: does not match {path.name} (damaged); build the index again")
         if student is not None and (meta["predictor"], meta["teacher_fingerprint"]) != (
                 predictor_digest(student), fingerprint(student.lm)):
             raise ValueError(f"{path}: made by another student (predictor {meta['predictor']}, teacher "
                              f"{meta['teacher_fingerprint']}); build an index with this student")
-        return cls(ids, tensors["doc_side"], meta)
+        return cls(ids, tensors["doc_side"], meta, tensors.get("doc_digest"))
 
     def scores(self, student: Student, h_q: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """s_S (7) of every document for each query h_q (B, H) -> (B, n) float32, queries in batches of `batch`."""
@@ -288,38 +318,90 @@ class Index:
 
 
 # ---------------------------------------------------------------------------- CLI
+def writable_folder(path: Path, flag: str) -> None:
+    """Checked before a model loads: `path` (a folder, made if absent) accepts a file."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{flag} {path}: cannot write there ({e.strerror}); choose a writable folder") from e
+
+
+def check_cli_values(args) -> None:
+    """Every number of the index / search commands, checked before anything loads."""
+    for name in ("batch_size", "k", "first_k"):
+        if getattr(args, name, 1) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be >= 1")
+
+
+def report_cuts(student: Student, tag: str) -> None:
+    """Printed once per run: how many documents and queries were cut to fit the window or --max-doc-tokens."""
+    cut = student.prompt.cut_counts()
+    if any(cut.values()):
+        print(f"[{tag}] cut to fit (the model's window / max_doc_tokens): {cut['documents']} documents, "
+              f"{cut['queries']} queries")
+
+
 def cmd_index(args) -> None:
     from data import load_corpus
 
+    check_cli_values(args)
     corpus = load_corpus(args.corpus)  # checked before anything is written
     out = Path(args.out)
     if (out / "index.safetensors").exists() and not args.overwrite:
         raise FileExistsError(f"{out}: holds an index; pass --overwrite to rebuild it")
+    owner = folder_owner(out) if out.is_dir() else None
+    if owner not in (None, "index"):
+        raise FileExistsError(f"--out {out}: made by {owner}.py; an index needs a folder of its own")
+    writable_folder(out, "--out")
     student = load_student(args.student, args.device, args.quiet, args.batch_size)
     t0 = time.perf_counter()
     index = Index.build(student, corpus, out, args.dtype, args.refresh_cache, str(Path(args.corpus).resolve()))
     print(f"[index] {len(index.ids)} documents -> {out} ({index.meta['dtype']} B h_d, "
           f"{index.doc_side.numel() * index.doc_side.element_size() / 2 ** 20:.1f} MiB) in "
           f"{time.perf_counter() - t0:.1f}s")
+    report_cuts(student, "index")
 
 
 def cmd_search(args) -> None:
     from data import doc_text, load_corpus, load_queries
     from metrics import BM25, write_trec
 
-    if bool(args.query) == bool(args.queries):
+    if (args.query is not None) == bool(args.queries):
         raise ValueError("give one of --query TEXT or --queries queries.jsonl")
-    if args.k < 1 or args.first_k < 1:
-        raise ValueError(f"--k {args.k}, --first-k {args.first_k}: both must be >= 1")
-    queries = {"query": args.query} if args.query else load_queries(args.queries)
-    path = Path(args.index) / "index.safetensors.json"
-    side = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if args.query is not None and not args.query.strip():
+        raise ValueError("--query is empty or only whitespace: give the text to search for")
+    check_cli_values(args)
+    queries = {"query": args.query} if args.query is not None else load_queries(args.queries)
+    folder = Path(args.index)
+    side_path = folder / "index.safetensors.json"
+    if not side_path.exists():
+        raise FileNotFoundError(f"--index {folder}: no index here (index.safetensors.json is missing); build one "
+                                "with `python student.py index`")
+    side = read_json(side_path, "build the index again with `student.py index --overwrite`")
+    if args.out:
+        writable_folder(Path(args.out).resolve().parent, "--out")
+    corpus = None
+    if side.get("corpus") and Path(side["corpus"]).exists():
+        corpus = load_corpus(side["corpus"])
+    elif args.first_stage == "bm25" or args.reindex:
+        raise FileNotFoundError(f"{side_path}: the corpus the index was built from, {side.get('corpus')!r}, is gone")
     student = load_student(args.student or side.get("student") or "", args.device, args.quiet, args.batch_size)
-    index = Index.load(args.index, student)
+    index = Index.load(folder, student)
+    changes = corpus_changes(index, corpus) if corpus is not None else ""
+    if changes and not args.reindex:
+        raise ValueError(f"{side['corpus']}: the corpus changed since the index was built ({changes}); rebuild "
+                         "it with --reindex, or `python student.py index ... --overwrite --refresh-cache`")
+    if changes:
+        print(f"[search] the corpus changed ({changes}): rebuilding the index")
+        index = Index.build(student, corpus, folder, index.meta["dtype"], True, side["corpus"])
+    if index.doc_digest is None:
+        print(f"[search] {folder} predates per-document digests: the corpus cannot be checked against it")
     t0 = time.perf_counter()
     cands = None
     if args.first_stage == "bm25":
-        corpus = load_corpus(side["corpus"])
         bm25 = BM25({d: doc_text(corpus[d]) for d in corpus})
         cands = [bm25.top(q, args.first_k) for q in queries.values()]
     hits = index.search(student, list(queries.values()), args.k, cands)
@@ -330,6 +412,7 @@ def cmd_search(args) -> None:
     else:
         for rank, (d, s) in enumerate(hits[0], 1):
             print(f"{rank:3d}  {s:9.4f}  {d}")
+    report_cuts(student, "search")
 
 
 def main(argv=None) -> None:
@@ -347,13 +430,14 @@ def main(argv=None) -> None:
     s = sub.add_parser("search", help="search an index with one query or a queries.jsonl")
     s.add_argument("--index", required=True)
     s.add_argument("--student", default="", help="distill.py output folder (default: the one that built the index)")
-    s.add_argument("--query", default="")
+    s.add_argument("--query", default=None)
     s.add_argument("--queries", default="", help="BEIR queries.jsonl")
     s.add_argument("--out", default="", help="TREC run file (with --queries)")
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--first-stage", default="none", choices=["none", "bm25"],
                    help="score only a first stage's top --first-k (for corpora too large to score whole on a CPU)")
     s.add_argument("--first-k", type=int, default=1000)
+    s.add_argument("--reindex", action="store_true", help="rebuild the index when its corpus changed since it was built")
     for a in (i, s):
         a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         a.add_argument("--batch-size", type=int, default=8, help="texts per LLM forward")
@@ -364,4 +448,4 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     from common import cli
-    cli(main)
+    cli(main, again="rerun the same command (an index build continues from its finished shards)")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import math
 import time
 from contextlib import contextmanager
@@ -34,8 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import (add_dataclass_args, check_sizes, cli, config_from_args, field, load_tensors, prepare_output,
-                    progress, resolve_device, save_tensors, set_seed, subset, write_json)
+from common import (add_dataclass_args, check_finite, check_sizes, cli, config_from_args, field, load_tensors,
+                    prepare_output, progress, read_json, resolve_device, save_tensors, set_seed, subset, write_json)
 import parallel
 from llm import (DEFAULT_MODEL, can_split, fingerprint, forget_fingerprint, last_hidden, last_logits, load_llm, top_last,
                  trunk_states, weights_fingerprint)
@@ -249,6 +248,7 @@ class TrainConfig:
     quiet: bool = field(False, "no progress bars")
 
     def __post_init__(self):
+        check_finite(self)
         check_sizes(self, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens"), 1)
         check_sizes(self, ("train_layers", "neg_bm25", "neg_random", "neg_self", "max_train_queries",
                            "max_dev_queries"), 0)
@@ -541,7 +541,7 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
         if not path.exists() or not side.exists():
             raise FileNotFoundError(f"{path}: no teacher checkpoint (or its sidecar {side.name}); train one with "
                                     "`python teacher.py train`")
-        meta = json.loads(side.read_text(encoding="utf-8"))
+        meta = read_json(side, "train the teacher again (`python teacher.py train ... --overwrite`)")
         if model and model != meta.get("base_model"):
             raise ValueError(f"--model {model} contradicts the checkpoint {path}, trained from "
                              f"'{meta.get('base_model')}': drop --model (the checkpoint brings its base model)")
@@ -582,7 +582,7 @@ def cmd_train(cfg: TrainConfig) -> dict:
     train_split, test_split = train_test_splits(data)
     check_split(data, train_split, "training")
     check_split(data, test_split, "dev")
-    prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite)
+    prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite, script="teacher")
     bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
     fsdp_gpu = cfg.train_layers == 0 and parallel.world() > 1 and device.type == "cuda"  # fp32 master weights
     lm, tok = load_llm(cfg.model, cfg.device, "float32" if fsdp_gpu and cfg.dtype == "auto" else cfg.dtype)
@@ -615,7 +615,7 @@ def cmd_train(cfg: TrainConfig) -> dict:
           f"({hist['pairs']} SFT pairs on {train_split}, {hist['steps']} steps, {hist['seconds']:.0f}s)")
     print(f"[teacher] cut to fit (--max-doc-tokens / the model's window): {meta['truncated']}")
     meta["dev_after"] = after
-    side = json.loads(Path(str(path) + ".json").read_text(encoding="utf-8")) if parallel.is_main() else {}
+    side = read_json(str(path) + ".json") if parallel.is_main() else {}
     write_json(str(path) + ".json", side | {"dev_after": after})  # the same tensors: only the sidecar gains a field
     write_json(Path(cfg.output_dir) / "teacher_metrics.json", meta | {"losses": hist["losses"]})
     parallel.barrier()
@@ -672,4 +672,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, again="rerun the command")

@@ -1,6 +1,7 @@
 """Nothing lost, nothing silently wrong: refused outputs leave earlier files byte-identical, damaged files are named,
 prompts fit the window, bad values and data stop before any compute with `error: ...` and exit 2."""
 import json
+import re
 import os
 import stat
 from pathlib import Path
@@ -45,26 +46,44 @@ def _distill(tmp, root, out, *extra):
 
 
 # ---------------------------------------------------------------------------- 1. outputs are never overwritten silently
-def test_evaluate_refuses_a_distill_folder_and_teacher_refuses_its_folder(env, capsys):
-    """evaluate.py into a distill run's folder and teacher.py train into an existing teacher are refused; every earlier
-    file stays byte-identical; --overwrite replaces (and refuses a folder that is not one of ours)."""
+def test_folders_belong_to_their_script(env, capsys):
+    """evaluate.py into a distill run's folder and teacher.py train into an existing teacher are refused; --overwrite
+    empties only a folder the same script made: never a distill run or a teacher (their checkpoints), nor a folder
+    that is not ours; every earlier file stays byte-identical."""
     tmp, root = env
     distill.main(_distill(tmp, root, "run"))
     before, teacher_before = snapshot(tmp / "run"), snapshot(tmp / "teacher")
-    err = run_cli(E.main, ["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25", "--output-dir",
-                           str(tmp / "run")], capsys)
-    assert "is not empty" in err and "--overwrite" in err
+    ev = ["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25", "--output-dir"]
+    err = run_cli(E.main, ev + [str(tmp / "run")], capsys)
+    assert "is not empty" in err and "--overwrite" in err and "--resume" not in err  # evaluate.py has no --resume
     err = run_cli(T.main, ["train", "--data-dir", str(root), "--output-dir", str(tmp / "teacher"), "--quiet"], capsys)
     assert "is not empty" in err
+    for folder, maker in (("run", "distill.py"), ("teacher", "teacher.py")):
+        err = run_cli(E.main, ev + [str(tmp / folder), "--overwrite"], capsys)
+        assert f"made by {maker}" in err and "--overwrite replaces only a folder made by evaluate.py" in err
     assert snapshot(tmp / "run") == before and snapshot(tmp / "teacher") == teacher_before
-    res = E.main(["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25", "--output-dir",
-                  str(tmp / "run"), "--overwrite", "--quiet"])
-    assert res["systems"]["bm25"] and not (tmp / "run" / "predictor.safetensors").exists()
+    E.main(ev + [str(tmp / "ev"), "--quiet"])
+    res = E.main(ev + [str(tmp / "ev"), "--overwrite", "--quiet"])  # its own folder: replaced
+    assert res["systems"]["bm25"]
     (tmp / "mine").mkdir()
     (tmp / "mine" / "notes.txt").write_text("keep me")
-    err = run_cli(E.main, ["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25", "--output-dir",
-                           str(tmp / "mine"), "--overwrite"], capsys)
+    err = run_cli(E.main, ev + [str(tmp / "mine"), "--overwrite"], capsys)
     assert "not an output folder of this project" in err and (tmp / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_teacher_flag_must_name_a_teacher(env, capsys):
+    """distill.py --teacher pointing at a distill run (or any folder teacher.py did not make) is refused before
+    anything is touched: that folder stays byte-identical and no output folder is made."""
+    tmp, root = env
+    distill.main(_distill(tmp, root, "run"))
+    before = snapshot(tmp / "run")
+    argv = _distill(tmp, root, "second")
+    argv[argv.index("--teacher") + 1] = str(tmp / "run")
+    err = run_cli(distill.main, argv, capsys)
+    assert f"--teacher {tmp / 'run'}: made by distill.py, not a teacher folder" in err
+    assert snapshot(tmp / "run") == before and not (tmp / "second").exists()
+    argv[argv.index("--teacher") + 1] = str(tmp / "second")  # the output folder itself
+    assert "the same folder" in run_cli(distill.main, argv, capsys)
 
 
 def test_failed_start_leaves_nothing_and_resume_checks_settings(env, capsys, monkeypatch):
@@ -210,3 +229,165 @@ def test_model_contradicting_checkpoint_is_an_error(env):
     assert "digest" in meta and meta["truncated"] == {"documents": 0, "queries": 0}
     with pytest.raises(ValueError, match="--model other-model contradicts the checkpoint"):
         T.load_teacher(tmp / "t", "other-model")
+
+
+# ---------------------------------------------------------------------------- 6. nothing silently wrong
+@pytest.mark.parametrize("second,needle", [("q1\td1\t1", "repeats line 2"), ("q1\td1\t0", "contradicts (score 1 there)")])
+def test_duplicate_judgements_are_refused(tmp_path, second, needle):
+    """The same (query, document) judged twice in qrels, with the same or another grade, names the file and both
+    lines: the later line never silently wins."""
+    from test_data import write_beir
+    folder = write_beir(tmp_path / "toy", qrels=f"query-id\tcorpus-id\tscore\nq1\td1\t1\n{second}\nq2\td2\t1\n")
+    with pytest.raises(data.DataError, match=rf"qrels/test.tsv:3: the judgement of query 'q1' for document 'd1' "
+                                             rf"{re.escape(needle)}"):
+        data.load_beir(folder)
+
+
+def _index(tmp, root, capsys):
+    """A distilled student, its corpus as a BEIR folder and an index built from it: (student dir, corpus dir)."""
+    import student as S
+    from data import load_virtualhome
+    distill.main(_distill(tmp, root, "run"))
+    corpus = load_virtualhome(root).corpus
+    (tmp / "beir").mkdir()
+    (tmp / "beir" / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": v["text"]}) + "\n"
+                                                       for d, v in corpus.items()))
+    S.main(["index", "--student", str(tmp / "run"), "--corpus", str(tmp / "beir"), "--out", str(tmp / "ix"),
+            "--quiet"])
+    capsys.readouterr()
+    return tmp / "run", tmp / "beir"
+
+
+def test_search_refuses_a_changed_corpus_and_blank_queries(env, capsys):
+    """An index remembers each document's text: after the corpus is edited, search refuses (naming what changed)
+    until --reindex rebuilds it, whose results then equal a fresh index's; a blank --query is refused; a missing
+    index or a damaged ids.json is named as such."""
+    import student as S
+    tmp, root = env
+    _, beir = _index(tmp, root, capsys)
+    search = ["search", "--index", str(tmp / "ix"), "--k", "3", "--quiet"]
+    assert "query is empty" in run_cli(S.main, search + ["--query", "   "], capsys)
+    lines = (beir / "corpus.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    lines[0] = json.dumps(first | {"text": first["text"] + " quickly"})
+    (beir / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    before = snapshot(tmp / "ix")
+    err = run_cli(S.main, search + ["--query", "walk to the kitchen"], capsys)
+    assert "the corpus changed since the index was built (1 edited" in err and repr(first["_id"]) in err
+    assert snapshot(tmp / "ix") == before
+    S.main(search + ["--query", "walk to the kitchen", "--reindex"])
+    got = capsys.readouterr().out
+    S.main(["index", "--student", str(tmp / "run"), "--corpus", str(beir), "--out", str(tmp / "ix2"), "--quiet"])
+    capsys.readouterr()
+    S.main(["search", "--index", str(tmp / "ix2"), "--k", "3", "--quiet", "--query", "walk to the kitchen"])
+    assert capsys.readouterr().out.splitlines()[-3:] == got.splitlines()[-3:]
+    assert "no index here" in run_cli(S.main, ["search", "--index", str(tmp / "nowhere"), "--query", "x"], capsys)
+    (tmp / "ix" / "ids.json").write_text("[\"a\", ")
+    assert "ids.json: not valid JSON" in run_cli(S.main, search + ["--query", "walk"], capsys)
+
+
+def test_quick_caps_only_what_the_user_left_unset(capsys):
+    """--quick lowers the sizes the user did not set, prints each change, and keeps a value given on the command
+    line (--quick --k 3 runs with k = 3)."""
+    import argparse
+    p = argparse.ArgumentParser()
+    common.add_dataclass_args(p, distill.DistillConfig)
+    argv = ["--quick", "--k", "3"]
+    cfg = common.config_from_args(distill.DistillConfig, p.parse_args(argv), argv)
+    out = capsys.readouterr().out
+    assert cfg.k == 3 and cfg.max_train_queries == 16 and cfg.rounds == 2 and cfg.rerank_k == 4
+    assert "--quick: max_train_queries 128 -> 16" in out and "k 2" not in out
+
+
+def test_long_texts_cut_are_reported(env, capsys):
+    """A document longer than --max-doc-tokens is cut and the search run says so once, with the count."""
+    import student as S
+    tmp, root = env
+    _, beir = _index(tmp, root, capsys)
+    with open(beir / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "long", "text": "walk to the kitchen " * 200}) + "\n")
+    S.main(["index", "--student", str(tmp / "run"), "--corpus", str(beir), "--out", str(tmp / "ix3"), "--quiet"])
+    assert "[index] cut to fit (the model's window / max_doc_tokens): 1 documents, 0 queries" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- 7. failures are one line, with the way out
+def test_disk_full_and_ctrl_c_are_one_line_and_resume_recovers(env, capsys, monkeypatch):
+    """ENOSPC while saving names the file and says to free space and rerun with --resume; Ctrl-C exits 130 with one
+    line saying the same; the resumed runs end with the metrics of an uninterrupted run."""
+    import errno
+    tmp, root = env
+    full = distill.main(_distill(tmp, root, "full"))
+    orig = common.save_tensors
+
+    def no_space(path, *a, **k):
+        if Path(path).name == "predictor.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return orig(path, *a, **k)
+    monkeypatch.setattr(distill, "save_tensors", no_space)
+    monkeypatch.setattr("student.save_tensors", no_space)
+    err = run_cli(distill.main, _distill(tmp, root, "cut"), capsys)
+    assert "predictor.safetensors: no space left on the device; free space, then rerun the command" in err
+    monkeypatch.undo()
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp / "cache"))
+    tok = make_tokenizer()
+    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    assert not (tmp / "cut" / "results.json").exists()  # no results without the predictor
+    res = distill.main(_distill(tmp, root, "cut", "--resume"))
+    strip = lambda r: {k: {m: v for m, v in s.items() if m not in ("ms_per_query", "corpus_encode_s")}  # noqa: E731
+                       for k, s in r["systems"].items()}
+    assert strip(res) == strip(full)
+    monkeypatch.setattr(distill, "evaluate_all", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as e:
+        common.cli(distill.main, _distill(tmp, root, "int"), again="rerun with --resume")
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and err.startswith("interrupted:") and "--resume" in err and "Traceback" not in err
+
+
+def test_cache_left_untouched_and_failed_start_leaves_nothing(env, capsys, monkeypatch):
+    """A second run that finds everything cached writes nothing into the cache (so a read-only cache works); a start
+    that fails on an OSError (here: a read-only file system while loading the model) is one line naming the path,
+    and leaves no output folder behind."""
+    import errno
+    tmp, root = env
+    argv = ["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25,llm-biencoder", "--teacher",
+            "zero-shot", "--quiet"]
+    E.main(argv + ["--output-dir", str(tmp / "e1")])
+    cache = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp / "cache").rglob("*") if p.is_file()}
+    E.main(argv + ["--output-dir", str(tmp / "e2")])
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp / "cache").rglob("*") if p.is_file()} == cache
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp / "cache" / "models"))
+    monkeypatch.setattr(T, "load_llm", read_only)
+    err = run_cli(E.main, argv + ["--output-dir", str(tmp / "e3")], capsys)
+    assert f"{tmp / 'cache' / 'models'}: Read-only file system (not writable)" in err and "$RABTRIEVER_CACHE" in err
+    assert not (tmp / "e3").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["search", "--index", "x", "--query", "walk", "--batch-size", "0"], "--batch-size is 0; it must be >= 1"),
+    (["index", "--student", "s", "--corpus", "c", "--out", "o", "--batch-size", "0"], "--batch-size is 0"),
+])
+def test_student_cli_numbers_checked_first(argv, needle, capsys):
+    """student.py checks its numbers before reading anything or loading a model, naming the flag."""
+    import student as S
+    assert needle in run_cli(S.main, argv, capsys)
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "nan"), ("--tau", "inf"), ("--nce", "-inf")])
+def test_non_finite_values_refused(flag, value, capsys, tmp_path):
+    """A float flag given nan or inf is refused up front with the flag named; no folder is made."""
+    err = run_cli(distill.main, [f"{flag}={value}", "--output-dir", str(tmp_path / "o")], capsys)
+    assert f"{flag} is {float(value)}" in err and "finite" in err and not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_found_before_the_model_loads(env, capsys, monkeypatch):
+    """student.py index --out under a file (not a folder) is refused before the student is loaded."""
+    import student as S
+    tmp, root = env
+    _, beir = _index(tmp, root, capsys)
+    (tmp / "afile").write_text("x")
+    monkeypatch.setattr(S, "load_student", lambda *a, **k: pytest.fail("the model was loaded first"))
+    err = run_cli(S.main, ["index", "--student", str(tmp / "run"), "--corpus", str(beir), "--out",
+                           str(tmp / "afile" / "ix")], capsys)
+    assert "--out" in err and "cannot write there" in err
