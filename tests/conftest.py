@@ -88,3 +88,16 @@ def write_psyqa(folder: Path, n_questions: int = 20, name: str = "PsyQA_example.
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
     return folder
+
+
+def make_qwen2(tok, seed=0, layers=2, hidden=32):
+    """A tiny random Qwen2 (the paper's architecture): q/k/v biases and an untied lm_head, unlike make_lm."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id)
+    lm = Qwen2ForCausalLM(cfg).eval().requires_grad_(False)
+    lm.name_or_id = "tiny-random-qwen2"
+    return lm

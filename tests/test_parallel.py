@@ -174,3 +174,38 @@ def test_log_lines_on_rank0_only(tmp_path):
     spawn(_prints, str(tmp_path / "p"))
     assert json.loads((tmp_path / "p.0").read_text()) == ["log line\n", "error line\n"]
     assert json.loads((tmp_path / "p.1").read_text()) == ["", "error line\n"]
+
+
+def _sft_qwen2(out: str):
+    """FSDP2 full fine-tune of a tiny Qwen2 (untied head) under 2 ranks; the gathered checkpoint written to `out`."""
+    from conftest import make_qwen2
+    from llm import fingerprint
+    from metrics import BM25
+    parallel.init("cpu")
+    tok = make_tokenizer()
+    base_fp = fingerprint(make_qwen2(tok))
+    t = T.Teacher(make_qwen2(tok), tok, batch_size=3)
+    d = _toy_data()
+    cfg = T.TrainConfig(bench="toy", train_layers=0, lr=3e-3, epochs=1, batch_size=3, grad_accum=2, warmup=0.0,
+                        max_train_queries=0, quiet=True, output_dir=out)
+    hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
+    T.save_checkpoint(t, out, cfg, base_fp, {"step": hist["steps"]}, hist["fsdp"])
+    return t
+
+
+def test_fsdp2_qwen2_untied_head_saves_and_reloads(tmp_path, monkeypatch):
+    """Under 2 gloo ranks, FSDP2 (the root unit holds the embeddings and the untied lm_head) trains a tiny Qwen2 like
+    one process does, and the gathered checkpoint, untied head included, loads in one process to the same scores."""
+    from conftest import make_qwen2
+    one = _sft_qwen2(str(tmp_path / "one"))
+    spawn(_sft_qwen2, str(tmp_path / "two"))
+    from safetensors.torch import load_file
+    a, b = load_file(tmp_path / "one" / "teacher.safetensors"), load_file(tmp_path / "two" / "teacher.safetensors")
+    assert set(a) == set(b) and "lm_head.weight" in b
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    tok = make_tokenizer()
+    monkeypatch.setattr(T, "load_llm", lambda *args, **kw: (make_qwen2(tok), tok))
+    loaded, _ = T.load_teacher(tmp_path / "two")
+    qs, ds = ["task 1 write"] * 2, ["walk to computer", "find mouse"]
+    assert torch.allclose(loaded.score(qs, ds), one.score(qs, ds), atol=1e-4)
