@@ -44,12 +44,12 @@ import parallel
 from common import (IntegrityError, add_dataclass_args, atomic_write, cache_dir, check_finite, check_sizes, cli,
                     config_from_args, field, folder_owner, load_tensors, prepare_output, progress, resolve_device,
                     save_tensors, set_seed, subset, write_json)
-from llm import DEFAULT_MODEL, fingerprint
+from llm import ATTENTION, DEFAULT_MODEL, fingerprint
 from losses import pool_nce, total_loss
 from metrics import BM25, candidate_sets, describe_protocol
 from student import Student, encode_corpus, ids_digest, save_predictor
 
-CHUNK = 64  # teacher targets are computed and saved in chunks of this many pairs
+CHUNK = 64  # teacher targets are computed and saved in chunks of at least this many pairs (2 batches per rank)
 Z_T_BYTES = 1 << 30  # z_T of all pairs is computed once per round when it fits in this many bytes
 
 
@@ -59,6 +59,7 @@ class DistillConfig:
     data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
     model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder (for a new teacher)")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")
     instruction: str = field("task", "the prompt's question (teacher.py --instruction): task (ours), generic or a text")
     rounds: int = field(2, "on-policy rounds R")
@@ -139,7 +140,7 @@ def step0_teacher(cfg: DistillConfig):
         print(f"[distill] Step 0: no teacher at {cfg.teacher}: training one")
         tcfg = TrainConfig(bench=cfg.bench, data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
                            output_dir=cfg.teacher, seed=cfg.seed, quiet=cfg.quiet, batch_size=cfg.teacher_batch,
-                           instruction=cfg.instruction)
+                           instruction=cfg.instruction, attn_implementation=cfg.attn_implementation)
         if cfg.quick:
             tcfg.max_train_queries, tcfg.epochs, tcfg.max_dev_queries, tcfg.rerank_k = 16, 2, 8, 4
         if Path(cfg.teacher).exists() and any(Path(cfg.teacher).iterdir()):
@@ -147,6 +148,7 @@ def step0_teacher(cfg: DistillConfig):
             tcfg.overwrite = True
         cmd_train(tcfg)
     teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet,
+                                 attn=cfg.attn_implementation,
                                  instruction=instruction_for(cfg.instruction, cfg.bench))
     if meta.get("base_model") != cfg.model:
         raise ValueError(f"{cfg.teacher}: teacher was trained from '{meta.get('base_model')}', but --model is "
@@ -269,7 +271,8 @@ class PairCache:
 
     def fill(self, pairs: list[tuple[str, str]], teacher, queries: dict[str, str], doc_text, tag: str, quiet: bool):
         todo = [p for p in dict.fromkeys(pairs) if p not in self.h]
-        chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
+        size = max(CHUNK, 2 * parallel.world() * teacher.batch_size)  # every rank gets two batches per chunk
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
         for c, chunk in enumerate(progress(chunks, desc=f"Step 4: teacher targets {tag}", quiet=quiet)):
             h = teacher.encode_pairs([queries[q] for q, _ in chunk], [doc_text(d) for _, d in chunk], desc="teacher")
             save_tensors(self.folder / f"chunk-{tag}-{c:05d}.safetensors", {"h_T": h},

@@ -37,6 +37,7 @@ import torch
 from common import (add_dataclass_args, atomic_write, check_finite, check_sizes, cli, config_from_args, field,
                     prepare_output, progress, resolve_device, set_seed, subset, write_json)
 import parallel
+from llm import ATTENTION
 from metrics import (BM25, N_BOOT, candidate_sets, describe_protocol, drop_identical, fidelity, hubness, judged,
                      label_prior, on_candidates, per_query, ranked, summarize, top_run, write_trec)
 
@@ -401,6 +402,7 @@ class EvalConfig:
     instruction: str = field("task", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
                              "brings its own")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
     output_dir: str = field("", "outputs (default runs/eval-{bench})")
     overwrite: bool = field(False, "replace the results in output_dir (only a folder made by evaluate.py)")
@@ -457,20 +459,21 @@ def load_models(cfg: EvalConfig, bench: str):
     if not {"llm-biencoder", "teacher", "student"} & set(cfg.system_list):
         return None, None
     if "student" in cfg.system_list:
-        student = load_student(cfg.student or f"runs/distill-{bench}", cfg.device, cfg.quiet)
+        student = load_student(cfg.student or f"runs/distill-{bench}", cfg.device, cfg.quiet,
+                               attn=cfg.attn_implementation)
         if cfg.teacher and Path(cfg.teacher).resolve() != Path(student.teacher_dir).resolve():
             raise ValueError(f"--teacher {cfg.teacher} is not the teacher of the student {student.folder} "
                              f"({student.teacher_dir}): drop --teacher, or 'student' from --systems")
         return student.teacher, student
     teacher_dir = cfg.teacher or f"runs/teacher-{bench}"
     if cfg.teacher != "zero-shot" and Path(teacher_dir, "teacher.safetensors").exists():
-        teacher, _ = load_teacher(teacher_dir, device=cfg.device, quiet=cfg.quiet)
+        teacher, _ = load_teacher(teacher_dir, device=cfg.device, quiet=cfg.quiet, attn=cfg.attn_implementation)
     else:
         if cfg.teacher not in ("", "zero-shot"):
             raise FileNotFoundError(f"--teacher {cfg.teacher}: no teacher.safetensors there")
         if "teacher" in cfg.system_list:
             print(f"[evaluate] no teacher checkpoint at {teacher_dir}: 'teacher' is the zero-shot {cfg.model}")
-        teacher, _ = load_teacher(None, cfg.model, cfg.device, quiet=cfg.quiet,
+        teacher, _ = load_teacher(None, cfg.model, cfg.device, quiet=cfg.quiet, attn=cfg.attn_implementation,
                                   instruction=instruction_for(cfg.instruction, bench))
     return teacher, Student(teacher)
 

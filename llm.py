@@ -107,8 +107,12 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
-def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
-    """Return (model, tokenizer) in eval mode on `device`. A hub id without network fails with a clear message."""
+ATTENTION = ("sdpa", "flash_attention_2", "eager")  # --attn-implementation: transformers' attention kernels
+
+
+def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "sdpa"):
+    """Return (model, tokenizer) in eval mode on `device`, with the attention kernel `attn` (flash_attention_2 needs
+    the flash-attn package and a GPU). A hub id without network fails with a clear message."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
@@ -120,7 +124,7 @@ def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "aut
     t0 = time.time()
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
     except OSError as e:
         if Path(path).exists():
             raise
@@ -218,12 +222,21 @@ def forward_last(lm, seqs: list[list[int]], pad_id: int, prefix=None) -> torch.T
 
 
 def last_logits(lm, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
-    """z = W f(x)[last] (2) through lm.forward (so that FSDP2's hooks run), read at each row's last token, (B, V).
-    Right padding, as in `forward_last`; gradients flow unless under inference_mode."""
+    """z = W f(x)[last] (2) through lm.forward (so that FSDP2's hooks run), (B, V): only the last position's logits
+    are computed (`logits_to_keep=1`; (B, T, V) logits would be 152,064 floats per token for Qwen2). Left padding
+    makes the last position every row's last token; position ids count real tokens only, so a padded row gets the
+    positions it has alone. Gradients flow unless under inference_mode."""
     dev = next(lm.parameters()).device
-    ids, mask, lengths = pad_right(seqs, pad_id)
-    logits = lm(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits  # (B, T, V)
-    return logits[torch.arange(len(seqs), device=dev), lengths.to(dev) - 1]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    out = lm(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False,
+             logits_to_keep=1)
+    return out.logits[:, -1]
 
 
 def prefix_cache(lm, seqs: list[list[int]], prefix_len: int):

@@ -30,7 +30,7 @@ import torch
 import parallel
 from common import folder_owner, load_tensors, progress, read_json, save_tensors, write_json
 from jepa import INDEX_DTYPE, Predictor
-from llm import fingerprint, last_hidden, weights_fingerprint
+from llm import ATTENTION, fingerprint, last_hidden, weights_fingerprint
 from teacher import Teacher
 
 SHARD = 512
@@ -156,7 +156,8 @@ def load_predictor(student: Student, path: str | Path, teacher_fingerprint: str)
     return meta
 
 
-def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, batch_size: int = 8) -> Student:
+def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, batch_size: int = 8,
+                 attn: str = "sdpa") -> Student:
     """A distill.py output folder (predictor.safetensors + sidecar) -> the Student: its teacher checkpoint, frozen,
     with the trained predictor."""
     from teacher import load_teacher
@@ -171,7 +172,7 @@ def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, 
     tries = [Path(meta.get("teacher_checkpoint_abs", "")), Path(meta["teacher_checkpoint"]),
              Path(folder).resolve().parent.parent / meta["teacher_checkpoint"]]
     ckpt = next((t for t in tries if t.name and t.exists()), tries[1])
-    teacher, _ = load_teacher(ckpt.parent, device=device, batch_size=batch_size, quiet=quiet)
+    teacher, _ = load_teacher(ckpt.parent, device=device, batch_size=batch_size, quiet=quiet, attn=attn)
     student = Student(teacher)
     fp = fingerprint(teacher.lm)
     if meta.get("teacher_fingerprint") != fp and meta.get("teacher_fingerprint") == weights_fingerprint(teacher.lm):
@@ -356,7 +357,7 @@ def cmd_index(args) -> None:
     if owner not in (None, "index"):
         raise FileExistsError(f"--out {out}: made by {owner}.py; an index needs a folder of its own")
     writable_folder(out, "--out")
-    student = load_student(args.student, args.device, args.quiet, args.batch_size)
+    student = load_student(args.student, args.device, args.quiet, args.batch_size, args.attn_implementation)
     t0 = time.perf_counter()
     index = Index.build(student, corpus, out, args.dtype, args.refresh_cache, str(Path(args.corpus).resolve()))
     print(f"[index] {len(index.ids)} documents -> {out} ({index.meta['dtype']} B h_d, "
@@ -388,7 +389,8 @@ def cmd_search(args) -> None:
         corpus = load_corpus(side["corpus"])
     elif args.first_stage == "bm25" or args.reindex:
         raise FileNotFoundError(f"{side_path}: the corpus the index was built from, {side.get('corpus')!r}, is gone")
-    student = load_student(args.student or side.get("student") or "", args.device, args.quiet, args.batch_size)
+    student = load_student(args.student or side.get("student") or "", args.device, args.quiet, args.batch_size,
+                           args.attn_implementation)
     index = Index.load(folder, student)
     changes = corpus_changes(index, corpus) if corpus is not None else ""
     if changes and not args.reindex:
@@ -440,6 +442,7 @@ def main(argv=None) -> None:
     s.add_argument("--reindex", action="store_true", help="rebuild the index when its corpus changed since it was built")
     for a in (i, s):
         a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        a.add_argument("--attn-implementation", default="sdpa", choices=list(ATTENTION), help="attention kernel")
         a.add_argument("--batch-size", type=int, default=8, help="texts per LLM forward")
         a.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

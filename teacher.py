@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from common import (add_dataclass_args, check_finite, check_sizes, cli, config_from_args, field, load_tensors,
                     prepare_output, progress, read_json, resolve_device, save_tensors, set_seed, subset, write_json)
 import parallel
-from llm import (DEFAULT_MODEL, can_split, fingerprint, forget_fingerprint, last_hidden, last_logits, load_llm, top_last,
-                 trunk_states, weights_fingerprint)
+from llm import (ATTENTION, DEFAULT_MODEL, can_split, fingerprint, forget_fingerprint, last_hidden, last_logits,
+                 load_llm, top_last, trunk_states, weights_fingerprint)
 from metrics import BM25, candidate_sets, describe_protocol, evaluate_run, label_prior, ranked
 
 YES, NO = "yes", "no"
@@ -222,13 +222,15 @@ class TrainConfig:
     model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     dtype: str = field("auto", "auto (fp32 CPU, bf16 GPU) | float32 | bfloat16")
+    attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     output_dir: str = field("", "where the checkpoint goes (default runs/teacher-{bench})")
     train_layers: int = field(2, "train only the last N blocks + final norm; 0 = full fine-tune")
     lr: float = field(3e-4, "AdamW peak learning rate")
     weight_decay: float = field(0.0, "AdamW weight decay")
     epochs: int = field(3, "passes over the SFT pairs")
-    batch_size: int = field(8, "pairs per forward")
-    grad_accum: int = field(1, "batches per optimiser step")
+    batch_size: int = field(8, "pairs per forward (a micro-batch, per process)")
+    grad_accum: int = field(1, "micro-batches per optimiser step: the global batch is batch_size x grad_accum pairs "
+                               "whatever the number of processes (each runs its share)")
     warmup: float = field(0.1, "fraction of steps with linear warmup, then cosine decay")
     clip: float = field(1.0, "gradient norm clip")
     neg_bm25: int = field(1, "hard negatives per query from BM25's top ranks")
@@ -358,11 +360,14 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = parallelize(lm, SFTHead(lm, start, teacher.pad_id), cfg.train_layers, next(lm.parameters()).device)
     params = [p for p in lm.parameters() if p.requires_grad]  # FSDP2 replaced them with sharded ones
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = MasterWeights(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fp32 masters of bf16 / fp16 weights
     per_step = cfg.batch_size * cfg.grad_accum
     steps = math.ceil(len(pairs) / per_step) * cfg.epochs
-    sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
+    sched = get_cosine_schedule_with_warmup(opt.opt, int(cfg.warmup * steps), steps)
     lm.train()
+    print(f"[teacher] SFT: {len(pairs)} pairs, {steps} steps; global batch {per_step} pairs per step (--batch-size "
+          f"{cfg.batch_size} x --grad-accum {cfg.grad_accum}) over {world} process(es): about {per_step / world:.0f} "
+          f"pairs per process per step, in micro-batches of up to {cfg.batch_size}")
     losses: list[float] = []
     bar = progress(total=steps, desc="teacher SFT", quiet=cfg.quiet)
     for epoch in range(cfg.epochs):
@@ -385,8 +390,8 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
             loss = parallel.sum_ranks(total).item() / len(batch)  # the global batch's mean cross-entropy
             if not math.isfinite(loss):
                 raise FloatingPointError(f"teacher SFT: loss {loss} at epoch {epoch} step {len(losses)}")
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            torch.nn.utils.clip_grad_norm_(opt.gather_grads(), cfg.clip)
+            opt.step(), sched.step(), opt.zero_grad()
             losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
@@ -395,7 +400,41 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
         lm.gradient_checkpointing_disable()
     lm.eval().requires_grad_(False)
     return {"losses": losses, "steps": len(losses), "pairs": len(pairs), "seconds": time.time() - t0,
-            "fsdp": parallel.world() > 1 and cfg.train_layers == 0, "pair_list": pairs}
+            "fsdp": parallel.world() > 1 and cfg.train_layers == 0, "pair_list": pairs, "optimizer": opt}
+
+
+class MasterWeights:
+    """AdamW with float32 master copies of low-precision (bfloat16 / float16) trainable parameters: the optimizer
+    steps the float32 copy, and each model parameter then takes its copy rounded to its own dtype. An update far
+    below bfloat16's resolution (AdamW moves a weight by about lr per step: LaHoRe's lr 1e-6 against a resolution of
+    ~1e-4 at |w| = 0.02) accumulates in the master instead of vanishing. float32 parameters (CPU, FSDP2's sharded
+    fp32 parameters) are stepped directly, with no copy. `opt` is the torch optimizer (for the LR schedule)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], **adamw):
+        self.params = list(params)
+        self.master = [p if p.dtype == torch.float32 else p.detach().float().clone().requires_grad_(True)
+                       for p in self.params]
+        self.opt = torch.optim.AdamW(self.master, **adamw)
+
+    def gather_grads(self) -> list[torch.Tensor]:
+        """Copy each low-precision gradient into its master as float32; returns the masters (to clip)."""
+        for p, m in zip(self.params, self.master):
+            if m is not p:
+                m.grad = None if p.grad is None else p.grad.float()
+        return self.master
+
+    def step(self) -> None:
+        self.gather_grads()
+        self.opt.step()
+        with torch.no_grad():
+            for p, m in zip(self.params, self.master):
+                if m is not p:
+                    p.copy_(m)
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad = None
 
 
 def mine_negatives(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25,
@@ -529,7 +568,7 @@ def teacher_identity(base_fp: str, digest: str) -> str:
 
 def load_teacher(checkpoint: str | Path | None = None, model: str | None = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int = 8, quiet: bool = False,
-                 instruction: str | None = None) -> tuple[Teacher, dict]:
+                 instruction: str | None = None, attn: str = "sdpa") -> tuple[Teacher, dict]:
     """Base model (+ trained tensors from `checkpoint`, a folder or .safetensors file). The base model and the
     prompt's instruction are the checkpoint's; a different `model` alongside a checkpoint is an error, not ignored.
     `instruction` (a text) is used without a checkpoint (zero-shot)."""
@@ -549,7 +588,7 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
             raise ValueError(f"instruction {instruction!r} contradicts the checkpoint {path}, trained with "
                              f"{meta.get('instruction', INSTRUCTION)!r}: train a teacher with it (another --teacher)")
         model = meta["base_model"]
-    lm, tok = load_llm(model or DEFAULT_MODEL, device, dtype)
+    lm, tok = load_llm(model or DEFAULT_MODEL, device, dtype, attn)
     if checkpoint:
         base_fp = fingerprint(lm)
         tensors, meta = load_tensors(path, {"kind": "teacher"},
@@ -585,7 +624,8 @@ def cmd_train(cfg: TrainConfig) -> dict:
     prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite, script="teacher")
     bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
     fsdp_gpu = cfg.train_layers == 0 and parallel.world() > 1 and device.type == "cuda"  # fp32 master weights
-    lm, tok = load_llm(cfg.model, cfg.device, "float32" if fsdp_gpu and cfg.dtype == "auto" else cfg.dtype)
+    lm, tok = load_llm(cfg.model, cfg.device, "float32" if fsdp_gpu and cfg.dtype == "auto" else cfg.dtype,
+                       cfg.attn_implementation)
     base_fp = fingerprint(lm)
     teacher = Teacher(lm, tok, cfg.max_doc_tokens, cfg.batch_size, cfg.quiet,
                       instruction=instruction_for(cfg.instruction, cfg.bench))
@@ -606,7 +646,8 @@ def cmd_train(cfg: TrainConfig) -> dict:
     path, digest = save_checkpoint(teacher, cfg.output_dir, cfg, base_fp, meta, hist["fsdp"])
     parallel.barrier()
     if hist["fsdp"]:  # the sharded model is done: every rank reloads the gathered checkpoint for the dev metric
-        teacher, _ = load_teacher(cfg.output_dir, device=cfg.device, batch_size=cfg.batch_size, quiet=cfg.quiet)
+        teacher, _ = load_teacher(cfg.output_dir, device=cfg.device, batch_size=cfg.batch_size, quiet=cfg.quiet,
+                                  attn=cfg.attn_implementation)
         dev = DevSet(teacher, data, test_split, bm25, cfg, 0, train_split)
     else:
         lm.rab_fingerprint = teacher_identity(base_fp, digest)

@@ -37,3 +37,18 @@ def test_hub_id_offline_message(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="pass `--model DIR`"):
         llm.load_llm("no-such-org/no-such-model-rabtriever", "cpu")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_last_logits_equal_each_sequence_alone(arch):
+    """last_logits (left padding, positions counted over real tokens, logits of the last position only) equals the
+    full logits of each sequence run alone, read at its last token, for Llama and Qwen2."""
+    from conftest import make_lm, make_qwen2, make_tokenizer
+    tok = make_tokenizer()
+    lm = (make_lm if arch == "llama" else make_qwen2)(tok)
+    seqs = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    got = llm.last_logits(lm, seqs, tok.pad_token_id)
+    for i, s in enumerate(seqs):
+        want = lm(input_ids=torch.tensor([s])).logits[0, -1]
+        assert torch.allclose(got[i], want, atol=1e-5), i
+    assert got.shape == (3, lm.config.vocab_size)

@@ -198,3 +198,36 @@ def test_self_mined_negatives(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--neg-self runs in one process"):
         T.cmd_train(T.TrainConfig(bench="virtualhome", data_dir=str(tmp_path / "none"), neg_self=1,
                                   output_dir=str(tmp_path / "o")))
+
+
+def test_bf16_training_keeps_fp32_master_weights():
+    """SFT (4) of bfloat16 weights at lr 1e-6: AdamW on the bf16 weights themselves leaves almost every weight where
+    it was (the update is below bf16's resolution), while the fp32 masters move as a float32 run's weights do and the
+    model's weights are their bf16 rounding."""
+    from metrics import BM25
+    d = _toy_data()
+    bm25 = BM25({k: d.doc_text(k) for k in d.corpus})
+    tok = make_tokenizer()
+    cfg = T.TrainConfig(bench="toy", train_layers=1, lr=1e-6, epochs=2, batch_size=6, warmup=0.0,
+                        max_train_queries=0, quiet=True)
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        lm = make_lm(tok).to(dtype)
+        top = lm.model.layers[-1].mlp.down_proj.weight
+        before = top.detach().float().clone()
+        hist = T.train(T.Teacher(lm, tok, batch_size=6), d, "train", cfg, bm25)
+        opt = hist["optimizer"]
+        master = opt.master[[p is top for p in opt.params].index(True)]
+        runs[dtype] = (before, master.detach().float().clone(), top.detach().clone())
+    b32, m32, _ = runs[torch.float32]
+    b16, m16, w16 = runs[torch.bfloat16]
+    moved32, moved16 = (m32 - b32), (m16 - b16)
+    assert moved32.abs().mean() > 1e-6  # two epochs of steps of about lr each
+    assert (moved16 - moved32).abs().mean() < 0.2 * moved32.abs().mean()  # the masters move as fp32 weights do
+    assert torch.equal(w16, m16.to(torch.bfloat16))  # the model holds the rounded masters
+    naive = torch.nn.Parameter(b16.to(torch.bfloat16))  # AdamW stepping the bf16 weights themselves
+    plain = torch.optim.AdamW([naive], lr=1e-6)
+    for _ in range(4):
+        naive.grad = torch.ones_like(naive)
+        plain.step()
+    assert (naive.detach().float() == b16).float().mean() > 0.9  # most weights do not move at all
