@@ -134,7 +134,7 @@ class DistillConfig:
 
 # ---------------------------------------------------------------------------- Step 0: teacher
 def step0_teacher(cfg: DistillConfig):
-    from teacher import TrainConfig, cmd_train, instruction_for, load_teacher
+    from teacher import SFT_STATE, TrainConfig, cmd_train, instruction_for, load_teacher
 
     if not Path(cfg.teacher, "teacher.safetensors").exists():
         print(f"[distill] Step 0: no teacher at {cfg.teacher}: training one")
@@ -143,9 +143,14 @@ def step0_teacher(cfg: DistillConfig):
                            instruction=cfg.instruction, attn_implementation=cfg.attn_implementation)
         if cfg.quick:
             tcfg.max_train_queries, tcfg.epochs, tcfg.max_dev_queries, tcfg.rerank_k = 16, 2, 8, 4
-        if Path(cfg.teacher).exists() and any(Path(cfg.teacher).iterdir()):
-            print(f"[distill] Step 0: {cfg.teacher} holds an unfinished teacher run (no checkpoint): replacing it")
-            tcfg.overwrite = True
+        if Path(cfg.teacher).exists() and any(Path(cfg.teacher).iterdir()):  # teacher.py's (check_teacher_folder)
+            if (Path(cfg.teacher) / SFT_STATE).exists():
+                print(f"[distill] Step 0: {cfg.teacher} holds an unfinished teacher run: resuming its SFT")
+                tcfg.resume = True
+            else:
+                print(f"[distill] Step 0: {cfg.teacher} holds a teacher run stopped before its first saved state: "
+                      "starting it again")
+                tcfg.overwrite = True
         cmd_train(tcfg)
     teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet,
                                  attn=cfg.attn_implementation,

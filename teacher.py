@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import hashlib
 import math
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -246,6 +247,8 @@ class TrainConfig:
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
     instruction: str = field("task", "the prompt's question: task (per bench, ours), generic (METHOD.md) or a text")
     seed: int = field(0, "seed for sampling and shuffling")
+    save_every: int = field(50, "save a resumable SFT state every N optimiser steps (0 = never)")
+    resume: bool = field(False, "continue an SFT run killed in output_dir from its last saved state")
     overwrite: bool = field(False, "replace the teacher in output_dir (students distilled from it become unusable)")
     quiet: bool = field(False, "no progress bars")
 
@@ -253,7 +256,11 @@ class TrainConfig:
         check_finite(self)
         check_sizes(self, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens"), 1)
         check_sizes(self, ("train_layers", "neg_bm25", "neg_random", "neg_self", "max_train_queries",
-                           "max_dev_queries"), 0)
+                           "max_dev_queries", "save_every"), 0)
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: choose one")
+        if self.resume and self.neg_self:
+            raise ValueError("--resume does not cover --neg-self's second pass yet: rerun with --overwrite")
         check_sizes(self, ("mine_k",), 1)
         if not 0 <= self.warmup < 1 or self.lr <= 0:
             raise ValueError(f"--warmup {self.warmup}, --lr {self.lr}: need 0 <= warmup < 1 and lr > 0")
@@ -364,15 +371,23 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
     per_step = cfg.batch_size * cfg.grad_accum
     steps = math.ceil(len(pairs) / per_step) * cfg.epochs
     sched = get_cosine_schedule_with_warmup(opt.opt, int(cfg.warmup * steps), steps)
+    fsdp = parallel.world() > 1 and cfg.train_layers == 0
+    folder = Path(cfg.output_dir) / SFT_STATE
+    losses: list[float] = load_sft_state(folder, lm, opt, sched, fsdp) if cfg.resume else []
+    if losses:
+        print(f"[teacher] resuming SFT after step {len(losses)} of {steps}")
     lm.train()
     print(f"[teacher] SFT: {len(pairs)} pairs, {steps} steps; global batch {per_step} pairs per step (--batch-size "
           f"{cfg.batch_size} x --grad-accum {cfg.grad_accum}) over {world} process(es): about {per_step / world:.0f} "
           f"pairs per process per step, in micro-batches of up to {cfg.batch_size}")
-    losses: list[float] = []
-    bar = progress(total=steps, desc="teacher SFT", quiet=cfg.quiet)
+    bar = progress(total=steps, initial=len(losses), desc="teacher SFT", quiet=cfg.quiet)
+    step = 0
     for epoch in range(cfg.epochs):
-        order = torch.randperm(len(pairs), generator=gen).tolist()
+        order = torch.randperm(len(pairs), generator=gen).tolist()  # drawn for every epoch, also the ones resumed
         for k in range(0, len(order), per_step):
+            step += 1
+            if step <= len(losses):
+                continue
             batch = order[k:k + per_step]
             mine = [i for i in batch if i in owned]
             # every rank runs as many micro-batches as the busiest one (FSDP2 gathers weights in each), empty = no-op
@@ -395,12 +410,87 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
             losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+            if cfg.save_every and len(losses) % cfg.save_every == 0 and len(losses) < steps:
+                save_sft_state(folder, lm, opt, sched, losses, fsdp)
     bar.close()
     if cfg.grad_checkpoint:
         lm.gradient_checkpointing_disable()
     lm.eval().requires_grad_(False)
     return {"losses": losses, "steps": len(losses), "pairs": len(pairs), "seconds": time.time() - t0,
-            "fsdp": parallel.world() > 1 and cfg.train_layers == 0, "pair_list": pairs, "optimizer": opt}
+            "fsdp": fsdp, "pair_list": pairs, "optimizer": opt}
+
+
+SFT_STATE = "sft_state"  # the resumable state of an SFT run, inside its output folder, removed once it is saved
+
+
+def _named(lm, opt: "MasterWeights") -> list[tuple[str, torch.nn.Parameter, torch.Tensor]]:
+    names = {id(p): n for n, p in lm.named_parameters()}
+    return [(names[id(p)], p, m) for p, m in zip(opt.params, opt.master)]
+
+
+def save_sft_state(folder: Path, lm, opt: "MasterWeights", sched, losses: list[float], fsdp: bool) -> None:
+    """Everything a killed SFT run needs to continue with the same losses: the trained weights, their fp32 masters,
+    AdamW's moments, the schedule and the losses so far. One process or DDP (every rank holds the same state): one
+    safetensors file written by rank 0. FSDP2 (sharded): torch.distributed.checkpoint, each rank writing its shards,
+    so no full copy is ever gathered. The sidecar is written last and names the complete state."""
+    meta = {"kind": "sft-state", "step": len(losses), "losses": losses, "sched": sched.state_dict()}
+    if fsdp:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        where = folder / f"dcp-{len(losses):07d}"
+        dcp.save({"model": get_model_state_dict(lm), "optim": get_optimizer_state_dict(lm, opt.opt)},
+                 checkpoint_id=str(where))
+        parallel.barrier()
+        write_json(folder / "state.json", meta | {"dcp": where.name})
+        if parallel.is_main():
+            for old in folder.glob("dcp-*"):
+                if old.name != where.name:
+                    shutil.rmtree(old, ignore_errors=True)
+        return
+    tensors = {}
+    for name, p, m in _named(lm, opt):
+        tensors[f"param/{name}"] = p.detach()
+        if m is not p:
+            tensors[f"master/{name}"] = m.detach()
+        for key, value in opt.opt.state.get(m, {}).items():
+            if key != "step":
+                tensors[f"{key}/{name}"] = value
+    adam_step = next((float(st["step"]) for st in opt.opt.state.values() if "step" in st), 0.0)
+    save_tensors(folder / "state.safetensors", tensors, meta | {"adam_step": adam_step})
+    parallel.barrier()
+
+
+def load_sft_state(folder: Path, lm, opt: "MasterWeights", sched, fsdp: bool) -> list[float]:
+    """The losses so far of the state `save_sft_state` left in `folder`, with the weights, masters, moments and
+    schedule put back; [] when there is none (the run starts from the beginning)."""
+    if fsdp:
+        if not (folder / "state.json").exists():
+            return []
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                             set_model_state_dict, set_optimizer_state_dict)
+        meta = read_json(folder / "state.json", "rerun with --overwrite")
+        state = {"model": get_model_state_dict(lm), "optim": get_optimizer_state_dict(lm, opt.opt)}
+        dcp.load(state, checkpoint_id=str(folder / meta["dcp"]))
+        set_model_state_dict(lm, state["model"])
+        set_optimizer_state_dict(lm, opt.opt, state["optim"])
+    else:
+        if not (folder / "state.safetensors").exists():
+            return []
+        tensors, meta = load_tensors(folder / "state.safetensors", {"kind": "sft-state"},
+                                     fix="rerun with --overwrite to start the SFT again")
+        with torch.no_grad():
+            for name, p, m in _named(lm, opt):
+                p.copy_(tensors[f"param/{name}"])
+                if m is not p:
+                    m.copy_(tensors[f"master/{name}"])
+                moments = {k: tensors[f"{k}/{name}"] for k in ("exp_avg", "exp_avg_sq") if f"{k}/{name}" in tensors}
+                if moments:
+                    opt.opt.state[m] = {"step": torch.tensor(meta["adam_step"]), **moments}
+    sched.load_state_dict(meta["sched"])
+    for group, lr in zip(opt.opt.param_groups, sched.get_last_lr()):  # the schedule's state does not set the lr
+        group["lr"] = lr
+    return list(meta["losses"])
 
 
 class MasterWeights:
@@ -621,7 +711,8 @@ def cmd_train(cfg: TrainConfig) -> dict:
     train_split, test_split = train_test_splits(data)
     check_split(data, train_split, "training")
     check_split(data, test_split, "dev")
-    prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite, script="teacher")
+    prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite, script="teacher", can_resume=True,
+                   same=("resume", "overwrite", "quiet", "save_every"))
     bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
     fsdp_gpu = cfg.train_layers == 0 and parallel.world() > 1 and device.type == "cuda"  # fp32 master weights
     lm, tok = load_llm(cfg.model, cfg.device, "float32" if fsdp_gpu and cfg.dtype == "auto" else cfg.dtype,
@@ -630,7 +721,9 @@ def cmd_train(cfg: TrainConfig) -> dict:
     teacher = Teacher(lm, tok, cfg.max_doc_tokens, cfg.batch_size, cfg.quiet,
                       instruction=instruction_for(cfg.instruction, cfg.bench))
     dev = DevSet(teacher, data, test_split, bm25, cfg, split_point(lm, cfg.train_layers), train_split)
-    before = dev.metric(teacher, "dev (zero-shot)")
+    before_path = Path(cfg.output_dir) / "dev_before.json"
+    before = read_json(before_path) if cfg.resume and before_path.exists() else dev.metric(teacher, "dev (zero-shot)")
+    write_json(before_path, before)
     print(f"[teacher] zero-shot {test_split}: R@1 {before['R@1']:.4f} MRR@10 {before['MRR@10']:.4f} "
           f"({before['n_queries']} queries, {before['protocol']}; majority R@1 {before['majority_R@1']:.4f})")
     hist = train(teacher, data, train_split, cfg, bm25)
@@ -645,6 +738,8 @@ def cmd_train(cfg: TrainConfig) -> dict:
             "truncated": teacher.prompt.cut_counts()}
     path, digest = save_checkpoint(teacher, cfg.output_dir, cfg, base_fp, meta, hist["fsdp"])
     parallel.barrier()
+    if parallel.is_main():  # the checkpoint is complete: the resumable state is not needed any more
+        shutil.rmtree(Path(cfg.output_dir) / SFT_STATE, ignore_errors=True)
     if hist["fsdp"]:  # the sharded model is done: every rank reloads the gathered checkpoint for the dev metric
         teacher, _ = load_teacher(cfg.output_dir, device=cfg.device, batch_size=cfg.batch_size, quiet=cfg.quiet,
                                   attn=cfg.attn_implementation)

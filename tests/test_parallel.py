@@ -209,3 +209,51 @@ def test_fsdp2_qwen2_untied_head_saves_and_reloads(tmp_path, monkeypatch):
     loaded, _ = T.load_teacher(tmp_path / "two")
     qs, ds = ["task 1 write"] * 2, ["walk to computer", "find mouse"]
     assert torch.allclose(loaded.score(qs, ds), one.score(qs, ds), atol=1e-4)
+
+
+def _sft_resumable(train_layers: int, out: str, kill_at: int, resume: bool):
+    """SFT on the tiny model saving its state every 2 steps; dies after `kill_at` steps (0: never); rank 0 writes the
+    losses and the (gathered) weights to out/result.pt."""
+    from metrics import BM25
+    parallel.init("cpu")
+    tok = make_tokenizer()
+    lm = make_lm(tok, layers=3)
+    t = T.Teacher(lm, tok, batch_size=3)
+    d = _toy_data()
+    cfg = T.TrainConfig(bench="toy", train_layers=train_layers, lr=3e-3, epochs=2, batch_size=3, grad_accum=2,
+                        warmup=0.2, max_train_queries=0, quiet=True, save_every=2, output_dir=out, resume=resume)
+    if kill_at:
+        orig = T.MasterWeights.step
+
+        def step(self):
+            orig(self)
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == kill_at:
+                raise RuntimeError("killed")
+        T.MasterWeights.step = step
+    hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
+    if hist["fsdp"]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        sd = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = {k: v.clone() for k, v in lm.state_dict().items()}
+    if parallel.is_main():
+        torch.save({"losses": hist["losses"], "sd": sd}, Path(out) / "result.pt")
+
+
+@pytest.mark.parametrize("train_layers", [1, 0], ids=["ddp-top-block", "fsdp2-dcp"])
+def test_sft_killed_under_two_ranks_resumes(tmp_path, train_layers):
+    """An SFT run under 2 ranks killed after step 3 (state saved at step 2: one file for DDP, sharded
+    torch.distributed.checkpoint for FSDP2) and resumed under 2 ranks ends with the losses and weights of an
+    uninterrupted one-process run."""
+    _sft_resumable(train_layers, str(tmp_path / "one"), 0, False)
+    ref = torch.load(tmp_path / "one" / "result.pt")
+    with pytest.raises(mp.ProcessRaisedException, match="killed"):
+        spawn(_sft_resumable, train_layers, str(tmp_path / "two"), 3, False)
+    state = tmp_path / "two" / T.SFT_STATE
+    assert (state / "state.json").exists() if train_layers == 0 else (state / "state.safetensors").exists()
+    spawn(_sft_resumable, train_layers, str(tmp_path / "two"), 0, True)
+    got = torch.load(tmp_path / "two" / "result.pt")
+    assert got["losses"] == pytest.approx(ref["losses"], abs=1e-5) and len(got["losses"]) == 12
+    for k, v in ref["sd"].items():
+        assert torch.allclose(got["sd"][k].float(), v.float(), atol=1e-5), k

@@ -231,3 +231,43 @@ def test_bf16_training_keeps_fp32_master_weights():
         naive.grad = torch.ones_like(naive)
         plain.step()
     assert (naive.detach().float() == b16).float().mean() > 0.9  # most weights do not move at all
+
+
+def _sft_run(tmp_path, out, kill_at=None, resume=False, dtype=torch.float32):
+    """SFT of the top block of a tiny model saving its state every 2 steps; `kill_at`: die after that many steps."""
+    from metrics import BM25
+    tok = make_tokenizer()
+    lm = make_lm(tok).to(dtype)
+    t = T.Teacher(lm, tok, batch_size=4)
+    d = _toy_data()
+    cfg = T.TrainConfig(bench="toy", train_layers=1, lr=3e-3, epochs=3, batch_size=4, grad_accum=2, warmup=0.2,
+                        max_train_queries=0, quiet=True, save_every=2, output_dir=str(tmp_path / out), resume=resume)
+    if kill_at:
+        orig = T.MasterWeights.step
+
+        def step(self):
+            orig(self)
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == kill_at:
+                raise KeyboardInterrupt("killed")
+        T.MasterWeights.step = step
+    try:
+        hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
+    finally:
+        if kill_at:
+            T.MasterWeights.step = orig
+    return hist["losses"], {k: v.clone() for k, v in lm.state_dict().items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sft_killed_and_resumed_equals_uninterrupted(tmp_path, dtype):
+    """SFT killed after step 5 (state saved at step 4) and resumed with --resume ends with the losses and weights of
+    an uninterrupted run, fp32 masters and AdamW moments included (bf16 weights too)."""
+    losses, weights = _sft_run(tmp_path, "full", dtype=dtype)
+    with pytest.raises(KeyboardInterrupt):
+        _sft_run(tmp_path, "cut", kill_at=5, dtype=dtype)
+    assert (tmp_path / "cut" / T.SFT_STATE / "state.safetensors").exists()
+    again, resumed = _sft_run(tmp_path, "cut", resume=True, dtype=dtype)
+    assert again == losses and len(losses) == 15  # 36 pairs, 8 per step, 3 epochs
+    for k in weights:
+        assert torch.equal(resumed[k], weights[k]), k
