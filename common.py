@@ -107,7 +107,31 @@ def read_json(path: str | Path, fix: str = "delete it and run again"):
 
 
 def digest(data: bytes) -> str:
+    """blake2b (16 bytes) of a file's content: what a sidecar records, and `file_digest` computes from the file."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """blake2b digest of a file's bytes, read once per (path, size, modification time) and remembered under
+    $RABTRIEVER_CACHE/digests, so a large file (a 7B model's weights, a corpus's encodings) is hashed once, then only
+    stat-ed. Where the memo cannot be written (a read-only cache) the digest is computed again next time."""
+    path = Path(path)
+    st = path.stat()
+    key = hashlib.blake2b(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode(), digest_size=12).hexdigest()
+    root = Path(os.environ.get("RABTRIEVER_CACHE", Path.home() / ".cache" / "rabtriever")) / "digests"
+    memo = root / key
+    if memo.exists():
+        return memo.read_text().strip()
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write(memo, h.hexdigest())
+    except OSError as e:  # only the memo is lost: the digest itself was computed
+        print(f"[common] note: could not remember the digest of {path} ({e.strerror}); it is computed each time")
+    return h.hexdigest()
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
@@ -124,13 +148,11 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
     return d
 
 
-def load_tensors(path: str | Path, expect: dict[str, Any] | None = None,
-                 fix: str = "delete it and run again") -> tuple[dict[str, torch.Tensor], dict]:
-    """Load a checkpoint written by save_tensors. The file must match the digest in its sidecar (else IntegrityError
-    naming the file and `fix`, what to do), and every key in `expect` must equal the sidecar's value."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
+def check_tensors(path: str | Path, expect: dict[str, Any] | None = None,
+                  fix: str = "delete it and run again") -> dict:
+    """The sidecar of a checkpoint written by save_tensors, once the file is known to match the digest in it (else
+    IntegrityError naming the file and `fix`, what to do) and every key in `expect` equals the sidecar's value. The
+    file is hashed in blocks, never held whole, and once per version of it (`file_digest`)."""
     path = Path(path)
     side = Path(str(path) + ".json")
     if not path.exists() or not side.exists():
@@ -140,14 +162,23 @@ def load_tensors(path: str | Path, expect: dict[str, Any] | None = None,
         if meta.get(key) != want:
             raise ValueError(f"{side}: field '{key}' is {meta.get(key)!r} but this run has {want!r}; "
                              "the checkpoint was made for something else")
-    data = path.read_bytes()
     if "digest" not in meta:
         print(f"[common] warning: {side} has no digest (written by an older version): {path.name} is not checked")
-    elif digest(data) != meta["digest"]:
+    elif file_digest(path) != meta["digest"]:
         raise IntegrityError(f"{path}: content does not match the digest in {side.name} (damaged or truncated, "
-                             f"{len(data)} bytes); {fix}")
+                             f"{path.stat().st_size} bytes); {fix}")
+    return meta
+
+
+def load_tensors(path: str | Path, expect: dict[str, Any] | None = None,
+                 fix: str = "delete it and run again") -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, sidecar) of a checkpoint written by save_tensors, checked by `check_tensors`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = check_tensors(path, expect, fix)
     try:
-        return load(data), meta
+        return load_file(str(path)), meta
     except SafetensorError as e:
         raise IntegrityError(f"{path}: not a readable safetensors file ({e}); {fix}") from e
 
@@ -261,6 +292,8 @@ def prepare_output(out_dir: str | Path, cfg, resume: bool = False, overwrite: bo
         if not (busy and resume):
             write_run_config(out, cfg, script)
     parallel.barrier()
+    parallel.check_shared(out)
+    parallel.check_shared(cache_dir())
     return out
 
 

@@ -37,7 +37,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import parallel
@@ -95,6 +94,9 @@ class DistillConfig:
     teacher_k: int = field(8, "teacher@k in Step 6: the teacher reranks the union of BM25's and the student's top k "
                               "over the whole pool (0 = the whole pool, long)")
     teacher_batch: int = field(8, "pairs per teacher / encoder forward")
+    hub_correction: str = field("none", "Step 6 diagnostic (ours): also the student with each document's score "
+                                        "offset over the training queries removed (12)",
+                                choices=["none", "center", "csls"])
     eval_teacher: bool = field(True, "score the teacher in Step 6 (ablations can skip it: it does not change)")
     output_dir: str = field("", "outputs (default runs/distill-{bench}[-quick])")
     resume: bool = field(False, "continue a killed run in output_dir (with the same settings)")
@@ -205,15 +207,37 @@ def sample_top(scores: torch.Tensor, exclude: list[set[int]], k: int) -> list[li
     return out
 
 
-def policy_scores(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
-                  texts: list[str]) -> torch.Tensor:
-    """Step 2: the scores (Q, n) the round's documents are picked by. The student's own (7) from round 1 on; in
-    round 0, where the untrained student scores every document the same, the --round0 policy [ours]: BM25, the
-    frozen bi-encoder (cosine of h_q (5) and h_d (6)), or the student itself (uniform)."""
+def pick_top(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
+             texts: list[str], exclude: list[set[int]]) -> list[list[int]]:
+    """Steps 2-3 with --sampling top: each training query's k best-ranked documents not in `exclude`. The student's
+    own (7) from round 1 on, over an index of the pool, its top k + |exclude| kept a block of documents at a time; in
+    round 0, where the untrained student scores every document the same, the --round0 policy [ours]: BM25 (one
+    query's scores at a time) or the frozen bi-encoder (cosine of h_q (5) and h_d (6), blocked). Never a queries x
+    pool matrix."""
+    from metrics import topk_blocked
+    from student import Index
+
+    if r == 0 and cfg.round0 == "bm25":
+        return [sample_top(torch.from_numpy(bm25.scores(t))[None], [e], cfg.k)[0] for t, e in zip(texts, exclude)]
+    n = min(h_d.shape[0], cfg.k + max(map(len, exclude)))
+    if r == 0:
+        q = torch.nn.functional.normalize(h_q.float(), dim=-1)
+        _, top = topk_blocked(lambda i, j: q @ torch.nn.functional.normalize(h_d[i:j].float(), dim=-1).T,
+                              h_d.shape[0], h_q.shape[0], n)
+    else:
+        _, top = Index.from_h_d(student, [str(i) for i in range(h_d.shape[0])], h_d, "float32").topk(student, h_q, n)
+    return [[d for d in row if d not in e][:cfg.k] for row, e in zip(top.tolist(), exclude)]
+
+
+def softmax_scores(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
+                   texts: list[str]) -> torch.Tensor:
+    """Step 2 for --sampling softmax, which draws from a distribution over every document: the (Q, n) scores, the
+    student's own (7) from round 1 on (and in round 0 with --round0 uniform), else the round-0 policy's (BM25 or the
+    frozen bi-encoder's cosine). A full row per query: meant for pools of up to a few hundred thousand documents."""
     if r > 0 or cfg.round0 == "uniform":
         return student.score_all(h_q, h_d)
     if cfg.round0 == "bm25":
-        return torch.from_numpy(np.stack([bm25.scores(t) for t in texts]))
+        return torch.stack([torch.from_numpy(bm25.scores(t)) for t in texts])
     q = torch.nn.functional.normalize(h_q.float(), dim=-1)
     return q @ torch.nn.functional.normalize(h_d.float(), dim=-1).T
 
@@ -226,7 +250,7 @@ def pool_queries(cfg: DistillConfig, student: Student, train_q: dict[str, str], 
     rest = [q for q in train_q if q not in set(qids)]
     n_extra = len(rest) if cfg.nce_queries == 0 else max(0, cfg.nce_queries - len(qids))
     extra = subset(rest, n_extra, torch.Generator().manual_seed(cfg.seed + 1)) if n_extra else []
-    folder = cache_dir("queryemb", f"{cfg.bench}-{fingerprint(student.lm)}-{ids_digest(extra)}")  # shared by runs
+    folder = cache_dir("queryemb", f"{cfg.bench}-{fingerprint(student.lm)}-{ids_digest(extra)}-f16")  # shared by runs
     h_extra = encode_corpus(student, extra, [train_q[q] for q in extra], folder, kind="queries") if extra else h_q[:0]
     gold = [{doc_index[d] for d, g in train_rel[q].items() if g > 0} for q in qids + extra]
     return torch.cat([h_q, h_extra]), gold
@@ -332,7 +356,7 @@ class PoolBatches:
         exclude = torch.zeros(len(idx), len(docs), dtype=torch.bool)
         for row, g in enumerate(golds):
             exclude[row, [col[d] for d in g if d in col]] = True
-        return self.h_q[idx], torch.tensor(docs), torch.tensor([col[c] for c in chosen]), exclude
+        return self.h_q[idx].float(), torch.tensor(docs), torch.tensor([col[c] for c in chosen]), exclude
 
 
 def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str]]], h_q: torch.Tensor,
@@ -360,7 +384,7 @@ def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str
     for epoch in progress(range(cfg.epochs), desc=f"Step 5: predictor, round {r}", quiet=cfg.quiet):
         parts_sum = {"jepa": 0.0, "kl": 0.0, "list": 0.0, "pool": 0.0, "total": 0.0}
         for b in batches(qi, cfg.batch_size, gen, cfg.listwise > 0):
-            hq, hd, ht = h_q[qi[b]].to(dev), h_d[di[b]].to(dev), h_T[b].to(dev)
+            hq, hd, ht = h_q[qi[b]].to(dev).float(), h_d[di[b]].to(dev).float(), h_T[b].to(dev)
             h_hat, z_s, _ = student.forward(hq, hd, head)
             z_t = z_T[b.to(dev)] if z_T is not None else ht @ head.T
             loss, parts = total_loss(h_hat, ht, z_s, z_t, cfg.lmbda_eff, cfg.tau, support, not cfg.no_jepa,
@@ -369,7 +393,7 @@ def train_predictor(student: Student, pairs: list[tuple[int, int, tuple[str, str
             if nce is not None:
                 pq, docs, target, exclude = nce.next()
                 pred = student.predictor
-                s_pool = pred.scores(pq.to(dev), pred.doc_side(h_d[docs].to(dev)), student.u)  # (B, n) with grad
+                s_pool = pred.scores(pq.to(dev), pred.doc_side(h_d[docs].to(dev).float()), student.u)  # (B, n), grad
                 l_pool = pool_nce(s_pool, target.to(dev), exclude.to(dev), cfg.nce_tau)
                 loss = loss + cfg.nce * l_pool
                 parts["pool"], parts["total"] = l_pool.item(), loss.item()
@@ -425,7 +449,7 @@ def run(cfg: DistillConfig) -> dict:
     t0 = time.time()
     student = Student(teacher, cfg.width)
     h_d = encode_corpus(student, doc_ids, [data.doc_text(d) for d in doc_ids],
-                        cache_dir("docemb", f"{cfg.bench}-{teacher_fp}"), cfg.refresh_cache)
+                        cache_dir("docemb", f"{cfg.bench}-{teacher_fp}-f16"), cfg.refresh_cache)
     timings["1_encode_docs"] = time.time() - t0
     t0 = time.time()
     h_q = encode_corpus(student, qids, [train_q[q] for q in qids], out / "train_queries", kind="queries")
@@ -453,12 +477,14 @@ def run(cfg: DistillConfig) -> dict:
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
         # Step 2: score every document for every training query; Step 3: pick k per query (plus the gold ones)
         if cfg.policy == "on":
-            scores = policy_scores(cfg, r, student, h_q, h_d, bm25, [train_q[q] for q in qids])
             seen = [set(g) for g in gold]
             for i, d, _ in pairs:
                 seen[i].add(d)
-            pick = sample_top(scores, seen, cfg.k) if cfg.sampling == "top" and not (r == 0 and cfg.round0 == "uniform") \
-                else sample_policy(scores, seen, cfg.k, cfg.tau_s, gen)
+            if cfg.sampling == "top" and not (r == 0 and cfg.round0 == "uniform"):
+                pick = pick_top(cfg, r, student, h_q, h_d, bm25, [train_q[q] for q in qids], seen)
+            else:  # softmax over every document: full rows of scores (the round-0 policy's in round 0)
+                pick = sample_policy(softmax_scores(cfg, r, student, h_q, h_d, bm25, [train_q[q] for q in qids]),
+                                     seen, cfg.k, cfg.tau_s, gen)
             picks = parallel.broadcast(pick)  # rank 0 decides
         else:
             fixed = torch.Generator().manual_seed(cfg.seed)  # the same lists every round; round r takes slice r
@@ -490,7 +516,8 @@ def run(cfg: DistillConfig) -> dict:
     save_predictor(student, out / "predictor.safetensors", meta)
     # Step 6: evaluate on the held-out split
     t0 = time.time()
-    res = evaluate_all(cfg, data, test_split, teacher, student, h_d, timings["1_encode_docs"])
+    res = evaluate_all(cfg, data, test_split, teacher, student, h_d, timings["1_encode_docs"],
+                       pool[0] if pool is not None else h_q)
     timings["6_evaluate"] = time.time() - t0
     # Step 7: the student's metrics join its sidecar; results.json is written last
     save_predictor(student, out / "predictor.safetensors", meta | {"metrics": res["systems"]["student"]})
@@ -504,9 +531,10 @@ def run(cfg: DistillConfig) -> dict:
 
 
 def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student, h_d: torch.Tensor,
-                 d_seconds: float) -> dict:
+                 d_seconds: float, h_train: torch.Tensor) -> dict:
     """Step 6: prior, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system on the same
-    C(q), on the held-out split."""
+    C(q), on the held-out split; with --hub-correction also the corrected student (12), its offsets taken over the
+    training queries h_train."""
     from data import train_test_splits
     from evaluate import eval_queries, report, run_systems, teacher_scores_cache, timed
 
@@ -520,7 +548,8 @@ def evaluate_all(cfg: DistillConfig, data, split: str, teacher, student: Student
     names = ["prior", "bm25", "llm-biencoder"] + (["teacher"] if cfg.eval_teacher else []) + ["student"]
     results = run_systems(names, data, queries, cands, bm25, bm25_seconds, train_test_splits(data)[0], teacher,
                           student, h_d, d_seconds, quiet=cfg.quiet, teacher_k=cfg.teacher_k,
-                          scores=teacher_scores_cache(teacher, cfg.bench) if cfg.eval_teacher else None)
+                          scores=teacher_scores_cache(teacher, cfg.bench) if cfg.eval_teacher else None,
+                          hub=(cfg.hub_correction, h_train) if cfg.hub_correction != "none" else None)
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
                   header, extra={"truncated": teacher.prompt.cut_counts()}, seed=cfg.seed, pool_size=len(doc_ids))

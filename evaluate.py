@@ -38,8 +38,8 @@ from common import (add_dataclass_args, atomic_write, check_finite, check_sizes,
                     prepare_output, progress, resolve_device, set_seed, subset, write_json)
 import parallel
 from llm import ATTENTION
-from metrics import (BM25, N_BOOT, candidate_sets, describe_protocol, drop_identical, fidelity, hubness, judged,
-                     label_prior, on_candidates, per_query, ranked, summarize, top_run, write_trec)
+from metrics import (BM25, N_BOOT, TOP, candidate_sets, describe_protocol, drop_identical, fidelity, hubness, judged,
+                     label_prior, per_query, ranked, summarize, topk_blocked, write_trec)
 
 
 # ---------------------------------------------------------------------------- systems
@@ -58,31 +58,30 @@ def timed(fn, *args) -> tuple[object, float]:
     return out, time.perf_counter() - t0
 
 
-def from_matrix(qids: list[str], doc_ids: list[str], scores, cands: dict[str, list[str]]) -> tuple[dict, dict]:
-    """(n_q, n_docs) scores of every document -> (run over C(q), top-100 run over the whole pool)."""
-    return from_batches(qids, doc_ids, lambda i, j: torch.as_tensor(scores[i:j]), cands)
-
-
-def from_batches(qids: list[str], doc_ids: list[str], score_rows, cands: dict[str, list[str]],
-                 batch: int = 64) -> tuple[dict, dict]:
-    """Like `from_matrix`, with score_rows(i, j) giving the (j - i, n_docs) scores of queries i..j-1: one batch of
-    queries at a time, so a large corpus never needs the whole (n_q, n_docs) matrix."""
-    index = {d: i for i, d in enumerate(doc_ids)}
-    cand, full = {}, {}
-    for i in range(0, len(qids), batch):
-        rows = score_rows(i, i + batch)
-        cand |= on_candidates(qids[i:i + batch], index, rows, cands)
-        full |= top_run(qids[i:i + batch], doc_ids, rows)
+def runs_from_top(qids: list[str], doc_ids: list[str], vals: torch.Tensor, idx: torch.Tensor,
+                  cands: dict[str, list[str]], at) -> tuple[dict, dict]:
+    """(run over C(q), run over the whole pool) from each query's top documents (vals, idx: (n_q, k), e.g. of
+    `metrics.topk_blocked`) and at(i, rows) -> the scores of query i at document rows (its C(q)): no system ever
+    holds a queries x pool matrix."""
+    row = {d: i for i, d in enumerate(doc_ids)}
+    full = {q: {doc_ids[j]: float(v) for j, v in zip(i.tolist(), s.tolist())} for q, i, s in zip(qids, idx, vals)}
+    cand = {}
+    for i, q in enumerate(qids):
+        rows = [row[d] for d in cands[q]]
+        cand[q] = dict(zip(cands[q], map(float, at(i, rows))))
     return cand, full
 
 
 def system_prior(data, queries: dict[str, str], cands: dict[str, list[str]], train_split: str) -> SystemResult:
     """The same ranking for every query: documents by how often they are gold in the training split (never-gold
-    documents by id). Reads neither query nor document text: what a retriever scores by the label prior alone."""
+    documents by id, descending, as trec_eval breaks ties). Reads neither query nor document text: what a retriever
+    scores by the label prior alone."""
     counts, t_count = timed(label_prior, data, train_split)
     t0 = time.perf_counter()
-    row = [float(counts.get(d, 0)) for d in data.corpus]
-    cand, full = from_matrix(list(queries), list(data.corpus), [row] * len(queries), cands)
+    row = {d: float(counts.get(d, 0)) for d in data.corpus}
+    top = dict(sorted(row.items(), key=lambda x: (x[1], x[0]), reverse=True)[:TOP])
+    full = {q: dict(top) for q in queries}
+    cand = {q: {d: row[d] for d in cands[q]} for q in queries}
     dt = time.perf_counter() - t0
     return SystemResult(cand, 1000 * dt / max(1, len(queries)), t_count, f"label prior: gold counts in {train_split}",
                         full)
@@ -90,19 +89,27 @@ def system_prior(data, queries: dict[str, str], cands: dict[str, list[str]], tra
 
 def system_bm25(bm25: BM25, index_seconds: float, queries: dict[str, str], cands: dict[str, list[str]],
                 quiet=False) -> SystemResult:
+    """BM25 from each query's postings (`BM25.sparse`): its top 100 over the pool and its scores on C(q)."""
     t0 = time.perf_counter()
-    scores = np.stack([bm25.scores(queries[q]) for q in progress(queries, desc="bm25", quiet=quiet)]) if queries \
-        else np.zeros((0, len(bm25.ids)))
-    cand, full = from_matrix(list(queries), bm25.ids, scores, cands)
+    cand, full = {}, {}
+    for q in progress(queries, desc="bm25", quiet=quiet):
+        rows, w = bm25.sparse(queries[q])
+        hit = {bm25.ids[r]: float(v) for r, v in zip(rows.tolist(), w.tolist())}
+        cand[q] = {d: hit.get(d, 0.0) for d in cands[q]}
+        full[q] = bm25.top_sparse(queries[q], TOP)
     dt = time.perf_counter() - t0
     return SystemResult(cand, 1000 * dt / max(1, len(queries)), index_seconds, "k1 0.9, b 0.4", full)
 
 
-def cosine(h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
-    """Bi-encoder scores: cosine similarity of every query with every document, (n_q, n_docs)."""
+def cosine_runs(h_q: torch.Tensor, h_d: torch.Tensor, qids: list[str], doc_ids: list[str],
+                cands: dict[str, list[str]]) -> tuple[dict, dict]:
+    """A bi-encoder's runs (C(q), whole pool) by cosine similarity, the pool scored a block of documents at a time."""
     q = torch.nn.functional.normalize(h_q.float(), dim=-1)
-    d = torch.nn.functional.normalize(h_d.float(), dim=-1)
-    return q @ d.T
+
+    def unit(rows) -> torch.Tensor:
+        return torch.nn.functional.normalize(h_d[rows].float(), dim=-1)
+    vals, idx = topk_blocked(lambda i, j: q @ unit(slice(i, j)).T, len(doc_ids), len(qids), TOP)
+    return runs_from_top(qids, doc_ids, vals, idx, cands, lambda i, rows: (unit(rows) @ q[i]).tolist())
 
 
 def minilm_encoder(quiet: bool = False):
@@ -138,30 +145,71 @@ def system_minilm(data, queries: dict[str, str], cands: dict[str, list[str]], qu
     h_d, t_docs = timed(enc, [data.doc_text(d) for d in doc_ids], "minilm docs")
     qids = list(queries)
     t0 = time.perf_counter()
-    scores = cosine(enc([queries[q] for q in qids], "minilm queries"), h_d)
+    cand, full = cosine_runs(enc([queries[q] for q in qids], "minilm queries"), h_d, qids, doc_ids, cands)
     dt = time.perf_counter() - t0
-    cand, full = from_matrix(qids, doc_ids, scores, cands)
     return SystemResult(cand, 1000 * dt / max(1, len(qids)), t_docs, "all-MiniLM-L6-v2, mean pooling, cosine", full)
 
 
 def system_biencoder(qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds) -> SystemResult:
     """Frozen LLM last-position embeddings (5)/(6), cosine, no training: same backbone, no distillation."""
-    scores, dt = timed(cosine, h_q, h_d)
-    cand, full = from_matrix(qids, doc_ids, scores, cands)
+    (cand, full), dt = timed(cosine_runs, h_q, h_d, qids, doc_ids, cands)
     return SystemResult(cand, 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
                         "frozen LLM h_q (5) . h_d (6), cosine", full)
 
 
-def system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds,
-                   dtype: str = "float32") -> SystemResult:
+def system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds, dtype: str = "float32",
+                   hub: tuple[str, torch.Tensor] | None = None) -> list[tuple[str, SystemResult]]:
     """The student as a retriever: an `Index` of the corpus (B h_d in `dtype`), every document scored by the exact
-    factorised predictor (7): the same code as `python student.py search`."""
+    factorised predictor (7): the same code as `python student.py search`. With `hub` = (kind, reference queries'
+    h_q), also the student with per-document offsets removed (12), as a second row."""
     from student import Index
 
     index = Index.from_h_d(student, doc_ids, h_d, dtype)
-    (cand, full), dt = timed(from_batches, qids, doc_ids, lambda i, j: index.scores(student, h_q[i:j]), cands)
-    return SystemResult(cand, 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
-                        f"h_q pass + factorised predictor over all documents ({dtype} B h_d)", full)
+    t0 = time.perf_counter()
+    vals, idx = index.topk(student, h_q, TOP)
+    cand, full = runs_from_top(qids, doc_ids, vals, idx, cands, lambda i, rows: index.scores_at(student, h_q[i:i + 1],
+                                                                                                [rows])[0])
+    dt = time.perf_counter() - t0
+    out = [("student", SystemResult(cand, 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
+                                    f"h_q pass + factorised predictor over all documents ({dtype} B h_d)", full))]
+    if hub is not None:  # (kind, reference queries' h_q): the diagnostic row
+        offsets = hub_offsets(student, index, hub[1], hub[0])
+        out.append((f"student+{hub[0]}", system_student_corrected(student, index, qids, doc_ids, h_q, cands, offsets,
+                                                                  hub[0], q_seconds)))
+    return out
+
+
+def hub_offsets(student, index, h_ref: torch.Tensor, kind: str, k: int = 10, block: int = 1 << 14) -> torch.Tensor:
+    """(12) [ours, a diagnostic] Each document's score offset over reference queries h_ref (the training queries),
+    (n,): `center`, r(d) = mean_q s_S(q, d); `csls`, r(d) = the mean of d's k highest s_S(q, d) (Lample et al. 2018),
+    scored a block of documents at a time."""
+    dev, out = student.u.device, []
+    q = h_ref.to(dev).float()
+    with torch.no_grad():
+        for i in range(0, len(index.ids), block):
+            s = student.predictor.scores(q, index.doc_side[i:i + block].to(dev), student.u)  # (Q, block)
+            out.append((s.mean(0) if kind == "center" else s.topk(min(k, len(q)), dim=0).values.mean(0)).cpu())
+    return torch.cat(out)
+
+
+def system_student_corrected(student, index, qids, doc_ids, h_q, cands, offsets: torch.Tensor, kind: str,
+                             q_seconds: float) -> SystemResult:
+    """The student with a per-document offset removed (12): s - r(d) (`center`) or 2 s - r(d) (`csls`, whose
+    query term is the same for every document of a query and leaves the ranking unchanged)."""
+    scale = 1.0 if kind == "center" else 2.0
+    dev = student.u.device
+    q = h_q.to(dev).float()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        vals, idx = topk_blocked(lambda i, j: scale * student.predictor.scores(q, index.doc_side[i:j].to(dev),
+                                                                                student.u).cpu() - offsets[i:j],
+                                 len(doc_ids), len(qids), TOP)
+    at = lambda i, rows: [scale * v - float(offsets[r]) for v, r in  # noqa: E731
+                          zip(index.scores_at(student, h_q[i:i + 1], [rows])[0], rows)]
+    cand, full = runs_from_top(qids, doc_ids, vals, idx, cands, at)
+    dt = time.perf_counter() - t0
+    return SystemResult(cand, 1000 * (q_seconds + dt) / max(1, len(qids)), None,
+                        f"student with each document's {kind} offset over the training queries removed (12)", full)
 
 
 class TeacherScores:
@@ -267,7 +315,7 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
                 d_seconds: float = 0.0, doc_cache: str | Path | None = None, quiet: bool = False,
                 index_dtype: str = "float32", teacher_k: int = 8,
                 first_stage: tuple[str, ...] = ("bm25", "student"), scores: TeacherScores | None = None,
-                refresh_cache: bool = False) -> dict:
+                refresh_cache: bool = False, hub: tuple[str, torch.Tensor] | None = None) -> dict:
     """Every system of `names` on the same queries and the same C(q), in the order of `names`; with "teacher",
     also teacher@k (`system_teacher_at_k`) over the first-stage systems of `first_stage` that were run, both through
     `scores` (the teacher's pairs, kept across runs when it has a folder). The student's document embeddings h_d
@@ -295,8 +343,8 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
         if "llm-biencoder" in names:
             results["llm-biencoder"] = system_biencoder(qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds)
         if "student" in names:
-            results["student"] = system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds,
-                                                index_dtype)
+            results |= dict(system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds,
+                                           index_dtype, hub))
     if "teacher" in names:
         scores = scores or TeacherScores()
         results["teacher"] = system_teacher(teacher, data, queries, cands, scores)
@@ -304,7 +352,7 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
         if teacher_k == 0 or first:
             results[f"teacher@{teacher_k or 'pool'}"] = system_teacher_at_k(teacher, data, queries, first, teacher_k,
                                                                             scores)
-    order = [n for n in names if n in results] + [n for n in results if n.startswith("teacher@")]
+    order = [n for n in names if n in results] + [n for n in results if n not in names]
     return {k: results[k] for k in order}
 
 
@@ -502,7 +550,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
     cands = candidate_sets(list(queries), queries, qrels, doc_ids, bm25, cfg.rerank_k,
                            torch.Generator().manual_seed(cfg.seed + 11))
-    doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}") if student else None
+    doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}-f16") if student else None
     results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
                           None if train == split else train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
                           index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import parallel
-from common import atomic_write, cache_dir, progress, resolve_device
+from common import cache_dir, file_digest, progress, resolve_device
 
 # Models shipped inside PyPI packages, read without importing them. Each is a GGUF file, converted once to a plain
 # safetensors folder under $RABTRIEVER_CACHE/models. smollm2-135m is the default (requirements-embedded.txt);
@@ -124,7 +124,9 @@ def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "aut
     t0 = time.time()
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
+        # on a GPU the weights go straight to this rank's device (no full copy in host memory per rank)
+        place = {"device_map": {"": dev}} if dev.type == "cuda" else {}
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn, **place)
     except OSError as e:
         if Path(path).exists():
             raise
@@ -183,21 +185,8 @@ def files_fingerprint(path: str, lm) -> str | None:
         return None
     h = hashlib.blake2b(digest_size=12)
     h.update(str(next(lm.parameters()).dtype).encode())
-    memo_dir = cache_dir("digests")
     for f in files:
-        st = f.stat()
-        key = hashlib.blake2b(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode(), digest_size=12).hexdigest()
-        memo = memo_dir / key
-        if memo.exists():
-            d = memo.read_text().strip()
-        else:
-            fh = hashlib.blake2b(digest_size=16)
-            with open(f, "rb") as fp:
-                for block in iter(lambda: fp.read(1 << 24), b""):
-                    fh.update(block)
-            d = fh.hexdigest()
-            atomic_write(memo, d)
-        h.update(f.name.encode() + d.encode())
+        h.update(f.name.encode() + file_digest(f).encode())
     return h.hexdigest()
 
 

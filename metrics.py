@@ -1,6 +1,6 @@
 """The yardsticks: ranking metrics, agreement with the teacher, bootstrap confidence intervals, the candidate protocol
 C(q), BM25, the label prior and TREC run files. Everything that judges a system lives here, and teacher.py,
-distill.py and evaluate.py all stand on it; it imports nothing of the project but `common`.
+distill.py and evaluate.py all stand on it; it imports nothing of the project but `common` and `parallel`.
 
 Shapes: a run is {query id: {doc id: score}}, qrels are {query id: {doc id: grade}}.
 
@@ -89,17 +89,27 @@ def drop_identical(run: dict[str, dict[str, float]]) -> dict[str, dict[str, floa
     return {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
 
 
-def top_run(qids: list[str], doc_ids: list[str], scores: torch.Tensor, k: int = TOP) -> dict[str, dict[str, float]]:
-    """(n_q, n_docs) score matrix -> run keeping each query's top k."""
-    k = min(k, scores.shape[1])
-    vals, idx = scores.topk(k, dim=1)
-    return {q: {doc_ids[j]: float(v) for j, v in zip(i.tolist(), s.tolist())}
-            for q, i, s in zip(qids, idx, vals)}
+def topk_blocked(score_block, n: int, rows: int, k: int, block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top k (values, column indices) of each of `rows` rows over `n` columns, best first, scored a block of
+    columns at a time by score_block(i, j) -> (rows, j - i) float32: a running top-k, so the rows x n matrix never
+    exists. Under torchrun rank r scores blocks r, r + N, ... and the ranks' top k are merged, the same on every rank."""
+    import parallel
 
-
-def on_candidates(qids: list[str], doc_index: dict[str, int], scores, cands: dict[str, list[str]]) -> dict:
-    """A (n_q, n_docs) score matrix (tensor or array) read at each query's candidates C(q) -> run over C(q)."""
-    return {q: {d: float(scores[i][doc_index[d]]) for d in cands[q]} for i, q in enumerate(qids)}
+    k = min(k, n)
+    vals = torch.full((rows, k), -math.inf)
+    idx = torch.zeros((rows, k), dtype=torch.long)
+    for b in parallel.mine(math.ceil(n / block)):
+        i, j = b * block, min(n, (b + 1) * block)
+        s = score_block(i, j).float().cpu()
+        cat_v, cat_i = torch.cat([vals, s], 1), torch.cat([idx, torch.arange(i, j).expand(rows, -1)], 1)
+        top = cat_v.topk(k, dim=1)
+        vals, idx = top.values, cat_i.gather(1, top.indices)
+    if parallel.world() > 1:
+        every = parallel.all_gather([vals, idx])
+        cat_v, cat_i = torch.cat([v for v, _ in every], 1), torch.cat([i for _, i in every], 1)
+        top = cat_v.topk(k, dim=1)
+        vals, idx = top.values, cat_i.gather(1, top.indices)
+    return vals, idx
 
 
 # ---------------------------------------------------------------------------- fidelity to the teacher
@@ -215,12 +225,38 @@ class BM25:
             self.index[term] = (rows_a, idf * tf * (k1 + 1) / (tf + norm[rows_a]))
 
     def scores(self, query: str) -> np.ndarray:
+        """Every document's score, (n,): for small pools and tests; `sparse` touches only the matching documents."""
         s = np.zeros(len(self.ids))
-        for term in tokenize(query):
-            if term in self.index:
-                rows, w = self.index[term]
-                s[rows] += w
+        rows, w = self.sparse(query)
+        s[rows] = w
         return s
+
+    def sparse(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of the documents that hold a query term: the postings are summed over the union of their
+        rows, so the cost is the postings' length, never the pool's."""
+        hits = [self.index[t] for t in tokenize(query) if t in self.index]
+        if not hits:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        rows = np.concatenate([r for r, _ in hits])
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return uniq, np.bincount(inverse, weights=np.concatenate([w for _, w in hits]), minlength=len(uniq))
+
+    def top_sparse(self, query: str, k: int) -> dict[str, float]:
+        """The top k of the pool for a query from its postings alone; documents that hold no query term score 0 and
+        fill the list, ties by document id descending as trec_eval orders them."""
+        rows, w = self.sparse(query)
+        if len(rows) > k:
+            keep = np.argpartition(-w, k - 1)[:k]
+            rows, w = rows[keep], w[keep]
+        out = {self.ids[r]: float(v) for r, v in zip(rows.tolist(), w.tolist())}
+        if len(out) < k:
+            if not hasattr(self, "_by_id_desc"):
+                self._by_id_desc = sorted(self.ids, reverse=True)
+            for d in self._by_id_desc:
+                if len(out) >= min(k, len(self.ids)):
+                    break
+                out.setdefault(d, 0.0)
+        return out
 
     def top(self, query: str, k: int) -> list[str]:
         s = self.scores(query)

@@ -110,6 +110,37 @@ def broadcast(obj):
     return box[0]
 
 
+def check_shared(folder) -> None:
+    """Under torchrun on more than one node, `folder` (outputs, the cache) must be one filesystem every rank sees:
+    rank 0 writes a file there and every rank must find it; else a clear error before any work."""
+    import uuid
+    from pathlib import Path
+
+    if world() == 1 or int(os.environ.get("LOCAL_WORLD_SIZE", world())) == world():
+        return  # one node: every rank sees the same disk
+    probe = Path(folder) / f".shared-{broadcast(uuid.uuid4().hex)}"
+    if is_main():
+        probe.write_text("")
+    barrier()
+    seen = all_gather(probe.exists())
+    barrier()
+    if is_main():
+        probe.unlink(missing_ok=True)
+    if not all(seen):
+        missing = [r for r, ok in enumerate(seen) if not ok]
+        raise RuntimeError(f"{folder}: ranks {missing} do not see the files rank 0 writes there; outputs and "
+                           "$RABTRIEVER_CACHE must be on a filesystem shared by every node (NFS, Lustre, ...)")
+
+
+def all_gather(obj) -> list:
+    """Every rank's `obj` (any picklable object), in rank order, on every rank."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_module(module: torch.nn.Module) -> None:
     """Rank 0's parameters and buffers copied into `module` on every rank."""
     if world() == 1:
@@ -149,14 +180,15 @@ def param_count(c: dict) -> int:
 def memory_table(c: dict, tokens: int = 512, batch: int = 1, gpus=(1, 2, 4, 8), gpu_gb: float = 80.0) -> list[dict]:
     """GiB per GPU of a full fine-tune with FSDP2 (everything sharded over N GPUs): fp32 parameters (4 B), fp32
     gradients (4 B), AdamW moments (8 B) = 16 B per parameter / N; plus the bf16 all-gathered copy of the largest unit
-    (a decoder block, or the embeddings) and activations for `batch` sequences of `tokens` tokens on each GPU:
+    (a decoder block, or the root unit: the embeddings and, untied as in Qwen2, the lm_head) and activations for `batch` sequences of `tokens` tokens on each GPU:
     without checkpointing ~ tokens * batch * (34 h + 5 heads * tokens) bytes per block (Korthikanti et al. 2022, 16-bit
     activations; a Llama MLP is wider than GPT's 4h, so this is a lower estimate), with checkpointing the block inputs
     (2 * tokens * batch * h bytes per block) plus one block's activations being recomputed."""
     p = param_count(c)
     h, layers, heads = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
     block_params = (p - c["vocab_size"] * h * (1 if c.get("tie_word_embeddings") else 2)) / layers
-    unit = 2 * max(block_params, c["vocab_size"] * h)                    # bf16 bytes of the largest gathered unit
+    root = c["vocab_size"] * h * (1 if c.get("tie_word_embeddings") else 2)  # embeddings + an untied lm_head
+    unit = 2 * max(block_params, root)                                   # bf16 bytes of the largest gathered unit
     act_block = tokens * batch * (34 * h + 5 * heads * tokens)
     act_full, act_ckpt = layers * act_block, layers * 2 * tokens * batch * h + act_block
     logits = 4 * tokens * batch * c["vocab_size"]                        # fp32 logits of the last layer

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 import parallel
-from common import folder_owner, load_tensors, progress, read_json, save_tensors, write_json
+from common import (IntegrityError, file_digest, folder_owner, load_tensors, progress, read_json, save_tensors,
+                    write_json)
 from jepa import INDEX_DTYPE, Predictor
 from llm import ATTENTION, fingerprint, last_hidden, weights_fingerprint
 from teacher import Teacher
@@ -104,17 +105,20 @@ def cache_key(student: Student, doc_ids: list[str], texts: list[str], kind: str)
 
 def encode_corpus(student: Student, doc_ids: list[str], texts: list[str], folder: str | Path,
                   refresh: bool = False, kind: str = "docs") -> torch.Tensor:
-    """h_d (6) for a corpus (kind="docs"), or h_q (5) for a query set (kind="queries"), cached in `folder` as
-    shards of SHARD texts; resumes after a kill; (n, H). Under torchrun the ranks encode each shard together
-    (`llm.last_hidden`), rank 0 writes it, and which shards are already done is rank 0's view, so every rank takes
-    the same path; a cache written under N processes is read under any other number."""
+    """h_d (6) for a corpus (kind="docs"), or h_q (5) for a query set (kind="queries"), (n, H) float16, cached in
+    `folder`: encoded in shards of SHARD texts (a killed run resumes after its last finished shard), then joined
+    into one raw float16 file, `encodings.f16`, and the shards removed. The result is that file memory-mapped (not
+    read into memory: a rank reads only the rows it scores), its digest checked once per file version
+    (`common.file_digest`). Under torchrun the ranks encode each shard together (`llm.last_hidden`), rank 0 writes,
+    and every rank maps the same file (so the cache must be on a filesystem every rank sees)."""
     folder = Path(folder)
     encode = {"docs": student.encode_docs, "queries": student.encode_queries}[kind]
     key = cache_key(student, doc_ids, texts, kind)
-    meta_path = folder / "key.json"
+    meta_path, joined = folder / "key.json", folder / "encodings.f16"
     if refresh and folder.exists() and parallel.is_main():
         shutil.rmtree(folder)  # rebuilt from scratch: stale or damaged shards are never reused
     parallel.barrier()
+    hidden = student.lm.config.hidden_size
     if meta_path.exists():
         old = read_json(meta_path, "delete the folder or pass --refresh-cache")
         diff = [k for k in key if old.get(k) != key[k]]
@@ -122,23 +126,51 @@ def encode_corpus(student: Student, doc_ids: list[str], texts: list[str], folder
             raise StaleCacheError(f"{meta_path}: document cache made for different {', '.join(diff)} "
                                   "(model weights, prompt or corpus changed); delete the folder or pass "
                                   "--refresh-cache")
+        if "digest" in old and joined.exists():
+            if file_digest(joined) != old["digest"]:
+                raise IntegrityError(f"{joined}: content does not match the digest in {meta_path.name} (damaged or "
+                                     "truncated); pass --refresh-cache to rebuild the cache")
+            return _mapped(joined, len(doc_ids), hidden)
     folder.mkdir(parents=True, exist_ok=True)
-    if not meta_path.exists():  # a finished cache is only read (it may sit on a read-only disk)
+    if not meta_path.exists():
         write_json(meta_path, key)
-    shards = []
     starts = range(0, len(doc_ids), SHARD)
     done = parallel.broadcast({i for i in starts if all(
         (folder / f"shard-{i // SHARD:05d}.safetensors{ext}").exists() for ext in ("", ".json"))})
-    for i in progress(starts, desc="doc cache", quiet=student.teacher.quiet or len(starts) < 2):
-        path = folder / f"shard-{i // SHARD:05d}.safetensors"
-        if i in done:
-            tensors, _ = load_tensors(path, {"start": i, "corpus": key["corpus"]},
-                                      fix="pass --refresh-cache to rebuild the cache")
-        else:
-            tensors = {"h_d": encode(texts[i:i + SHARD], desc=f"{kind} {i}+")}
-            save_tensors(path, tensors, {"start": i, "corpus": key["corpus"]})
-        shards.append(tensors["h_d"])
-    return torch.cat(shards) if shards else torch.empty(0, student.lm.config.hidden_size)
+    for i in progress(starts, desc=f"{kind} cache", quiet=student.teacher.quiet or len(starts) < 2):
+        if i not in done:
+            save_tensors(folder / f"shard-{i // SHARD:05d}.safetensors",
+                         {"h_d": encode(texts[i:i + SHARD], desc=f"{kind} {i}+").half()},
+                         {"start": i, "corpus": key["corpus"]})
+    if parallel.is_main():  # join the shards, checked, into one file; then drop them
+        tmp = joined.with_name(joined.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as out:
+            for i in starts:
+                tensors, _ = load_tensors(folder / f"shard-{i // SHARD:05d}.safetensors",
+                                          {"start": i, "corpus": key["corpus"]},
+                                          fix="pass --refresh-cache to rebuild the cache")
+                out.write(tensors["h_d"].half().contiguous().numpy().tobytes())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, joined)
+        write_json(meta_path, key | {"digest": file_digest(joined), "dtype": "float16", "rows": len(doc_ids),
+                                     "hidden": hidden})
+        for i in starts:
+            for ext in ("", ".json"):
+                (folder / f"shard-{i // SHARD:05d}.safetensors{ext}").unlink(missing_ok=True)
+    parallel.barrier()
+    return _mapped(joined, len(doc_ids), hidden)
+
+
+def _mapped(path: Path, rows: int, hidden: int) -> torch.Tensor:
+    """A raw float16 (rows, hidden) file as a tensor mapped from disk (private, copy-on-write)."""
+    if rows == 0:
+        return torch.empty(0, hidden, dtype=torch.float16)
+    expect = rows * hidden * 2
+    if path.stat().st_size != expect:
+        raise IntegrityError(f"{path}: {path.stat().st_size} bytes, not the {expect} of {rows} x {hidden} float16 "
+                             "(truncated); pass --refresh-cache to rebuild the cache")
+    return torch.from_file(str(path), shared=False, size=rows * hidden, dtype=torch.float16).view(rows, hidden)
 
 
 def save_predictor(student: Student, path: str | Path, meta: dict) -> None:
@@ -294,6 +326,29 @@ class Index:
                     for i in range(0, h_q.shape[0], batch)]
         return torch.cat(rows) if rows else torch.empty(0, len(self.ids))
 
+    def topk(self, student: Student, h_q: torch.Tensor, k: int, block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top k (scores, document rows) of every query h_q (B, H) over the whole index, best first, scored a
+        block of documents at a time (`metrics.topk_blocked`: the B x n matrix never exists; ranks share the blocks
+        under torchrun)."""
+        from metrics import topk_blocked
+
+        if not self.ids:
+            raise ValueError("index: it holds no document")
+        dev = student.u.device
+        q = h_q.to(dev).float()
+        with torch.no_grad():
+            return topk_blocked(lambda i, j: student.predictor.scores(q, self.doc_side[i:j].to(dev), student.u),
+                                len(self.ids), h_q.shape[0], k, block)
+
+    def scores_at(self, student: Student, h_q: torch.Tensor, rows: list[list[int]]) -> list[list[float]]:
+        """s_S (7) of query i against the documents rows[i] only (a candidate set per query), exact."""
+        dev, out = student.u.device, []
+        with torch.no_grad():
+            for q, r in zip(h_q, rows):
+                out.append(student.predictor.scores(q[None].to(dev).float(), self.doc_side[r].to(dev),
+                                                    student.u)[0].cpu().tolist())
+        return out
+
     def search(self, student: Student, queries: list[str], k: int = 10,
                candidates: list[list[str]] | None = None) -> list[list[tuple[str, float]]]:
         """The top k (doc id, score) of each query, best first. With `candidates` (a first stage's doc ids per
@@ -302,8 +357,7 @@ class Index:
             raise ValueError("index: it holds no document")
         h_q = student.encode_queries(queries)
         if candidates is None:
-            scores = self.scores(student, h_q)
-            vals, idx = scores.topk(min(k, len(self.ids)), dim=1)
+            vals, idx = self.topk(student, h_q, k)
             return [[(self.ids[j], v) for j, v in zip(i.tolist(), s.tolist())] for i, s in zip(idx, vals)]
         row = {d: i for i, d in enumerate(self.ids)}
         out = []

@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import (add_dataclass_args, check_finite, check_sizes, cli, config_from_args, field, load_tensors,
-                    prepare_output, progress, read_json, resolve_device, save_tensors, set_seed, subset, write_json)
+from common import (add_dataclass_args, check_finite, check_sizes, check_tensors, cli, config_from_args, field,
+                    load_tensors, prepare_output, progress, read_json, resolve_device, save_tensors, set_seed, subset,
+                    write_json)
 import parallel
 from llm import (ATTENTION, DEFAULT_MODEL, can_split, fingerprint, forget_fingerprint, last_hidden, last_logits,
                  load_llm, top_last, trunk_states, weights_fingerprint)
@@ -681,20 +682,32 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
     lm, tok = load_llm(model or DEFAULT_MODEL, device, dtype, attn)
     if checkpoint:
         base_fp = fingerprint(lm)
-        tensors, meta = load_tensors(path, {"kind": "teacher"},
-                                     fix="train the teacher again (`python teacher.py train ... --overwrite`)")
+        meta = check_tensors(path, {"kind": "teacher"},
+                             fix="train the teacher again (`python teacher.py train ... --overwrite`)")
         if meta["base_fingerprint"] not in (base_fp, weights_fingerprint(lm) if base_fp != meta["base_fingerprint"]
                                             else None):  # checkpoints from before file digests hashed the weights
             raise ValueError(f"{path}.json: base_fingerprint {meta['base_fingerprint']} != fingerprint {base_fp} of "
                              f"the loaded base model '{model}': the checkpoint was trained on other weights")
-        missing = set(tensors) - set(lm.state_dict())
-        if missing:
-            raise ValueError(f"{path}: tensors {sorted(missing)[:3]} do not exist in model '{model}'")
-        lm.load_state_dict(tensors, strict=False)
+        copy_into(lm, path, model)
         lm.tie_weights()
         lm.rab_fingerprint = teacher_identity(base_fp, meta["digest"]) if "digest" in meta else None
     return Teacher(lm, tok, meta.get("max_doc_tokens", 256), batch_size, quiet,
                    instruction=meta.get("instruction", instruction or INSTRUCTION)), meta
+
+
+def copy_into(lm, path: Path, model: str) -> None:
+    """The trained tensors of a checkpoint copied into the loaded model one at a time, on the model's device: host
+    memory holds one tensor at once, never the whole checkpoint (a 7B full fine-tune is 30 GB in float32)."""
+    from safetensors import safe_open
+
+    params = lm.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        missing = [k for k in f.keys() if k not in params]
+        if missing:
+            raise ValueError(f"{path}: tensors {sorted(missing)[:3]} do not exist in model '{model}'")
+        with torch.no_grad():
+            for k in f.keys():
+                params[k].copy_(f.get_tensor(k))
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -155,30 +155,33 @@ def test_round0_not_uniform_and_no_pair_twice(env, monkeypatch):
     import metrics
     tmp, root = env
     picked = []
-    orig = distill.sample_top
+    orig = distill.pick_top
 
-    def spy(s, e, k):
-        out = orig(s, e, k)
-        picked.append((s.clone(), [set(x) for x in e], out))
+    def spy(cfg, r, student, h_q, h_d, bm25, texts, exclude):
+        out = orig(cfg, r, student, h_q, h_d, bm25, texts, exclude)
+        picked.append(([set(x) for x in exclude], out))
         return out
-    monkeypatch.setattr(distill, "sample_top", spy)
+    monkeypatch.setattr(distill, "pick_top", spy)
     res = distill.main(_args(tmp, root, "r0"))
     from data import load_virtualhome, train_test_splits
     data = load_virtualhome(root)
     train_q, train_rel = data.split(train_test_splits(data)[0])
     bm25 = metrics.BM25({d: data.doc_text(d) for d in data.corpus})
-    want = torch.from_numpy(np.stack([bm25.scores(train_q[q]) for q in train_q]))
-    assert torch.equal(picked[0][0], want)  # round 0 ranks by BM25
+    doc_ids = list(data.corpus)
+    for i, q in enumerate(train_q):  # round 0 takes BM25's best documents that are not gold
+        gold = {doc_ids.index(d) for d in train_rel[q]}
+        s = torch.from_numpy(bm25.scores(train_q[q]))
+        s[list(gold)] = -float("inf")
+        assert picked[0][1][i] == s.topk(3).indices.tolist()
     state = json.loads((tmp / "r0" / "state.safetensors.json").read_text())
     keys = [tuple(p[2]) for p in state["pairs"]]
     assert len(keys) == len(set(keys)) == res["teacher_calls"]
-    doc_ids = list(data.corpus)
     for i, q in enumerate(train_q):
         gold = {doc_ids.index(d) for d in train_rel[q]}
-        assert picked[0][1][i] == gold  # round 0 excludes the gold only
-        assert picked[1][1][i] == gold | set(picked[0][2][i])  # round 1 also what round 0 sent to the teacher
-        assert not set(picked[1][2][i]) & picked[1][1][i]
-        assert all((q, doc_ids[d]) in keys for d in gold | set(picked[0][2][i]) | set(picked[1][2][i]))
+        assert picked[0][0][i] == gold  # round 0 excludes the gold only
+        assert picked[1][0][i] == gold | set(picked[0][1][i])  # round 1 also what round 0 sent to the teacher
+        assert not set(picked[1][1][i]) & picked[1][0][i] and len(picked[1][1][i]) == 3
+        assert all((q, doc_ids[d]) in keys for d in gold | set(picked[0][1][i]) | set(picked[1][1][i]))
 
 
 def test_pool_batches_and_term(env):
@@ -221,3 +224,11 @@ def test_psyqa_distill_and_evaluate(env):
     ev = evaluate.main(["--bench", "psyqa", "--data-dir", str(root), "--student", str(tmp / "pq"), "--systems",
                         "prior,bm25,student", "--output-dir", str(tmp / "pq-eval"), "--quiet"])
     assert ev["systems"]["student"]["full_pool"]["R@1"] == res["systems"]["student"]["full_pool"]["R@1"]
+
+
+def test_hub_correction_row(env):
+    """--hub-correction center adds the corrected student (12) as a row over the whole pool and on C(q)."""
+    tmp, root = env
+    res = distill.main(_args(tmp, root, "hub", "--hub-correction", "center"))
+    row = res["systems"]["student+center"]
+    assert "hubness" in row["full_pool"] and "agree@1" in row["candidates"]

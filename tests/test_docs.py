@@ -51,13 +51,13 @@ def _definitions() -> tuple[dict[str, str], set[str]]:
 
 
 def test_method_defines_each_equation_once_with_its_function():
-    """METHOD.md defines (1)-(11) once each; every function an equation names exists, and the first one's docstring
+    """METHOD.md defines (1)-(12) once each; every function an equation names exists, and the first one's docstring
     cites the equation's number, so a reader goes from the equation to the code and back."""
     text = _method()
     numbers = DEF.findall(text)
     assert len(numbers) == len(set(numbers)), "an equation is defined twice"
     eqs, steps = _definitions()
-    assert {str(i) for i in range(1, 12)} <= set(eqs) and steps == {str(i) for i in range(8)}
+    assert {str(i) for i in range(1, 13)} <= set(eqs) and steps == {str(i) for i in range(8)}
     for n, body in eqs.items():
         names = FUNC.findall(body)
         assert names, f"({n}) names no function"

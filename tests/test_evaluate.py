@@ -290,3 +290,31 @@ def test_max_docs_keeps_judged_and_fills_up(tmp_path):
     from data import load_virtualhome
     qrels = load_virtualhome(root).split("test")[1]
     assert len(docs) == 12 and {M.trec_id(d) for q in qrels for d in qrels[q]} <= docs
+
+
+def test_hub_offsets_and_corrected_student_by_hand():
+    """(12): center = each document's mean score over the reference queries, csls = the mean of its k highest; the
+    corrected runs rank by s - r(d) (center) and 2 s - r(d) (csls), on the pool and on C(q)."""
+    from types import SimpleNamespace
+
+    from jepa import Predictor
+    from student import Index
+    torch.manual_seed(0)
+    p = Predictor(6, 4)
+    with torch.no_grad():
+        p.W2.weight.normal_(0, 0.5)
+    student = SimpleNamespace(predictor=p.eval(), u=torch.randn(6))
+    h_d, ref, h_q = torch.randn(9, 6), torch.randn(5, 6), torch.randn(3, 6)
+    ids = [f"d{i}" for i in range(9)]
+    index = Index.from_h_d(student, ids, h_d, "float32")
+    s_ref, s_q = index.scores(student, ref), index.scores(student, h_q)  # (5, 9), (3, 9)
+    assert torch.allclose(E.hub_offsets(student, index, ref, "center", block=4), s_ref.mean(0), atol=1e-6)
+    assert torch.allclose(E.hub_offsets(student, index, ref, "csls", k=2, block=4), s_ref.topk(2, 0).values.mean(0),
+                          atol=1e-6)
+    off = s_ref.mean(0)
+    cands = {f"q{i}": ["d1", "d4"] for i in range(3)}
+    r = E.system_student_corrected(student, index, list(cands), ids, h_q, cands, off, "center", 0.0)
+    for i, q in enumerate(cands):
+        want = s_q[i] - off
+        assert M.ranked(r.full_run[q])[:9] == [ids[j] for j in want.argsort(descending=True).tolist()]
+        assert r.cand_run[q]["d4"] == pytest.approx(float(want[4]), abs=1e-5)

@@ -142,17 +142,17 @@ def test_damaged_and_truncated_tensor_files_are_named(env, tmp_path):
     tok = make_tokenizer()
     s = Student(T.Teacher(make_lm(tok), tok), width=8)
     ids, texts = ["a", "b", "c"], ["walk", "find mouse", "grab cup"]
-    h = encode_corpus(s, ids, texts, tmp / "c")
-    shard = tmp / "c" / "shard-00000.safetensors"
-    raw = bytearray(shard.read_bytes())
-    raw[-64:] = bytes(64)
-    shard.write_bytes(bytes(raw))
-    with pytest.raises(common.IntegrityError, match=r"shard-00000.safetensors: content does not match the digest.*"
+    h = encode_corpus(s, ids, texts, tmp / "c").clone()
+    joined = tmp / "c" / "encodings.f16"
+    raw = bytearray(joined.read_bytes())
+    raw[-8:] = bytes(8)
+    joined.write_bytes(bytes(raw))
+    with pytest.raises(common.IntegrityError, match=r"encodings.f16: content does not match the digest.*"
                                                     r"--refresh-cache"):
         encode_corpus(s, ids, texts, tmp / "c")
     assert torch.equal(encode_corpus(s, ids, texts, tmp / "c", refresh=True), h)
-    shard.write_bytes(shard.read_bytes()[:100])  # truncated
-    with pytest.raises(common.IntegrityError, match="shard-00000.safetensors.*truncated"):
+    joined.write_bytes(joined.read_bytes()[:100])  # truncated
+    with pytest.raises(common.IntegrityError, match="encodings.f16: .*(truncated|does not match)"):
         encode_corpus(s, ids, texts, tmp / "c")
     ckpt = tmp_path / "teacher.safetensors"
     common.save_tensors(ckpt, {"w": torch.ones(64)}, {"kind": "teacher"})

@@ -257,3 +257,43 @@ def test_sft_killed_under_two_ranks_resumes(tmp_path, train_layers):
     assert got["losses"] == pytest.approx(ref["losses"], abs=1e-5) and len(got["losses"]) == 12
     for k, v in ref["sd"].items():
         assert torch.allclose(got["sd"][k].float(), v.float(), atol=1e-5), k
+
+
+def _topk(out: str):
+    from metrics import topk_blocked
+    parallel.init("cpu")
+    m = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    res = topk_blocked(lambda i, j: m[:, i:j], 50, 6, 9, block=7)
+    if parallel.is_main():
+        torch.save(res, out)
+
+
+def test_topk_blocked_two_ranks_equals_one(tmp_path):
+    """Under 2 ranks each scores every other block of documents and the merged top k equals one process's."""
+    from metrics import topk_blocked
+    m = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    one = topk_blocked(lambda i, j: m[:, i:j], 50, 6, 9, block=7)
+    spawn(_topk, str(tmp_path / "two.pt"))
+    two = torch.load(tmp_path / "two.pt")
+    assert torch.equal(two[0], one[0]) and torch.equal(two[1], one[1])
+
+
+def _shared(folder: str, local: str):
+    os.environ["LOCAL_WORLD_SIZE"] = local  # as torchrun sets it: 1 process per node = two nodes
+    parallel.init("cpu")
+    seen = Path(folder) / f"rank{parallel.rank()}"
+    seen.mkdir(parents=True, exist_ok=True)
+    try:
+        parallel.check_shared(seen if local == "1" else folder)  # per-rank folders: as if each node had its own disk
+    except RuntimeError as e:
+        Path(folder, f"error{parallel.rank()}").write_text(str(e))
+
+
+def test_multi_node_needs_a_shared_filesystem(tmp_path):
+    """With one process per node, a folder rank 1 cannot see (here: each rank its own) is an error naming the ranks
+    and the fix; on one node nothing is checked."""
+    spawn(_shared, str(tmp_path), "1")
+    err = (tmp_path / "error0").read_text()
+    assert "ranks [1] do not see the files rank 0 writes there" in err and "shared by every node" in err
+    spawn(_shared, str(tmp_path / "one-node"), "2")
+    assert not (tmp_path / "one-node" / "error0").exists()

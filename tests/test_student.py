@@ -84,20 +84,34 @@ def test_score_all_equals_forward(tiny):
 
 
 def test_doc_cache_round_trip_resume_and_stale(tiny, tmp_path, monkeypatch):
-    """The cache returns the same h_d, resumes from complete shards, and refuses a changed model."""
+    """The cache returns h_d in float16 (within its rounding of the float32 encodings), memory-mapped from one
+    joined file; a run killed while encoding resumes after its last finished shard; a changed model is refused."""
     import student as S
     monkeypatch.setattr(S, "SHARD", 2)
     lm, tok = tiny
     s = Student(Teacher(lm, tok), width=8)
     ids, texts = ["a", "b", "c", "d", "e"], ["walk", "find mouse", "grab cup", "sit on chair", "drink water"]
-    h1 = encode_corpus(s, ids, texts, tmp_path / "c")
-    assert torch.allclose(h1, s.encode_docs(texts), atol=1e-6)
-    (tmp_path / "c" / "shard-00002.safetensors").unlink()  # as if killed before the last shard
+    ref = s.encode_docs(texts)
     calls = []
     orig = s.encode_docs
+
+    def dies(t, desc=""):
+        calls.append(len(t))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed before the last shard")
+        return orig(t)
+    s.encode_docs = dies
+    with pytest.raises(KeyboardInterrupt):
+        encode_corpus(s, ids, texts, tmp_path / "c")
+    assert sorted(p.name for p in (tmp_path / "c").glob("shard-*.safetensors")) == ["shard-00000.safetensors",
+                                                                                    "shard-00001.safetensors"]
+    calls.clear()
     s.encode_docs = lambda t, desc="": calls.append(len(t)) or orig(t)  # noqa: E731
-    h2 = encode_corpus(s, ids, texts, tmp_path / "c")
-    assert torch.equal(h1, h2) and calls == [1]
+    h = encode_corpus(s, ids, texts, tmp_path / "c")
+    assert calls == [1] and h.dtype == torch.float16 and not list((tmp_path / "c").glob("shard-*"))
+    assert torch.allclose(h.float(), ref, atol=2e-3, rtol=1e-3) and torch.equal(h, ref.half())
+    assert (tmp_path / "c" / "encodings.f16").stat().st_size == 5 * lm.config.hidden_size * 2
+    assert torch.equal(encode_corpus(s, ids, texts, tmp_path / "c"), h) and calls == [1]  # read back, not encoded
     other = Student(Teacher(make_lm(tok, seed=3), tok), width=8)
     with pytest.raises(StaleCacheError, match="model_fingerprint"):
         encode_corpus(other, ids, texts, tmp_path / "c")
