@@ -150,7 +150,7 @@ def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000
     return rows
 
 
-if __name__ == "__main__":
+def main(argv=None) -> list[dict]:
     import argparse
     ap = argparse.ArgumentParser(description="python jepa.py bench: factorised scoring throughput vs a dot product")
     ap.add_argument("cmd", choices=["bench"])
@@ -161,6 +161,16 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default="float16", choices=sorted(INDEX_DTYPE), help="dtype of B h_d and of h_d")
     ap.add_argument("--max-pairs", type=float, default=3e9, help="skip points with more (query, doc) pairs")
     ap.add_argument("--output", default="results/predictor_throughput.json")
-    a = ap.parse_args()
-    bench(a.hidden, a.width, [int(x) for x in a.sizes.split(",")], [int(x) for x in a.queries.split(",")], a.dtype,
-          a.max_pairs, a.output)
+    a = ap.parse_args(argv)
+    try:
+        sizes, queries = [int(x) for x in a.sizes.split(",")], [int(x) for x in a.queries.split(",")]
+    except ValueError as e:
+        raise ValueError(f"--sizes {a.sizes!r} / --queries {a.queries!r}: comma-separated whole numbers") from e
+    if min(sizes + queries + [a.hidden, a.width]) < 1 or not a.max_pairs > 0:
+        raise ValueError("--sizes, --queries, --hidden and --width must be >= 1, --max-pairs > 0")
+    return bench(a.hidden, a.width, sizes, queries, a.dtype, a.max_pairs, a.output)
+
+
+if __name__ == "__main__":
+    from common import cli
+    cli(main)

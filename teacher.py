@@ -773,6 +773,9 @@ def cmd_train(cfg: TrainConfig) -> dict:
 
 
 def cmd_score(args) -> None:
+    for flag, text in (("--query", args.query), ("--doc", args.doc)):
+        if not text.strip():
+            raise ValueError(f"{flag} is empty or only whitespace")
     teacher, _ = load_teacher(args.checkpoint, args.model, args.device)
     s = teacher.score([args.query], [args.doc]).item()
     print(f"s_T = {s:.4f}   p(yes | yes, no) = {1 / (1 + math.exp(-s)):.4f}")
@@ -780,6 +783,9 @@ def cmd_score(args) -> None:
 
 def cmd_bench(args) -> None:
     """Throughput in pairs/s at fixed total lengths (random token ids of exactly that length)."""
+    for name in ("batch_size", "pairs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be >= 1")
     lm, tok = load_llm(args.model, args.device)
     rows = []
     for length in (128, 512):
