@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny randomly initialised Llama-style model with a word-level tokenizer (no download)."""
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,16 +32,42 @@ def make_tokenizer():
     return fast
 
 
-def make_lm(tok, seed=0, layers=2, hidden=32):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def make_lm(tok, seed=0, layers=2, hidden=32, arch="llama"):
+    """A tiny random causal LM: a Llama with a tied head (SmolLM2's layout), or with arch="qwen2" a Qwen2 (the
+    paper's architecture: q/k/v biases, an untied lm_head)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
-    lm = LlamaForCausalLM(cfg).eval().requires_grad_(False)
-    lm.name_or_id = "tiny-random-llama"
+    config, model = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    cfg = config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                 tie_word_embeddings=arch == "llama", pad_token_id=tok.pad_token_id)
+    lm = model(cfg).eval().requires_grad_(False)
+    lm.name_or_id = f"tiny-random-{arch}"
     return lm
+
+
+def make_qwen2(tok, seed=0, layers=2, hidden=32):
+    """make_lm's tiny random Qwen2 (untied head)."""
+    return make_lm(tok, seed, layers, hidden, arch="qwen2")
+
+
+@contextmanager
+def killed_after(steps: int, exc=KeyboardInterrupt):
+    """Within the `with`, teacher SFT dies (raises `exc`) right after its optimiser step number `steps`: a kill."""
+    import teacher as T
+    orig = T.MasterWeights.step
+
+    def step(self):
+        orig(self)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == steps:
+            raise exc("killed")
+    T.MasterWeights.step = step
+    try:
+        yield
+    finally:
+        T.MasterWeights.step = orig
 
 
 @pytest.fixture
@@ -89,15 +116,3 @@ def write_psyqa(folder: Path, n_questions: int = 20, name: str = "PsyQA_example.
     (folder / name).write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
     return folder
 
-
-def make_qwen2(tok, seed=0, layers=2, hidden=32):
-    """A tiny random Qwen2 (the paper's architecture): q/k/v biases and an untied lm_head, unlike make_lm."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id)
-    lm = Qwen2ForCausalLM(cfg).eval().requires_grad_(False)
-    lm.name_or_id = "tiny-random-qwen2"
-    return lm

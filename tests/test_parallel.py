@@ -4,6 +4,7 @@ under 1. Tolerances: 1e-5 absolute for losses and weights (float reduction order
 import json
 import os
 import socket
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch.multiprocessing as mp
 import distill
 import parallel
 import teacher as T
-from conftest import make_lm, make_tokenizer, write_virtualhome
+from conftest import killed_after, make_lm, make_tokenizer, write_virtualhome
 from test_teacher import _toy_data
 
 
@@ -222,16 +223,8 @@ def _sft_resumable(train_layers: int, out: str, kill_at: int, resume: bool):
     d = _toy_data()
     cfg = T.TrainConfig(bench="toy", train_layers=train_layers, lr=3e-3, epochs=2, batch_size=3, grad_accum=2,
                         warmup=0.2, max_train_queries=0, quiet=True, save_every=2, output_dir=out, resume=resume)
-    if kill_at:
-        orig = T.MasterWeights.step
-
-        def step(self):
-            orig(self)
-            self.calls = getattr(self, "calls", 0) + 1
-            if self.calls == kill_at:
-                raise RuntimeError("killed")
-        T.MasterWeights.step = step
-    hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
+    with killed_after(kill_at, RuntimeError) if kill_at else nullcontext():  # spawn swallows KeyboardInterrupt
+        hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
     if hist["fsdp"]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         sd = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

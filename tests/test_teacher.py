@@ -1,9 +1,11 @@
 """teacher.py on a tiny random Llama: equations (1)-(4), batching, prompt order, training and checkpoints."""
+from contextlib import nullcontext
+
 import pytest
 import torch
 
 import teacher as T
-from conftest import make_lm, make_tokenizer
+from conftest import killed_after, make_lm, make_tokenizer
 
 
 def test_score_equals_log_softmax_by_hand(tiny):
@@ -242,20 +244,8 @@ def _sft_run(tmp_path, out, kill_at=None, resume=False, dtype=torch.float32):
     d = _toy_data()
     cfg = T.TrainConfig(bench="toy", train_layers=1, lr=3e-3, epochs=3, batch_size=4, grad_accum=2, warmup=0.2,
                         max_train_queries=0, quiet=True, save_every=2, output_dir=str(tmp_path / out), resume=resume)
-    if kill_at:
-        orig = T.MasterWeights.step
-
-        def step(self):
-            orig(self)
-            self.calls = getattr(self, "calls", 0) + 1
-            if self.calls == kill_at:
-                raise KeyboardInterrupt("killed")
-        T.MasterWeights.step = step
-    try:
+    with killed_after(kill_at) if kill_at else nullcontext():
         hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
-    finally:
-        if kill_at:
-            T.MasterWeights.step = orig
     return hist["losses"], {k: v.clone() for k, v in lm.state_dict().items()}
 
 
