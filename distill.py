@@ -197,7 +197,7 @@ def sample_policy(scores: torch.Tensor, exclude: list[set[int]], k: int, tau_s: 
 
 def sample_top(scores: torch.Tensor, exclude: list[set[int]], k: int) -> list[list[int]]:
     """[ours] The k best-ranked documents of each query that are not excluded (gold, or already sent to the
-    teacher): the student's own hard negatives, refreshed every round (as ANCE mines them); ties by lower index."""
+    teacher): the student's own hard negatives, refreshed every round (as ANCE mines them); ties in topk's order."""
     out = []
     for row, g in zip(scores, exclude):
         row = row.double().clone()
@@ -244,8 +244,8 @@ def softmax_scores(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tens
 
 def pool_queries(cfg: DistillConfig, student: Student, train_q: dict[str, str], train_rel: dict, qids: list[str],
                  h_q: torch.Tensor, doc_index: dict[str, int]) -> tuple[torch.Tensor, list[set[int]]]:
-    """The queries of the pool term (11): the teacher's training queries first, then more training queries up to
-    --nce-queries (a seeded subset; they cost the query pass (5) only, no teacher call, and are cached under
+    """The queries of the pool term (11): the teacher's training queries (all of them), then more training queries
+    up to --nce-queries (a seeded subset; they cost the query pass (5) only, no teacher call, and are cached under
     $RABTRIEVER_CACHE/queryemb for every run of the same teacher), with their gold rows."""
     rest = [q for q in train_q if q not in set(qids)]
     n_extra = len(rest) if cfg.nce_queries == 0 else max(0, cfg.nce_queries - len(qids))
