@@ -449,7 +449,8 @@ def load_psyqa(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
     cut1, cut2 = int(0.8 * len(order)), int(0.9 * len(order))
     split_of = {c: ("train" if i < cut1 else "dev" if i < cut2 else "test") for i, c in enumerate(order)}
     corpus = {name: {"title": name, "text": desc} for name, desc in PSYQA_STRATEGIES.items()}
-    data = Retrieval("psyqa", corpus, {s: {} for s in ("train", "dev", "test")}, {s: {} for s in ("train", "dev", "test")})
+    splits = ("train", "dev", "test")
+    data = Retrieval("psyqa", corpus, {s: {} for s in splits}, {s: {} for s in splits})
     seen_ids: dict[str, int] = {}
     for n, item in enumerate(items):
         where = f"{path}: question {n}"

@@ -92,7 +92,8 @@ def drop_identical(run: dict[str, dict[str, float]]) -> dict[str, dict[str, floa
 def topk_blocked(score_block, n: int, rows: int, k: int, block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
     """The top k (values, column indices) of each of `rows` rows over `n` columns, best first, scored a block of
     columns at a time by score_block(i, j) -> (rows, j - i) float32: a running top-k, so the rows x n matrix never
-    exists. Under torchrun rank r scores blocks r, r + N, ... and the ranks' top k are merged, the same on every rank."""
+    exists. Under torchrun rank r scores blocks r, r + N, ... and the ranks' top k are merged, the same on every
+    rank."""
     import parallel
 
     k = min(k, n)

@@ -19,7 +19,8 @@ What runs where (every rank runs the same script on the same data, in the same o
 - predictor training (Step 5): replicated, every rank trains the same predictor on the same gathered pairs with the same
   seed (it is small: a rank-0-only step would leave the others idle and need a broadcast anyway); rank 0's predictor
   is broadcast after each round, so floating-point differences between GPUs cannot make the ranks drift apart;
-- picking documents (Step 3): rank 0 picks and broadcasts; metrics are computed on every rank from the same gathered scores;
+- picking documents (Step 3): rank 0 picks and broadcasts; metrics are computed on every rank from the same gathered
+  scores;
 - files (results, TREC runs, caches, checkpoints) are written by rank 0 only (`common.atomic_write`), progress bars
   and log lines shown on rank 0 only (errors on stderr from every rank; RABTRIEVER_LOG_ALL_RANKS=1 shows all logs).
 Host memory: every rank loads the model itself (`from_pretrained`): N copies in host RAM while loading (Qwen2-7B in
@@ -180,7 +181,8 @@ def param_count(c: dict) -> int:
 def memory_table(c: dict, tokens: int = 512, batch: int = 1, gpus=(1, 2, 4, 8), gpu_gb: float = 80.0) -> list[dict]:
     """GiB per GPU of a full fine-tune with FSDP2 (everything sharded over N GPUs): fp32 parameters (4 B), fp32
     gradients (4 B), AdamW moments (8 B) = 16 B per parameter / N; plus the bf16 all-gathered copy of the largest unit
-    (a decoder block, or the root unit: the embeddings and, untied as in Qwen2, the lm_head) and activations for `batch` sequences of `tokens` tokens on each GPU:
+    (a decoder block, or the root unit: the embeddings and, untied as in Qwen2, the lm_head) and activations for
+    `batch` sequences of `tokens` tokens on each GPU:
     without checkpointing ~ tokens * batch * (34 h + 5 heads * tokens) bytes per block (Korthikanti et al. 2022, 16-bit
     activations; a Llama MLP is wider than GPT's 4h, so this is a lower estimate), with checkpointing the block inputs
     (2 * tokens * batch * h bytes per block) plus one block's activations being recomputed."""

@@ -326,7 +326,8 @@ class Index:
                     for i in range(0, h_q.shape[0], batch)]
         return torch.cat(rows) if rows else torch.empty(0, len(self.ids))
 
-    def topk(self, student: Student, h_q: torch.Tensor, k: int, block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+    def topk(self, student: Student, h_q: torch.Tensor, k: int,
+             block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
         """The top k (scores, document rows) of every query h_q (B, H) over the whole index, best first, scored a
         block of documents at a time (`metrics.topk_blocked`: the B x n matrix never exists; ranks share the blocks
         under torchrun)."""
@@ -493,7 +494,8 @@ def main(argv=None) -> None:
     s.add_argument("--first-stage", default="none", choices=["none", "bm25"],
                    help="score only a first stage's top --first-k (for corpora too large to score whole on a CPU)")
     s.add_argument("--first-k", type=int, default=1000)
-    s.add_argument("--reindex", action="store_true", help="rebuild the index when its corpus changed since it was built")
+    s.add_argument("--reindex", action="store_true",
+                   help="rebuild the index when its corpus changed since it was built")
     for a in (i, s):
         a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         a.add_argument("--attn-implementation", default="sdpa", choices=list(ATTENTION), help="attention kernel")
