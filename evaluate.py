@@ -455,6 +455,7 @@ class EvalConfig:
     output_dir: str = field("", "outputs (default runs/eval-{bench})")
     overwrite: bool = field(False, "replace the results in output_dir (only a folder made by evaluate.py)")
     refresh_cache: bool = field(False, "rebuild the student's document cache from scratch (a damaged or stale one)")
+    compile: bool = field(False, "score the pool through torch.compile's fused kernel (jepa.fused_scores)")
     seed: int = field(0, "seed of the query / document subsets")
     quiet: bool = field(False, "no progress bars")
 
@@ -578,6 +579,8 @@ def run(cfg: EvalConfig) -> dict:
         check_split(d, eval_split(cfg, d), "test")
     out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite, script="evaluate")
     teacher, student = load_models(cfg, cfg.bench if cfg.bench != "beir" else names[0])
+    if student is not None:
+        student.predictor.compiled = cfg.compile
     per = {n: evaluate_bench(cfg, n, d, teacher, student, out / n if len(names) > 1 else out)
            for n, d in loaded.items()}
     if len(names) > 1:  # BEIR's headline: each system's nDCG@10 averaged over data sets, one protocol per column

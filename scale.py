@@ -33,7 +33,8 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
-def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, seed: int = 0) -> dict:
+def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, seed: int = 0,
+        compiled: bool = False) -> dict:
     from evaluate import cosine_runs, runs_from_top
     from metrics import BM25, TOP
     from student import Index, _mapped
@@ -57,6 +58,7 @@ def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, 
 
         torch.manual_seed(seed)
         student = SimpleNamespace(predictor=Predictor(hidden, width).eval(), u=torch.randn(hidden))
+        student.predictor.compiled = compiled
         with torch.no_grad():
             student.predictor.W2.weight.normal_(0, 0.02)
         ids = [f"d{i}" for i in range(docs)]
@@ -92,7 +94,8 @@ def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, 
             bm25.top_sparse(" ".join(f"w{w}" for w in rng.integers(0, 200, 4).tolist()), TOP)
         stage(f"Step 6: BM25's top {TOP} of {queries} queries (postings only)", t0)
 
-    res = {"docs": docs, "hidden": hidden, "width": width, "queries": queries, "threads": torch.get_num_threads(),
+    res = {"docs": docs, "hidden": hidden, "width": width, "queries": queries, "compiled": compiled,
+           "threads": torch.get_num_threads(),
            "stages": stages, "seconds": time.perf_counter() - t_all, "peak_rss_GiB": peak_gib()}
     write_json(out, res)
     print(f"[scale] {docs:,} documents, H = {hidden}: {res['seconds']:.0f}s, peak RSS {res['peak_rss_GiB']:.2f} GiB "
@@ -108,12 +111,13 @@ def main(argv=None) -> dict:
     p.add_argument("--queries", type=int, default=128, help="training and test queries each")
     p.add_argument("--words", type=int, default=30000, help="vocabulary of the synthetic texts")
     p.add_argument("--quick", action="store_true", help="32 queries")
+    p.add_argument("--compile", action="store_true", help="the student scores through torch.compile's fused kernel")
     p.add_argument("--output", default="results/scale.json")
     a = p.parse_args(argv)
     for name in ("docs", "hidden", "width", "queries", "words"):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name} is {getattr(a, name)}; it must be >= 1")
-    return run(a.docs, a.hidden, a.width, 32 if a.quick else a.queries, a.words, a.output)
+    return run(a.docs, a.hidden, a.width, 32 if a.quick else a.queries, a.words, a.output, compiled=a.compile)
 
 
 if __name__ == "__main__":

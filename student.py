@@ -446,6 +446,7 @@ def cmd_search(args) -> None:
         raise FileNotFoundError(f"{side_path}: the corpus the index was built from, {side.get('corpus')!r}, is gone")
     student = load_student(args.student or side.get("student") or "", args.device, args.quiet, args.batch_size,
                            args.attn_implementation)
+    student.predictor.compiled = args.compile
     index = Index.load(folder, student)
     changes = corpus_changes(index, corpus) if corpus is not None else ""
     if changes and not args.reindex:
@@ -499,6 +500,7 @@ def main(argv=None) -> None:
     for a in (i, s):
         a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         a.add_argument("--attn-implementation", default="sdpa", choices=list(ATTENTION), help="attention kernel")
+        a.add_argument("--compile", action="store_true", help="score through torch.compile's fused kernel")
         a.add_argument("--batch-size", type=int, default=8, help="texts per LLM forward")
         a.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
