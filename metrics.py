@@ -206,24 +206,33 @@ class BM25:
     idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)) (Lucene). Repeated query terms count once per occurrence."""
 
     def __init__(self, docs: dict[str, str], k1: float = 0.9, b: float = 0.4):
+        """The postings in compressed sparse rows: term t's documents are rows[offsets[t]:offsets[t + 1]] (ascending)
+        with their BM25 weights alongside. Built from flat int32 arrays, not per-term Python lists: about 40 bytes
+        per (document, distinct term) at the peak, for corpora of millions (scale.py measures it)."""
+        from array import array
         self.ids = list(docs)
-        toks = [tokenize(docs[d]) for d in self.ids]
-        lengths = np.array([len(t) for t in toks], dtype=np.float64)
-        avgdl = max(lengths.mean(), 1e-9) if len(toks) else 1.0
-        norm = k1 * (1 - b + b * lengths / avgdl)
-        postings: dict[str, tuple[list[int], list[int]]] = {}
-        for i, t in enumerate(toks):
-            for term, tf in Counter(t).items():
-                p = postings.setdefault(term, ([], []))
-                p[0].append(i)
-                p[1].append(tf)
+        self.vocab: dict[str, int] = {}
+        terms, rows, tfs = array("i"), array("i"), array("i")  # one entry per (document, distinct term)
+        lengths = np.empty(len(self.ids))
+        for i, d in enumerate(progress(self.ids, desc="bm25 index", quiet=len(self.ids) < 100_000)):
+            toks = tokenize(docs[d])
+            lengths[i] = len(toks)
+            for term, tf in Counter(toks).items():
+                terms.append(self.vocab.setdefault(term, len(self.vocab)))
+                rows.append(i)
+                tfs.append(tf)
         n = len(self.ids)
-        self.index = {}
-        for term, (rows, tfs) in postings.items():
-            tf = np.array(tfs, dtype=np.float64)
-            rows_a = np.array(rows)
-            idf = math.log(1 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
-            self.index[term] = (rows_a, idf * tf * (k1 + 1) / (tf + norm[rows_a]))
+        avgdl = max(lengths.mean(), 1e-9) if n else 1.0
+        norm = k1 * (1 - b + b * lengths / avgdl)
+        term_of = np.frombuffer(terms, dtype=np.int32) if terms else np.zeros(0, dtype=np.int32)
+        order = np.argsort(term_of, kind="stable")  # by term, documents ascending within a term
+        df = np.bincount(term_of, minlength=len(self.vocab))
+        self.offsets = np.concatenate([[0], np.cumsum(df)])
+        self.rows = (np.frombuffer(rows, dtype=np.int32) if rows else np.zeros(0, dtype=np.int32))[order]
+        tf = (np.frombuffer(tfs, dtype=np.int32) if tfs else np.zeros(0, dtype=np.int32))[order].astype(np.float64)
+        del terms, rows, tfs
+        idf = np.array([math.log(1 + (n - f + 0.5) / (f + 0.5)) for f in df.tolist()])
+        self.weights = idf[term_of[order]] * tf * (k1 + 1) / (tf + norm[self.rows])
 
     def scores(self, query: str) -> np.ndarray:
         """Every document's score, (n,): for small pools and tests; `sparse` touches only the matching documents."""
@@ -235,12 +244,13 @@ class BM25:
     def sparse(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the documents that hold a query term: the postings are summed over the union of their
         rows, so the cost is the postings' length, never the pool's."""
-        hits = [self.index[t] for t in tokenize(query) if t in self.index]
-        if not hits:
+        spans = [(self.offsets[t], self.offsets[t + 1]) for t in map(self.vocab.get, tokenize(query)) if t is not None]
+        if not spans:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        rows = np.concatenate([r for r, _ in hits])
+        rows = np.concatenate([self.rows[a:b] for a, b in spans]).astype(np.int64)
         uniq, inverse = np.unique(rows, return_inverse=True)
-        return uniq, np.bincount(inverse, weights=np.concatenate([w for _, w in hits]), minlength=len(uniq))
+        weights = np.concatenate([self.weights[a:b] for a, b in spans])
+        return uniq, np.bincount(inverse, weights=weights, minlength=len(uniq))
 
     def top_sparse(self, query: str, k: int) -> dict[str, float]:
         """The top k of the pool for a query from its postings alone; documents that hold no query term score 0 and
