@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 BLOCK_BYTES = 1 << 20  # activations alive at once while scoring a corpus: small enough to stay in the L2 cache
-COMPILED_BLOCK = 4096  # documents per call of the compiled kernel (one shape: compiled once, plus the last block)
+COMPILED_BLOCK = 4096  # documents per call of the compiled kernel (the last block padded: one document shape)
+COMPILED_QUERIES = 64  # at most this many queries per call, in power-of-two groups: at most 7 query shapes
 INDEX_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}  # dtypes of B h_d
 
 
@@ -38,8 +39,23 @@ def compiled_scores():
     """`fused_scores` through torch.compile, built on first use (about 15 s on a CPU; needs a C++ compiler there)."""
     global _compiled
     if _compiled is None:
+        import torch._dynamo.config as dynamo
+        # one kernel per (query group, dtype of B h_d): 7 x 3 shapes at most; past the limit dynamo would fall back
+        # to eager for good
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 24)
         _compiled = torch.compile(fused_scores, dynamic=False)
     return _compiled
+
+
+def query_groups(n: int, cap: int = COMPILED_QUERIES) -> list[tuple[int, int]]:
+    """[start, end) groups of n queries whose sizes are powers of two up to `cap` (100 -> 64 + 32 + 4), so that the
+    compiled kernel meets a few fixed shapes and is never recompiled for a new batch size."""
+    out, i = [], 0
+    while i < n:
+        size = min(cap, 1 << ((n - i).bit_length() - 1))
+        out.append((i, i + size))
+        i += size
+    return out
 
 
 class Predictor(nn.Module):
@@ -82,10 +98,15 @@ class Predictor(nn.Module):
         n, width = doc_side.shape
         chunk = max(1, min(n, block_bytes // (4 * max(1, a.shape[0]) * width)))
         if self.compiled and not torch.is_grad_enabled():
-            fn = compiled_scores()
+            fn, groups = compiled_scores(), query_groups(a.shape[0])
             out = torch.empty(a.shape[0], n, dtype=a.dtype, device=a.device)
             for i in range(0, n, COMPILED_BLOCK):
-                out[:, i:i + COMPILED_BLOCK] = fn(a, doc_side[i:i + COMPILED_BLOCK], v)
+                block = doc_side[i:i + COMPILED_BLOCK]
+                m = len(block)
+                if m < COMPILED_BLOCK:  # the last block, padded to the one compiled shape
+                    block = torch.cat([block, block.new_zeros(COMPILED_BLOCK - m, width)])
+                for s, e in groups:
+                    out[s:e, i:i + m] = fn(a[s:e], block, v)[:, :m]
             return base[:, None] + out
         if torch.is_grad_enabled():
             out = [self.act(a[:, None, :] + doc_side[None, i:i + chunk, :].to(a.dtype)) @ v for i in range(0, n, chunk)]
