@@ -11,7 +11,7 @@ What runs is the project's own code on synthetic inputs (no LLM is loaded; the e
 - Step 6 over the whole pool: the student's top 100 and its scores on C(q), the frozen bi-encoder's (cosine,
   blocked), BM25 from its postings (`metrics.BM25.sparse`) over synthetic texts.
 Peak RSS is the process's (ru_maxrss), read after each stage; mapped file pages that were read count in it.
-Choices: Zipf-distributed word ids for the texts (12 words per document, 30,000 words), N(0, 1) encodings.
+Choices: Zipf-distributed word ids for the texts (40 words per document, 30,000 words), N(0, 1) encodings.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def peak_gib() -> float:
 
 
 def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, seed: int = 0,
-        compiled: bool = False) -> dict:
+        compiled: bool = False, doc_words: int = 40) -> dict:
     from evaluate import cosine_runs, runs_from_top
     from metrics import BM25, TOP
     from student import Index, _mapped
@@ -86,15 +86,18 @@ def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, 
         stage(f"Step 6: the frozen bi-encoder's top {TOP} and C(q)", t0)
 
         t0 = time.perf_counter()
-        zipf = np.minimum(rng.zipf(1.3, size=(docs, 12)), words) - 1
+        zipf = np.minimum(rng.zipf(1.3, size=(docs, doc_words)), words) - 1
         bm25 = BM25({d: " ".join(f"w{w}" for w in row) for d, row in zip(ids, zipf.tolist())})
-        stage("BM25 index over synthetic texts", t0)
+        del zipf
+        stage(f"BM25 index over synthetic texts ({doc_words} words each)", t0,
+              postings=len(bm25.rows), terms=len(bm25.vocab))
         t0 = time.perf_counter()
         for q in range(queries):
             bm25.top_sparse(" ".join(f"w{w}" for w in rng.integers(0, 200, 4).tolist()), TOP)
         stage(f"Step 6: BM25's top {TOP} of {queries} queries (postings only)", t0)
 
-    res = {"docs": docs, "hidden": hidden, "width": width, "queries": queries, "compiled": compiled,
+    res = {"docs": docs, "hidden": hidden, "width": width, "queries": queries, "doc_words": doc_words,
+           "compiled": compiled,
            "threads": torch.get_num_threads(),
            "stages": stages, "seconds": time.perf_counter() - t_all, "peak_rss_GiB": peak_gib()}
     write_json(out, res)
@@ -110,14 +113,17 @@ def main(argv=None) -> dict:
     p.add_argument("--width", type=int, default=256, help="predictor width P")
     p.add_argument("--queries", type=int, default=128, help="training and test queries each")
     p.add_argument("--words", type=int, default=30000, help="vocabulary of the synthetic texts")
+    p.add_argument("--doc-words", type=int, default=40,
+                   help="words per synthetic document (MS MARCO's passages: about 56, 35-40 after stop words)")
     p.add_argument("--quick", action="store_true", help="32 queries")
     p.add_argument("--compile", action="store_true", help="the student scores through torch.compile's fused kernel")
     p.add_argument("--output", default="results/scale.json")
     a = p.parse_args(argv)
-    for name in ("docs", "hidden", "width", "queries", "words"):
+    for name in ("docs", "hidden", "width", "queries", "words", "doc_words"):
         if getattr(a, name) < 1:
-            raise ValueError(f"--{name} is {getattr(a, name)}; it must be >= 1")
-    return run(a.docs, a.hidden, a.width, 32 if a.quick else a.queries, a.words, a.output, compiled=a.compile)
+            raise ValueError(f"--{name.replace('_', '-')} is {getattr(a, name)}; it must be >= 1")
+    return run(a.docs, a.hidden, a.width, 32 if a.quick else a.queries, a.words, a.output, compiled=a.compile,
+               doc_words=a.doc_words)
 
 
 if __name__ == "__main__":

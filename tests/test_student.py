@@ -192,3 +192,19 @@ def test_compiled_scorer_equals_blocked():
             got = p.scores(h_q, side[:n], u)
         assert torch.allclose(got, ref, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == 3
+
+
+def test_scale_benchmark_writes_its_figures(tmp_path):
+    """scale.py runs every whole-pool stage on a small synthetic pool and writes time and peak memory per stage."""
+    import json
+
+    import scale
+    out = tmp_path / "scale.json"
+    res = scale.main(["--docs", "3000", "--hidden", "16", "--width", "8", "--queries", "4", "--doc-words", "6",
+                      "--output", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    stages = {s["stage"].split(":")[0]: s for s in res["stages"]}
+    assert len(res["stages"]) == 7 and all(s["seconds"] >= 0 and s["peak_rss_GiB"] > 0 for s in res["stages"])
+    assert stages["Steps 2-3"]["picked"] == 8
+    bm25 = next(s for s in res["stages"] if s["stage"].startswith("BM25 index"))
+    assert 3000 <= bm25["postings"] <= 3000 * 6 and bm25["terms"] > 1
