@@ -40,8 +40,9 @@ def spawn(fn, *args, world=2):
     mp.start_processes(_entry, args=(world, _free_port(), fn, args), nprocs=world, start_method="spawn")
 
 
-def _sft(train_layers: int, out: str | None):
-    """One SFT run on the tiny model; with `out`, rank 0 saves losses and the gathered weights there."""
+def _run_sft(train_layers: int, kill_at: int = 0, **cfg) -> tuple[list[float], dict]:
+    """One SFT run of the tiny model under the current ranks, dying after `kill_at` steps (0: never): its losses and
+    its full (gathered) weights."""
     from metrics import BM25
     parallel.init("cpu")
     tok = make_tokenizer()
@@ -49,16 +50,23 @@ def _sft(train_layers: int, out: str | None):
     t = T.Teacher(lm, tok, batch_size=3)
     d = _toy_data()
     cfg = T.TrainConfig(bench="toy", train_layers=train_layers, lr=3e-3, epochs=2, batch_size=3, grad_accum=2,
-                        warmup=0.0, max_train_queries=0, quiet=True, output_dir="unused")
-    hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
+                        max_train_queries=0, quiet=True, **cfg)
+    with killed_after(kill_at, RuntimeError) if kill_at else nullcontext():  # spawn swallows KeyboardInterrupt
+        hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
     if hist["fsdp"]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         sd = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
         sd = {k: v.clone() for k, v in lm.state_dict().items()}
-    if out and parallel.is_main():
-        torch.save({"losses": hist["losses"], "sd": sd}, out)
     return hist["losses"], sd
+
+
+def _sft(train_layers: int, out: str | None):
+    """One SFT run on the tiny model; with `out`, rank 0 saves losses and the gathered weights there."""
+    losses, sd = _run_sft(train_layers, warmup=0.0, output_dir="unused")
+    if out and parallel.is_main():
+        torch.save({"losses": losses, "sd": sd}, out)
+    return losses, sd
 
 
 @pytest.mark.parametrize("train_layers", [1, 0], ids=["ddp-top-block", "fsdp2-full"])
@@ -215,23 +223,9 @@ def test_fsdp2_qwen2_untied_head_saves_and_reloads(tmp_path, monkeypatch):
 def _sft_resumable(train_layers: int, out: str, kill_at: int, resume: bool):
     """SFT on the tiny model saving its state every 2 steps; dies after `kill_at` steps (0: never); rank 0 writes the
     losses and the (gathered) weights to out/result.pt."""
-    from metrics import BM25
-    parallel.init("cpu")
-    tok = make_tokenizer()
-    lm = make_lm(tok, layers=3)
-    t = T.Teacher(lm, tok, batch_size=3)
-    d = _toy_data()
-    cfg = T.TrainConfig(bench="toy", train_layers=train_layers, lr=3e-3, epochs=2, batch_size=3, grad_accum=2,
-                        warmup=0.2, max_train_queries=0, quiet=True, save_every=2, output_dir=out, resume=resume)
-    with killed_after(kill_at, RuntimeError) if kill_at else nullcontext():  # spawn swallows KeyboardInterrupt
-        hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
-    if hist["fsdp"]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        sd = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        sd = {k: v.clone() for k, v in lm.state_dict().items()}
+    losses, sd = _run_sft(train_layers, kill_at, warmup=0.2, save_every=2, output_dir=out, resume=resume)
     if parallel.is_main():
-        torch.save({"losses": hist["losses"], "sd": sd}, Path(out) / "result.pt")
+        torch.save({"losses": losses, "sd": sd}, Path(out) / "result.pt")
 
 
 @pytest.mark.parametrize("train_layers", [1, 0], ids=["ddp-top-block", "fsdp2-dcp"])
