@@ -97,8 +97,7 @@ def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, 
         stage(f"Step 6: BM25's top {TOP} of {queries} queries (postings only)", t0)
 
     res = {"docs": docs, "hidden": hidden, "width": width, "queries": queries, "doc_words": doc_words,
-           "compiled": compiled,
-           "threads": torch.get_num_threads(),
+           "compiled": compiled, "threads": torch.get_num_threads(),
            "stages": stages, "seconds": time.perf_counter() - t_all, "peak_rss_GiB": peak_gib()}
     write_json(out, res)
     print(f"[scale] {docs:,} documents, H = {hidden}: {res['seconds']:.0f}s, peak RSS {res['peak_rss_GiB']:.2f} GiB "
