@@ -245,11 +245,14 @@ def write_run_config(out_dir: str | Path, cfg, script: str) -> None:
 
 
 def folder_owner(folder: str | Path) -> str | None:
-    """The script that made an output folder: the one config.json names, else (folders of older versions) the kind
-    of checkpoint it holds; None for neither."""
+    """The script that made an output folder: the one config.json names, else (folders of older versions, or a
+    damaged config.json) the kind of checkpoint it holds; None for neither."""
     folder = Path(folder)
     if (folder / "config.json").exists():
-        owner = read_json(folder / "config.json").get("script")
+        try:
+            owner = read_json(folder / "config.json").get("script")
+        except IntegrityError:
+            owner = None  # damaged: judged by the checkpoints it holds, as a folder of an older version
         if owner:
             return owner
     return next((s for s, files in CHECKPOINTS.items() if any((folder / f).exists() for f in files)), None)
@@ -311,7 +314,8 @@ def check_resume(out: Path, cfg, same: tuple[str, ...]) -> None:
     path = out / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing, so {out} cannot be resumed; use --overwrite or a new --output-dir")
-    old = read_json(path).get("config", {})
+    old = read_json(path, "it holds the run's settings, so the run cannot be resumed: restore it, or start again "
+                          "with --overwrite or a new --output-dir").get("config", {})
     new = dataclasses.asdict(cfg)
     diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in same and old.get(k) != v]
     if diff:

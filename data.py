@@ -41,6 +41,10 @@ from pathlib import Path
 from common import cache_dir
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+# The 13 public BEIR sets that BEIR-style averages use (MS MARCO is the training set; CQADupStack's 12 forums and
+# the 4 sets that are not publicly downloadable, BioASQ, Signal-1M, TREC-NEWS and Robust04, are left out).
+BEIR_13 = ("trec-covid", "nfcorpus", "nq", "hotpotqa", "fiqa", "arguana", "webis-touche2020", "quora",
+           "dbpedia-entity", "scidocs", "fever", "climate-fever", "scifact")
 ESCONV_URL = "https://raw.githubusercontent.com/thu-coai/Emotional-Support-Conversation/main/codes/dataset/{split}WithStrategy_short.tsv"
 ESCONV_JSON_URL = "https://raw.githubusercontent.com/thu-coai/Emotional-Support-Conversation/main/ESConv.json"
 SAYCAN_URL = "https://raw.githubusercontent.com/say-can/say-can.github.io/main/data/saycan_plan_v0_l.tsv"
@@ -298,7 +302,13 @@ def load_beir_by_name(name: str, data_dir: str | None = None, splits=None) -> Re
         if not (folder / "corpus.jsonl").exists() and (folder / name / "corpus.jsonl").exists():
             folder = folder / name
     else:
-        folder = fetch_beir(name)
+        try:
+            folder = fetch_beir(name)
+        except ConnectionError as e:
+            if name in BEIR_13 + ("msmarco", "cqadupstack"):
+                raise
+            raise ConnectionError(f"'{name}' is neither a bench of this project (virtualhome, esconv, psyqa, saycan, "
+                                  f"msmarco) nor a public BEIR set ({', '.join(BEIR_13)}), and {e}") from e
     return load_beir(folder, name, splits)
 
 

@@ -37,6 +37,7 @@ import torch
 from common import (add_dataclass_args, atomic_write, check_finite, check_sizes, cli, config_from_args, field,
                     prepare_output, progress, resolve_device, set_seed, subset, write_json)
 import parallel
+from data import BEIR_13
 from llm import ATTENTION
 from metrics import (BM25, N_BOOT, TOP, candidate_sets, describe_protocol, drop_identical, fidelity, hubness, judged,
                      label_prior, per_query, ranked, summarize, topk_blocked, write_trec)
@@ -420,12 +421,6 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
 
 
 # ---------------------------------------------------------------------------- CLI
-# The 13 public BEIR sets that BEIR-style averages use (MS MARCO is the training set; CQADupStack's 12 forums and
-# the 4 sets that are not publicly downloadable, BioASQ, Signal-1M, TREC-NEWS and Robust04, are left out).
-BEIR_13 = ("trec-covid", "nfcorpus", "nq", "hotpotqa", "fiqa", "arguana", "webis-touche2020", "quora",
-           "dbpedia-entity", "scidocs", "fever", "climate-fever", "scifact")
-
-
 @dataclass
 class EvalConfig:
     bench: str = field("virtualhome", "beir | msmarco | esconv | psyqa | saycan | virtualhome | a single BEIR name")

@@ -107,11 +107,15 @@ def test_beir_download_and_truncated_zip(tmp_path, monkeypatch):
 
 
 def test_no_network_message(tmp_path, monkeypatch):
-    """Without network and without --data-dir the error names the URL and --data-dir."""
+    """Without network and without --data-dir the error names the URL and --data-dir; for a name that is no known set,
+    it lists the known ones."""
     monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
-    with pytest.raises(ConnectionError, match=r"http://127.0.0.1:9/scifact.zip.*--data-dir"):
+    with pytest.raises(ConnectionError, match=r"http://127.0.0.1:9/scifact.zip.*--data-dir") as e:
         data.load_bench("scifact")
+    assert "neither a bench" not in str(e.value)
+    with pytest.raises(ConnectionError, match=r"'scifacts' is neither a bench of this project .*scifact.*--data-dir"):
+        data.load_bench("scifacts")  # a misspelt name: the benches and public sets are listed
 
 
 ESCONV_LINE = ("1.0 0 0 I feel so alone lately  EOS 1.0 1 1 [Questions] Why do you feel that way? EOS "

@@ -62,6 +62,12 @@ def test_folders_belong_to_their_script(env, capsys):
         err = run_cli(E.main, ev + [str(tmp / folder), "--overwrite"], capsys)
         assert f"made by {maker}" in err and "--overwrite replaces only a folder made by evaluate.py" in err
     assert snapshot(tmp / "run") == before and snapshot(tmp / "teacher") == teacher_before
+    (tmp / "run" / "config.json").write_text("{damaged")  # the checkpoint still says who made the folder
+    before = snapshot(tmp / "run")
+    err = run_cli(E.main, ev + [str(tmp / "run"), "--overwrite"], capsys)
+    assert "made by distill.py" in err and snapshot(tmp / "run") == before
+    err = run_cli(distill.main, _distill(tmp, root, "run", "--resume"), capsys)
+    assert "config.json: not valid JSON" in err and "cannot be resumed" in err and snapshot(tmp / "run") == before
     E.main(ev + [str(tmp / "ev"), "--quiet"])
     res = E.main(ev + [str(tmp / "ev"), "--overwrite", "--quiet"])  # its own folder: replaced
     assert res["systems"]["bm25"]
