@@ -96,7 +96,6 @@ class Predictor(nn.Module):
         base = (h_q + self.W2.bias) @ u                # (B,)
         a = self.A(h_q)                                # (B, P)
         n, width = doc_side.shape
-        chunk = max(1, min(n, block_bytes // (4 * max(1, a.shape[0]) * width)))
         if self.compiled and not torch.is_grad_enabled():
             fn, groups = compiled_scores(), query_groups(a.shape[0])
             out = torch.empty(a.shape[0], n, dtype=a.dtype, device=a.device)
@@ -108,6 +107,7 @@ class Predictor(nn.Module):
                 for s, e in groups:
                     out[s:e, i:i + m] = fn(a[s:e], block, v)[:, :m]
             return base[:, None] + out
+        chunk = max(1, min(n, block_bytes // (4 * max(1, a.shape[0]) * width)))
         if torch.is_grad_enabled():
             out = [self.act(a[:, None, :] + doc_side[None, i:i + chunk, :].to(a.dtype)) @ v for i in range(0, n, chunk)]
             return base[:, None] + torch.cat(out, dim=1)

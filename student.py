@@ -497,10 +497,10 @@ def main(argv=None) -> None:
     s.add_argument("--first-k", type=int, default=1000)
     s.add_argument("--reindex", action="store_true",
                    help="rebuild the index when its corpus changed since it was built")
+    s.add_argument("--compile", action="store_true", help="score through torch.compile's fused kernel")
     for a in (i, s):
         a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         a.add_argument("--attn-implementation", default="sdpa", choices=list(ATTENTION), help="attention kernel")
-        a.add_argument("--compile", action="store_true", help="score through torch.compile's fused kernel")
         a.add_argument("--batch-size", type=int, default=8, help="texts per LLM forward")
         a.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
