@@ -309,6 +309,23 @@ def cleanup_failed_start() -> None:
     _created.clear()
 
 
+def check_teacher_folder(teacher: str, output_dir: str) -> None:
+    """distill.py's --teacher must be a folder made by teacher.py (finished, or an unfinished run to replace), an empty folder or
+    a new path: never another script's output, which Step 0 would otherwise empty to train a teacher in it."""
+    folder = Path(teacher)
+    if Path(output_dir).resolve() == folder.resolve():
+        raise ValueError(f"--teacher and --output-dir are the same folder {folder}: the teacher needs its own")
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"--teacher {folder}: exists and is not a folder")
+    owner = folder_owner(folder)
+    if owner != "teacher":
+        made = f"made by {owner}.py" if owner else "not an output folder of this project"
+        raise FileExistsError(f"--teacher {folder}: {made}, not a teacher folder; pass a folder made by "
+                              "`python teacher.py train`, or a new path to train a teacher in")
+
+
 def check_resume(out: Path, cfg, same: tuple[str, ...]) -> None:
     """--resume continues only the run that was started: every result-changing field must be the one in config.json."""
     path = out / "config.json"

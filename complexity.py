@@ -25,14 +25,14 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import (add_dataclass_args, atomic_write, check_finite, check_sizes, cli, config_from_args, field,
-                    prepare_output, progress, resolve_device, set_seed, write_json)
+from common import (add_dataclass_args, check_finite, check_sizes, cli, config_from_args, field, prepare_output,
+                    progress, resolve_device, set_seed)
 from llm import DEFAULT_MODEL, last_hidden, load_llm
+from reporting import write_outputs
 
 
 @dataclass
@@ -208,62 +208,6 @@ def summarize(rows: list[dict], lm_config) -> dict:
             "attention_overtakes_linear_at_tokens": crossover_length(lm_config)}
 
 
-def write_outputs(out: Path, rows: list[dict], summary: dict, cfg: ComplexityConfig, device: str) -> str:
-    keys = list(rows[0])
-    atomic_write(out / "complexity.csv", ",".join(keys) + "\n" +
-                 "".join(",".join(str(r[k]) for k in keys) + "\n" for r in rows))
-    write_json(out / "summary.json", summary)
-    lengths = sorted({r["L_d"] for r in rows})
-    by = {(r["series"], r["L_d"]): r for r in rows}
-    md = [f"n = {cfg.n} candidates, L_q = {cfg.query_len}, P = {cfg.width}, {cfg.repeats} repeats (median), "
-          f"{device}, {torch.get_num_threads()} threads, model {cfg.model}, teacher timed on "
-          f"{cfg.timed} of the n = {cfg.n} joint passes per length", "",
-          "| L_d | teacher ms/query | student online ms/query | student offline ms/doc | teacher / student online |"
-          " teacher GFLOP (attention share) | teacher local slope: measured (FLOPs) |", "|---|---|---|---|---|---|---|"]
-    for i, L in enumerate(lengths):
-        t, o, f = by[("teacher", L)], by[("student_online", L)], by[("student_offline", L)]
-        local = "" if i == 0 else (f"{summary['teacher_local_slopes'][L]:.2f} "
-                                   f"({summary['teacher_local_flop_slopes'][L]:.2f})")
-        md.append(f"| {L} | {1000 * t['median_s']:.1f} | {1000 * o['median_s']:.1f} | {1000 * f['median_s']:.1f} | "
-                  f"{t['median_s'] / o['median_s']:.1f}x | {t['flops_total'] / 1e9:.1f} "
-                  f"({t['flops_attention'] / t['flops_total']:.1%}) | {local} |")
-    s = summary["slopes"]
-    md += ["", f"log-log slopes over L_d in {summary['fit_lengths']}: teacher {s['teacher']:.2f}, student online "
-           f"{s['student_online']:.2f}, student offline {s['student_offline']:.2f} (FLOP model: "
-           + ", ".join(f"{k} {v:.2f}" for k, v in summary["flop_slopes"].items())
-           + f"); attention FLOPs overtake the linear ones at {summary['attention_overtakes_linear_at_tokens']:.0f} tokens."]
-    text = "\n".join(md) + "\n"
-    atomic_write(out / "complexity.md", text)
-    plot(out / "complexity.png", rows, lengths)
-    return text
-
-
-def plot(path: Path, rows: list[dict], lengths: list[int]) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[complexity] matplotlib not installed: no plot (pip install matplotlib)")
-        return
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for s, c in (("teacher", "C3"), ("student_online", "C0"), ("student_offline", "C2")):
-        pts = [r for r in rows if r["series"] == s]
-        ax[0].errorbar([r["L_d"] for r in pts], [r["median_s"] for r in pts], fmt="o-", color=c, label=s,
-                       yerr=[[r["median_s"] - r["min_s"] for r in pts], [r["max_s"] - r["median_s"] for r in pts]])
-        ax[1].plot([r["L_d"] for r in pts], [r["flops_total"] for r in pts], "o--", color=c, label=s)
-    for a, t in ((ax[0], "measured seconds"), (ax[1], "theoretical FLOPs")):
-        a.set_xscale("log", base=2)
-        a.set_yscale("log")
-        a.set_xlabel("document length L_d (tokens)")
-        a.set_title(t)
-        a.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-
 
 def run(cfg: ComplexityConfig) -> dict:
     set_seed(cfg.seed)
@@ -274,7 +218,7 @@ def run(cfg: ComplexityConfig) -> dict:
     print(f"[complexity] device {device}, torch threads {torch.get_num_threads()}")
     rows = measure(lm, tok, cfg)
     summary = summarize(rows, lm.config)
-    print(write_outputs(out, rows, summary, cfg, device))
+    print(write_outputs(out, rows, summary, cfg, device))  # csv, json, md table and plot (reporting.py)
     return summary
 
 

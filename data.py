@@ -30,15 +30,12 @@ import json
 import os
 import random
 import re
-import shutil
 import sys
-import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import cache_dir
+from files import DataError, download, fetch_beir, need, read_jsonl, read_lines, read_text, typed
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # The 13 public BEIR sets that BEIR-style averages use (MS MARCO is the training set; CQADupStack's 12 forums and
@@ -116,33 +113,6 @@ def doc_text(d: dict[str, str]) -> str:
     return f"{d['title']}. {d['text']}" if d.get("title") else d["text"]
 
 
-class DataError(ValueError):
-    """Bad input: the message names the file, the line and the field."""
-
-
-def read_lines(path: str | Path):
-    """(line number, text) of a UTF-8 text file; bytes that are not UTF-8 are a DataError naming file and line."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{n}: bytes that are not UTF-8 ({e.reason} at byte {e.start} of the line)") \
-                    from e
-
-
-def read_text(path: str | Path) -> str:
-    """A whole UTF-8 file; a byte that is not UTF-8 is a DataError naming file and line."""
-    return "".join(line for _, line in read_lines(path))
-
-
-def _need(value, where: str, name: str) -> str:
-    if value is None:
-        raise DataError(f"{where}: missing field '{name}'")
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: field '{name}' is empty or not text")
-    return value
-
 
 def check_qrels(data: Retrieval) -> Retrieval:
     """Every judged query and document must exist."""
@@ -156,75 +126,6 @@ def check_qrels(data: Retrieval) -> Retrieval:
     return data
 
 
-# ---------------------------------------------------------------------------- downloads
-def download(url: str, target: Path) -> Path:
-    """Fetch url to target atomically; no network -> an error naming the URL and --data-dir."""
-    if target.exists():
-        return target
-    tmp = target.with_name(target.name + f".part{os.getpid()}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f)
-    except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise ConnectionError(f"could not download {url} ({e}); without network, fetch it elsewhere and pass "
-                              "--data-dir pointing at the unpacked copy") from e
-    os.replace(tmp, target)
-    return target
-
-
-def fetch_beir(name: str, url: str | None = None) -> Path:
-    """Official BEIR zip -> $RABTRIEVER_CACHE/beir/{name}/ (unpacked atomically, reused later)."""
-    root = cache_dir("beir")
-    folder = root / name
-    if (folder / "corpus.jsonl").exists():
-        return folder
-    archive = download(url or BEIR_URL.format(name=name), root / f"{name}.zip")
-    tmp = root / f".{name}.unpack{os.getpid()}"
-    try:
-        with zipfile.ZipFile(archive) as z:
-            bad = z.testzip()
-            if bad:
-                raise DataError(f"{archive}: member '{bad}' is corrupt")
-            z.extractall(tmp)
-    except zipfile.BadZipFile as e:
-        archive.unlink()
-        raise DataError(f"{archive}: not a complete zip file ({e}); it was deleted, run again to re-download") from e
-    inner = tmp / name if (tmp / name / "corpus.jsonl").exists() else tmp
-    if not (inner / "corpus.jsonl").exists():
-        shutil.rmtree(tmp)
-        raise DataError(f"{archive}: no corpus.jsonl inside")
-    os.replace(inner, folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-# ---------------------------------------------------------------------------- BEIR and MS MARCO
-def _read_jsonl(path: Path, fields: tuple[str, ...]) -> dict[str, dict]:
-    """{_id: {field: value, "_where": "file:line"}}; a field that is not text, or an _id seen twice, is an error."""
-    rows = {}
-    for n, line in read_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: malformed JSON ({e.msg})") from e
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        if "_id" not in obj:
-            raise DataError(f"{where}: missing field '_id'")
-        if not isinstance(obj["_id"], (str, int)) or isinstance(obj["_id"], bool):
-            raise DataError(f"{where}: field '_id' is {type(obj['_id']).__name__}, not a string")
-        for k in fields:
-            if obj.get(k) is not None and not isinstance(obj[k], str):
-                raise DataError(f"{where}: field '{k}' is {type(obj[k]).__name__}, not a string")
-        key = str(obj["_id"])
-        if key in rows:
-            raise DataError(f"{where}: field '_id' {key!r} already used at {rows[key]['_where']} (duplicate id)")
-        rows[key] = {k: obj.get(k) for k in fields} | {"_where": where}
-    return rows
 
 
 def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
@@ -234,7 +135,7 @@ def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such corpus file (expected a BEIR corpus.jsonl or its folder)")
     corpus = {}
-    for did, row in _read_jsonl(path, ("title", "text")).items():
+    for did, row in read_jsonl(path, ("title", "text")).items():
         if row["text"] is None:
             raise DataError(f"{row['_where']}: missing field 'text'")
         title, text = row.get("title") or "", row["text"]
@@ -248,7 +149,7 @@ def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
 
 def load_queries(path: str | Path) -> dict[str, str]:
     """A BEIR queries.jsonl ({_id, text} per line): query id -> text."""
-    return {qid: _need(r["text"], r["_where"], "text") for qid, r in _read_jsonl(Path(path), ("text",)).items()}
+    return {qid: need(r["text"], r["_where"], "text") for qid, r in read_jsonl(Path(path), ("text",)).items()}
 
 
 def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ...] | None = None) -> Retrieval:
@@ -303,7 +204,7 @@ def load_beir_by_name(name: str, data_dir: str | None = None, splits=None) -> Re
             folder = folder / name
     else:
         try:
-            folder = fetch_beir(name)
+            folder = fetch_beir(name, BEIR_URL.format(name=name))
         except ConnectionError as e:
             if name in BEIR_13 + ("msmarco", "cqadupstack"):
                 raise
@@ -315,7 +216,7 @@ def load_beir_by_name(name: str, data_dir: str | None = None, splits=None) -> Re
 def load_msmarco(data_dir: str | None = None) -> Retrieval:
     """MS MARCO passage in the BEIR layout (`msmarco`): its train split (to distill on) when present, and dev (the
     evaluated split, MRR@10). BEIR's `test` qrels (TREC-DL 2019) are not loaded."""
-    folder = Path(data_dir) if data_dir else fetch_beir("msmarco")
+    folder = Path(data_dir) if data_dir else fetch_beir("msmarco", BEIR_URL.format(name="msmarco"))
     if not (folder / "corpus.jsonl").exists() and (folder / "msmarco" / "corpus.jsonl").exists():
         folder = folder / "msmarco"
     splits = tuple(s for s in ("train", "dev") if (folder / "qrels" / f"{s}.tsv").exists()) or ("dev",)
@@ -400,7 +301,7 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
             speaker = turn.get("speaker")
             if speaker not in ("seeker", "supporter", "usr", "sys", "speaker", "listener"):
                 raise DataError(f"{where}: field 'speaker' has unknown value {speaker!r}")
-            text = _need(turn.get("content"), where, "content").strip()
+            text = need(turn.get("content"), where, "content").strip()
             supporter = speaker in ("supporter", "sys", "listener")
             strategy = (turn.get("annotation") or {}).get("strategy")
             if supporter and strategy and context:
@@ -432,14 +333,6 @@ def load_esconv(data_dir: str | None = None) -> Retrieval:
 
 
 # ---------------------------------------------------------------------------- PsyQA
-def _field(obj: dict, name: str, kind, where: str):
-    if not isinstance(obj, dict) or name not in obj:
-        raise DataError(f"{where}: missing field '{name}'")
-    value = obj[name]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise DataError(f"{where}: field '{name}' is {type(value).__name__}, not {getattr(kind, '__name__', kind)}")
-    return value
-
 
 def load_psyqa(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
     """The official strategy-annotated PsyQA file (github.com/thu-coai/PsyQA: `PsyQA_example.json` public, the full
@@ -464,25 +357,25 @@ def load_psyqa(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
     seen_ids: dict[str, int] = {}
     for n, item in enumerate(items):
         where = f"{path}: question {n}"
-        qid = str(_field(item, "questionID", (int, str), where))
+        qid = str(typed(item, "questionID", (int, str), where))
         if qid in seen_ids:
             raise DataError(f"{where}: field 'questionID' {qid!r} already used by question {seen_ids[qid]}")
         seen_ids[qid] = n
-        question = _need(_field(item, "question", str, where), where, "question").strip()
-        description = _field(item, "description", str, where).strip()
-        for a, answer in enumerate(_field(item, "answers", list, where)):
+        question = need(typed(item, "question", str, where), where, "question").strip()
+        description = typed(item, "description", str, where).strip()
+        for a, answer in enumerate(typed(item, "answers", list, where)):
             at = f"{where}, answer {a}"
-            text = _field(answer, "answer_text", str, at)
-            if not _field(answer, "has_label", bool, at):
+            text = typed(answer, "answer_text", str, at)
+            if not typed(answer, "has_label", bool, at):
                 continue
             spans, end = [], 0
-            for k, span in enumerate(_field(answer, "labels_sequence", list, at)):
+            for k, span in enumerate(typed(answer, "labels_sequence", list, at)):
                 sp = f"{at}, span {k}"
-                start, stop = _field(span, "start", int, sp), _field(span, "end", int, sp)
+                start, stop = typed(span, "start", int, sp), typed(span, "end", int, sp)
                 if not end <= start < stop <= len(text):
                     raise DataError(f"{sp}: fields 'start' {start} / 'end' {stop} are not an increasing range within "
                                     f"the answer's {len(text)} characters (after {end})")
-                strategy = _field(span, "type", str, sp).strip()
+                strategy = typed(span, "type", str, sp).strip()
                 if strategy not in PSYQA_STRATEGIES:
                     raise DataError(f"{sp}: field 'type' has unknown value {strategy!r}")
                 done = " ".join(t for t in spans[-PSYQA_SPANS:]) or "(nothing yet)"
@@ -550,7 +443,7 @@ def load_saycan(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
         parts = line.split("\t")
         if len(parts) != 2:
             raise DataError(f"{path}:{n}: expected 2 tab-separated fields INPUT, OUTPUT")
-        instruction = _need(parts[0], f"{path}:{n}", "INPUT").strip()
+        instruction = need(parts[0], f"{path}:{n}", "INPUT").strip()
         steps = [s.strip().rstrip(",.").strip() for s in re.split(r"(?:^|,)\s*\d+\.\s*", parts[1]) if s.strip()]
         if not steps:
             raise DataError(f"{path}:{n}: field 'OUTPUT' has no numbered steps")
@@ -595,7 +488,7 @@ def load_virtualhome(data_dir: str | None = None, seed: int = SPLIT_SEED) -> Ret
     programs = []
     for path in files:
         lines = read_text(path).split("\n")
-        title = _need(lines[0] if lines else None, f"{path}:1", "title").strip()
+        title = need(lines[0] if lines else None, f"{path}:1", "title").strip()
         desc = lines[1].strip() if len(lines) > 1 else ""
         steps = []
         for n, line in enumerate(lines[2:], 3):

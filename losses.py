@@ -13,6 +13,8 @@ Choices not fixed by the paper:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -42,7 +44,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: 
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0,
                support: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Ablation only: KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v)). Shapes and reduction as reverse_kl."""
+    """The ablation of (9) (distill.py --kl forward): KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v)). Shapes and reduction as reverse_kl."""
     log_p_s = _log_probs(student_logits, tau, support)
     log_p_t = _log_probs(teacher_logits.detach(), tau, support)
     # F.kl_div(input, target, log_target=True) = KL(target || input): target = log p_T, input = log p_S.
@@ -82,24 +84,43 @@ def pool_nce(scores: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor |
     return F.cross_entropy(logits, target)
 
 
+@dataclass(frozen=True)
+class Weights:
+    """The weights of the objective (10). The paper's: `jepa` on (8) and `lmbda` on (9) (an ablation sets one to 0).
+    Ours, beyond the paper: `mu` on the listwise KL (10b) and `nu` on the pool term (11) (0 = off)."""
+    jepa: float = 1.0
+    lmbda: float = 1.0
+    mu: float = 0.0
+    nu: float = 0.0
+
+
 def total_loss(h_hat: torch.Tensor, h_T: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               lmbda: float = 1.0, tau: float = 1.0, support: tuple[int, ...] | None = None, use_jepa: bool = True,
-               kl: str = "reverse", mu: float = 0.0, groups: torch.Tensor | None = None,
-               answer: tuple[int, int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """(10) L = L_JEPA + lmbda * L_RKL [+ mu * L_list (10b), ours, off when mu = 0]. Returns (loss, {"jepa", "kl",
-    "list", "total"}) with the parts for logging. `use_jepa=False` and `lmbda=0` are the two ablations; kl="forward"
-    swaps in the forward KL (ablation). The listwise term needs `groups` (the query of each pair) and `answer`
-    (y+, y-), the tokens of the score (3)."""
-    l_jepa = jepa_loss(h_hat, h_T) if use_jepa else h_hat.new_zeros(())
+               w: Weights = Weights(), tau: float = 1.0, support: tuple[int, ...] | None = None, kl: str = "reverse",
+               groups: torch.Tensor | None = None, answer: tuple[int, int] | None = None,
+               pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float] | None = None,
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """(10) L = jepa L_JEPA (8) + lmbda L_RKL (9) [+ mu L_list (10b)] [+ nu L_pool (11)], the weights `w`; a term
+    whose weight is 0 is not computed. h_hat, h_T (N, H); student_logits, teacher_logits (N, V); kl="forward" swaps
+    in the forward KL (an ablation). (10b) needs `groups` (N,), the query of each pair, and `answer` (y+, y-), the
+    tokens of the score (3); (11) needs `pool` = (scores (B, n), target (B,), exclude (B, n), tau_p) of the pool
+    term's queries. Returns (loss, {"jepa", "kl", "list", "pool", "total"}), the parts for logging."""
+    zero = h_hat.new_zeros(())
+    l_jepa = jepa_loss(h_hat, h_T) if w.jepa else zero
     kl_fn = reverse_kl if kl == "reverse" else forward_kl
-    l_kl = kl_fn(student_logits, teacher_logits, tau, support) if lmbda else h_hat.new_zeros(())
-    loss = l_jepa + lmbda * l_kl
-    l_list = h_hat.new_zeros(())
-    if mu:
+    l_kl = kl_fn(student_logits, teacher_logits, tau, support) if w.lmbda else zero
+    loss = w.jepa * l_jepa + w.lmbda * l_kl
+    l_list = l_pool = zero
+    if w.mu:
         if groups is None or answer is None:
             raise ValueError("the listwise term (mu > 0) needs groups (the query of each pair) and answer (y+, y-)")
         y_pos, y_neg = answer
         l_list = listwise_kl(student_logits[:, y_pos] - student_logits[:, y_neg],
                              teacher_logits[:, y_pos] - teacher_logits[:, y_neg], groups, tau)
-        loss = loss + mu * l_list
-    return loss, {"jepa": l_jepa.item(), "kl": l_kl.item(), "list": l_list.item(), "total": loss.item()}
+        loss = loss + w.mu * l_list
+    if w.nu:
+        if pool is None:
+            raise ValueError("the pool term (nu > 0) needs pool = (scores, target, exclude, tau)")
+        l_pool = pool_nce(*pool)
+        loss = loss + w.nu * l_pool
+    return loss, {"jepa": l_jepa.item(), "kl": l_kl.item(), "list": l_list.item(), "pool": l_pool.item(),
+                  "total": loss.item()}

@@ -285,6 +285,14 @@ class BM25:
         return out
 
 
+def to_run(flat: list[tuple[str, str]], scores: torch.Tensor) -> dict[str, dict[str, float]]:
+    """(query id, doc id) pairs and their scores -> a run {qid: {doc id: score}}."""
+    run: dict[str, dict[str, float]] = {}
+    for (q, d), v in zip(flat, scores.tolist()):
+        run.setdefault(q, {})[d] = v
+    return run
+
+
 # ---------------------------------------------------------------------------- the label prior and C(q)
 def label_prior(data, split: str) -> dict[str, int]:
     """How often each document is gold in `split` (the training split): the label prior."""

@@ -37,7 +37,7 @@ def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, 
         compiled: bool = False, doc_words: int = 40) -> dict:
     from evaluate import cosine_runs, runs_from_top
     from metrics import BM25, TOP
-    from student import Index, _mapped
+    from index import Index, _mapped
 
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)

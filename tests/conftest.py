@@ -55,19 +55,27 @@ def make_qwen2(tok, seed=0, layers=2, hidden=32):
 @contextmanager
 def killed_after(steps: int, exc=KeyboardInterrupt):
     """Within the `with`, teacher SFT dies (raises `exc`) right after its optimiser step number `steps`: a kill."""
-    import teacher as T
-    orig = T.MasterWeights.step
+    import training
+    orig = training.MasterWeights.step
 
     def step(self):
         orig(self)
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == steps:
             raise exc("killed")
-    T.MasterWeights.step = step
+    training.MasterWeights.step = step
     try:
         yield
     finally:
-        T.MasterWeights.step = orig
+        training.MasterWeights.step = orig
+
+
+def patch_llm(monkeypatch, load) -> None:
+    """Every place that loads the base LLM (a checkpoint's base model, a new teacher's) loads `load()` instead."""
+    import checkpoints
+    import commands
+    monkeypatch.setattr(checkpoints, "load_llm", load)
+    monkeypatch.setattr(commands, "load_llm", load)
 
 
 @pytest.fixture

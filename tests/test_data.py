@@ -100,7 +100,7 @@ def test_beir_download_and_truncated_zip(tmp_path, monkeypatch):
         server = _serve(www)
         monkeypatch.setattr(data, "BEIR_URL", f"http://127.0.0.1:{server.server_port}/" + "{name}.zip")
         with pytest.raises(data.DataError, match="bad.zip: not a complete zip"):
-            data.fetch_beir("bad")
+            data.fetch_beir("bad", data.BEIR_URL.format(name="bad"))
         assert not (tmp_path / "cache" / "beir" / "bad.zip").exists()
     finally:
         server.shutdown()

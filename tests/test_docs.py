@@ -71,6 +71,40 @@ def test_method_defines_each_equation_once_with_its_function():
                 assert f"({n})" in (obj.__doc__ or ""), f"{name} does not cite ({n}) in its docstring"
 
 
+def _step_bullets() -> dict[str, str]:
+    """{step number: the METHOD.md text of its bullet (up to the next Step or the next line that opens a list)}."""
+    text = _method()
+    marks = list(STEP_DEF.finditer(text))
+    out = {}
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        out[m.group(1)] = re.split(r"\n\s*- (?!\*\*Step)|\n## ", text[m.end():end])[0]
+    return out
+
+
+def test_each_step_names_its_functions():
+    """Every Step 0-7 bullet of METHOD.md names functions that exist, and the first one's docstring cites that Step,
+    so a reader goes from the loop's Step to the code and back."""
+    bullets = _step_bullets()
+    assert set(bullets) == {str(i) for i in range(8)}
+    for n, body in bullets.items():
+        names = FUNC.findall(body)
+        assert names, f"Step {n} names no function"
+        for i, name in enumerate(names):
+            module, *attrs = name.split(".")
+            obj = importlib.import_module(module)
+            for a in attrs:
+                obj = getattr(obj, a, None)
+                assert obj is not None, f"Step {n} names {name}, which does not exist"
+            if i == 0:
+                assert f"Step {n}" in (obj.__doc__ or ""), f"{name} does not cite Step {n} in its docstring"
+
+
+def named_functions() -> set[str]:
+    """Every `module.function` METHOD.md names, in equations and Steps alike (the functions a reader follows)."""
+    return {n for n in FUNC.findall(_method()) if n.split(".")[0] in {p.stem for p in _sources()} and not n.endswith(".py")}
+
+
 def test_every_reference_resolves():
     """Every "(n)" and "Step n" in the code's comments and strings and in the docs is defined in METHOD.md, and every
     *.md a file names is in the repository."""

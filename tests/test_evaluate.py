@@ -107,11 +107,10 @@ def test_offline_message(tmp_path, monkeypatch, capsys):
 def _distilled(tmp_path, monkeypatch):
     """A VirtualHome-layout fixture and a student distilled on it from a tiny random LLM: (data root, student dir)."""
     import distill
-    import teacher as T
-    from conftest import make_lm, make_tokenizer, write_virtualhome
+    from conftest import make_lm, make_tokenizer, patch_llm, write_virtualhome
     monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
     tok = make_tokenizer()
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
     root = write_virtualhome(tmp_path, 10)
     distill.main(["--data-dir", str(root), "--teacher", str(tmp_path / "t"), "--output-dir", str(tmp_path / "s"),
                   "--rounds", "1", "--k", "2", "--epochs", "2", "--width", "8", "--quiet"])
@@ -234,7 +233,7 @@ def _read_trec(path):
 
 def test_student_of_another_teacher_is_refused(tmp_path, monkeypatch):
     """load_student checks the predictor's teacher fingerprint against the teacher it loads."""
-    from student import load_student
+    from checkpoints import load_student
     _, folder = _distilled(tmp_path, monkeypatch)
     assert load_student(folder).predictor is not None
     side = folder / "predictor.safetensors.json"
@@ -298,7 +297,7 @@ def test_hub_offsets_and_corrected_student_by_hand():
     from types import SimpleNamespace
 
     from jepa import Predictor
-    from student import Index
+    from index import Index
     torch.manual_seed(0)
     p = Predictor(6, 4)
     with torch.no_grad():

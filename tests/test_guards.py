@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
+
 import common
 import data
 import distill
 import evaluate as E
 import teacher as T
-from conftest import make_lm, make_tokenizer, write_virtualhome
+from conftest import make_lm, make_tokenizer, patch_llm, write_virtualhome
 from test_data import ESCONV_LINE
 
 
@@ -35,7 +37,7 @@ def run_cli(main, argv, capsys) -> str:
 def env(tmp_path, monkeypatch):
     monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
     tok = make_tokenizer()
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
     return tmp_path, write_virtualhome(tmp_path, n_programs=10)
 
 
@@ -143,7 +145,8 @@ def test_prompts_fit_the_window_document_cut_first_then_query_start():
 def test_damaged_and_truncated_tensor_files_are_named(env, tmp_path):
     """Zeros inside a document-cache shard or a teacher checkpoint, or a truncated file, stop with the file and what
     to do; --refresh-cache rebuilds the cache to the same values."""
-    from student import Student, encode_corpus
+    from index import encode_corpus
+    from student import Student
     tmp, _ = env
     tok = make_tokenizer()
     s = Student(T.Teacher(make_lm(tok), tok), width=8)
@@ -234,7 +237,7 @@ def test_model_contradicting_checkpoint_is_an_error(env):
     meta = json.loads((tmp / "t" / "teacher.safetensors.json").read_text())
     assert "digest" in meta and meta["truncated"] == {"documents": 0, "queries": 0}
     with pytest.raises(ValueError, match="--model other-model contradicts the checkpoint"):
-        T.load_teacher(tmp / "t", "other-model")
+        checkpoints.load_teacher(tmp / "t", "other-model")
 
 
 # ---------------------------------------------------------------------------- 6. nothing silently wrong
@@ -330,19 +333,19 @@ def test_disk_full_and_ctrl_c_are_one_line_and_resume_recovers(env, capsys, monk
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return orig(path, *a, **k)
     monkeypatch.setattr(distill, "save_tensors", no_space)
-    monkeypatch.setattr("student.save_tensors", no_space)
+    monkeypatch.setattr("checkpoints.save_tensors", no_space)
     err = run_cli(distill.main, _distill(tmp, root, "cut"), capsys)
     assert "predictor.safetensors: no space left on the device; free space, then rerun the command" in err
     monkeypatch.undo()
     monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp / "cache"))
     tok = make_tokenizer()
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
     assert not (tmp / "cut" / "results.json").exists()  # no results without the predictor
     res = distill.main(_distill(tmp, root, "cut", "--resume"))
     strip = lambda r: {k: {m: v for m, v in s.items() if m not in ("ms_per_query", "corpus_encode_s")}  # noqa: E731
                        for k, s in r["systems"].items()}
     assert strip(res) == strip(full)
-    monkeypatch.setattr(distill, "evaluate_all", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(distill, "step6_evaluate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(SystemExit) as e:
         common.cli(distill.main, _distill(tmp, root, "int"), again="rerun with --resume")
     err = capsys.readouterr().err
@@ -364,7 +367,7 @@ def test_cache_left_untouched_and_failed_start_leaves_nothing(env, capsys, monke
 
     def read_only(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp / "cache" / "models"))
-    monkeypatch.setattr(T, "load_llm", read_only)
+    patch_llm(monkeypatch, read_only)
     err = run_cli(E.main, argv + ["--output-dir", str(tmp / "e3")], capsys)
     assert f"{tmp / 'cache' / 'models'}: Read-only file system (not writable)" in err and "$RABTRIEVER_CACHE" in err
     assert not (tmp / "e3").exists()
@@ -389,11 +392,12 @@ def test_non_finite_values_refused(flag, value, capsys, tmp_path):
 
 def test_unwritable_output_found_before_the_model_loads(env, capsys, monkeypatch):
     """student.py index --out under a file (not a folder) is refused before the student is loaded."""
+    import commands
     import student as S
     tmp, root = env
     _, beir = _index(tmp, root, capsys)
     (tmp / "afile").write_text("x")
-    monkeypatch.setattr(S, "load_student", lambda *a, **k: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(commands, "load_student", lambda *a, **k: pytest.fail("the model was loaded first"))
     err = run_cli(S.main, ["index", "--student", str(tmp / "run"), "--corpus", str(beir), "--out",
                            str(tmp / "afile" / "ix")], capsys)
     assert "--out" in err and "cannot write there" in err

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from losses import forward_kl, jepa_loss, listwise_kl, pool_nce, reverse_kl, total_loss
+from losses import Weights, forward_kl, jepa_loss, listwise_kl, pool_nce, reverse_kl, total_loss
 
 
 def test_kl_zero_for_identical():
@@ -56,7 +56,7 @@ def test_teacher_side_gets_no_gradient():
     """Gradients reach h_hat and the student logits, never h_T or the teacher logits (stop-gradient)."""
     h_hat, h_t = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
     zs, zt = torch.randn(4, 9, requires_grad=True), torch.randn(4, 9, requires_grad=True)
-    loss, parts = total_loss(h_hat, h_t, zs, zt, lmbda=0.5)
+    loss, parts = total_loss(h_hat, h_t, zs, zt, Weights(lmbda=0.5))
     loss.backward()
     assert h_hat.grad is not None and zs.grad is not None and h_t.grad is None and zt.grad is None
     assert jepa_loss(h_hat, h_t).item() == pytest.approx(((h_hat - h_t) ** 2).mean().item())
@@ -64,10 +64,43 @@ def test_teacher_side_gets_no_gradient():
 
 
 def test_ablations_switch_parts_off():
-    """use_jepa=False leaves only the KL; lmbda=0 leaves only the JEPA loss."""
+    """A weight of 0 switches its term off: jepa = 0 leaves only the KL, lmbda = 0 only the JEPA loss; kl="forward"
+    swaps in the forward KL (the ablation of (9))."""
     h, ht, zs, zt = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 5), torch.randn(2, 5)
-    assert total_loss(h, ht, zs, zt, lmbda=1, use_jepa=False)[0].item() == pytest.approx(reverse_kl(zs, zt).item())
-    assert total_loss(h, ht, zs, zt, lmbda=0)[0].item() == pytest.approx(jepa_loss(h, ht).item())
+    assert total_loss(h, ht, zs, zt, Weights(jepa=0))[0].item() == pytest.approx(reverse_kl(zs, zt).item())
+    assert total_loss(h, ht, zs, zt, Weights(lmbda=0))[0].item() == pytest.approx(jepa_loss(h, ht).item())
+    fwd = total_loss(h, ht, zs, zt, Weights(jepa=0), kl="forward")[0].item()
+    assert fwd == pytest.approx(forward_kl(zs, zt).item()) and fwd != pytest.approx(reverse_kl(zs, zt).item())
+
+
+def test_objective_10_by_hand_float64():
+    """(10) = jepa (8) + lmbda (9) + mu (10b) + nu (11), every term written out by hand in float64 and each weighted
+    as given; the parts are reported for logging; a term whose weight is 0 contributes nothing."""
+    g = torch.Generator().manual_seed(3)
+    h, ht = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    zs, zt = torch.randn(4, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64)
+    s_pool = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    target, groups = torch.tensor([1, 4]), torch.tensor([0, 0, 1, 1])
+    jepa = sum((a - b) ** 2 for ra, rb in zip(h.tolist(), ht.tolist()) for a, b in zip(ra, rb)) / 12
+
+    def kl(p_logits, q_logits):  # KL(softmax(p) || softmax(q)) of one row, by hand
+        zp, zq = sum(math.exp(v) for v in p_logits), sum(math.exp(v) for v in q_logits)
+        return sum(math.exp(a) / zp * (a - math.log(zp) - b + math.log(zq)) for a, b in zip(p_logits, q_logits))
+    rkl = sum(kl(a, b) for a, b in zip(zs.tolist(), zt.tolist())) / 4
+    s_s, s_t = (zs[:, 2] - zs[:, 0]).tolist(), (zt[:, 2] - zt[:, 0]).tolist()
+    listwise = (kl(s_s[:2], s_t[:2]) + kl(s_s[2:], s_t[2:])) / 2
+    nce = sum(math.log(sum(math.exp(v / 0.5) for v in row)) - row[t] / 0.5
+              for row, t in zip(s_pool.tolist(), target.tolist())) / 2
+    w = Weights(jepa=1.0, lmbda=0.3, mu=2.0, nu=0.7)
+    loss, parts = total_loss(h, ht, zs, zt, w, groups=groups, answer=(2, 0), pool=(s_pool, target, None, 0.5))
+    assert loss.item() == pytest.approx(jepa + 0.3 * rkl + 2.0 * listwise + 0.7 * nce, rel=1e-12)
+    assert (parts["jepa"], parts["kl"], parts["list"], parts["pool"]) == pytest.approx((jepa, rkl, listwise, nce),
+                                                                                         rel=1e-12)
+    off = total_loss(h, ht, zs, zt, Weights(jepa=1.0, lmbda=0.3), groups=groups, answer=(2, 0),
+                     pool=(s_pool, target, None, 0.5))[0]
+    assert off.item() == pytest.approx(jepa + 0.3 * rkl, rel=1e-12)
+    with pytest.raises(ValueError, match="needs pool"):
+        total_loss(h, ht, zs, zt, Weights(nu=1.0))
 
 
 def test_listwise_kl_by_hand():
@@ -99,13 +132,13 @@ def test_total_loss_listwise_term():
     h, ht = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
     zs, zt = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
     groups = torch.tensor([0, 0, 1, 1])
-    base, parts0 = total_loss(h, ht, zs, zt, lmbda=0.5)
-    loss, parts = total_loss(h, ht, zs, zt, lmbda=0.5, mu=2.0, groups=groups, answer=(4, 1))
+    base, parts0 = total_loss(h, ht, zs, zt, Weights(lmbda=0.5))
+    loss, parts = total_loss(h, ht, zs, zt, Weights(lmbda=0.5, mu=2.0), groups=groups, answer=(4, 1))
     lw = listwise_kl(zs[:, 4] - zs[:, 1], zt[:, 4] - zt[:, 1], groups)
     assert parts0["list"] == 0 and parts["list"] == pytest.approx(lw.item())
     assert loss.item() == pytest.approx(base.item() + 2.0 * lw.item(), rel=1e-6)
     with pytest.raises(ValueError, match="needs groups"):
-        total_loss(h, ht, zs, zt, mu=1.0)
+        total_loss(h, ht, zs, zt, Weights(mu=1.0))
 
 
 def test_pool_nce_by_hand_float64():

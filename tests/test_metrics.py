@@ -88,22 +88,30 @@ def test_candidate_sets_protocol():
     assert "random R@1 = 0.125" in M.describe_protocol(31, 8) and "all 5" in M.describe_protocol(5, 8)
 
 
-def test_no_import_circle():
-    """The project's modules import one another without a circle (function-level imports included): metrics.py is
-    the floor that teacher, distill and evaluate stand on, and evaluate.py imports no one that imports it."""
+PAPER = {"teacher", "student", "jepa", "losses", "distill", "evaluate", "complexity", "data"}
+FLOOR = {"common", "parallel", "files", "metrics", "llm"}
+
+
+def test_layers_and_no_import_circle():
+    """At import time (module-level imports) the modules form no circle; the floor (common, parallel, files, metrics,
+    llm) imports no paper file; and a paper file imports at module level only the floor, other paper files and the
+    runtime modules that do not import it back, reaching the rest (commands, training, checkpoints, ...) from inside
+    a function, the one or two hooks a reader meets."""
     import ast
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     mods = {p.stem: p for p in root.glob("*.py")}
-    graph = {}
+    top, anywhere = {}, {}
     for name, path in mods.items():
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                deps |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                deps.add(node.module.split(".")[0])
-        graph[name] = sorted(deps & set(mods) - {name})
+        tree = ast.parse(path.read_text())
+        for graph, nodes in ((top, tree.body), (anywhere, list(ast.walk(tree)))):
+            deps = set()
+            for node in nodes:
+                if isinstance(node, ast.Import):
+                    deps |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    deps.add(node.module.split(".")[0])
+            graph[name] = sorted(deps & set(mods) - {name})
     state = {}
 
     def visit(m, path):
@@ -111,12 +119,15 @@ def test_no_import_circle():
             return
         assert state.get(m) != "open", "import circle: " + " -> ".join(path + [m])
         state[m] = "open"
-        for d in graph[m]:
+        for d in top[m]:
             visit(d, path + [m])
         state[m] = "done"
-    for m in graph:
+    for m in top:
         visit(m, [])
-    assert set(graph["metrics"]) <= {"common", "parallel"}  # the floor: only the helpers below it
+    assert set(anywhere["metrics"]) <= {"common", "parallel"}  # the floor of the floor
+    for m in FLOOR:
+        assert not set(anywhere[m]) & PAPER, f"{m} (the floor) imports a paper file"
+    assert PAPER <= set(mods) and FLOOR <= set(mods)
 
 
 def test_hubness_by_hand():

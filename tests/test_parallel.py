@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import training
+
+import checkpoints
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import distill
 import parallel
 import teacher as T
-from conftest import killed_after, make_lm, make_tokenizer, write_virtualhome
+from conftest import killed_after, make_lm, make_tokenizer, patch_llm, write_virtualhome
 from test_teacher import _toy_data
 
 
@@ -134,7 +138,7 @@ def _metrics(folder: Path) -> dict:
 def vh(tmp_path, monkeypatch):
     monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
     tok = make_tokenizer()
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
+    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
     return write_virtualhome(tmp_path, n_programs=10)
 
 
@@ -158,13 +162,13 @@ def _distill_dies(tmp: str, root: str, cache: str):
     os.environ["RABTRIEVER_CACHE"] = cache
     tok = make_tokenizer()
     T.load_llm = lambda *a, **k: (make_lm(tok), tok)
-    orig = distill.train_predictor
+    orig = distill.step5_train_predictor
 
     def dies(student, pairs, h_q, h_d, cache_, cfg, r, *rest):
         if r == 1:
             raise RuntimeError("killed in round 1")  # as if the job died (spawn swallows KeyboardInterrupt)
         return orig(student, pairs, h_q, h_d, cache_, cfg, r, *rest)
-    distill.train_predictor = dies
+    distill.step5_train_predictor = dies
     distill.main(_args(tmp, "cut", root))
 
 
@@ -198,7 +202,7 @@ def _sft_qwen2(out: str):
     cfg = T.TrainConfig(bench="toy", train_layers=0, lr=3e-3, epochs=1, batch_size=3, grad_accum=2, warmup=0.0,
                         max_train_queries=0, quiet=True, output_dir=out)
     hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
-    T.save_checkpoint(t, out, cfg, base_fp, {"step": hist["steps"]}, hist["fsdp"])
+    checkpoints.save_teacher(t, out, cfg, base_fp, {"step": hist["steps"]}, hist["fsdp"])
     return t
 
 
@@ -214,8 +218,8 @@ def test_fsdp2_qwen2_untied_head_saves_and_reloads(tmp_path, monkeypatch):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     tok = make_tokenizer()
-    monkeypatch.setattr(T, "load_llm", lambda *args, **kw: (make_qwen2(tok), tok))
-    loaded, _ = T.load_teacher(tmp_path / "two")
+    patch_llm(monkeypatch, lambda *args, **kw: (make_qwen2(tok), tok))
+    loaded, _ = checkpoints.load_teacher(tmp_path / "two")
     qs, ds = ["task 1 write"] * 2, ["walk to computer", "find mouse"]
     assert torch.allclose(loaded.score(qs, ds), one.score(qs, ds), atol=1e-4)
 
@@ -237,7 +241,7 @@ def test_sft_killed_under_two_ranks_resumes(tmp_path, train_layers):
     ref = torch.load(tmp_path / "one" / "result.pt")
     with pytest.raises(mp.ProcessRaisedException, match="killed"):
         spawn(_sft_resumable, train_layers, str(tmp_path / "two"), 3, False)
-    state = tmp_path / "two" / T.SFT_STATE
+    state = tmp_path / "two" / training.SFT_STATE
     assert (state / "state.json").exists() if train_layers == 0 else (state / "state.safetensors").exists()
     spawn(_sft_resumable, train_layers, str(tmp_path / "two"), 0, True)
     got = torch.load(tmp_path / "two" / "result.pt")

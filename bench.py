@@ -1,0 +1,125 @@
+"""Benchmarks: throughput of the factorised scorer (7) against a dot product (`python jepa.py bench`) and of the
+teacher's joint passes (`python teacher.py bench`), with the machine's measured bounds beside them. Figures are
+written to results/; nothing here is asserted by a test.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from common import write_json
+from jepa import COMPILED_BLOCK, INDEX_DTYPE, Predictor
+from llm import last_hidden, load_llm
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Measured bytes/s of streaming a `nbytes` float32 tensor from memory once (a sum: one read per element)."""
+    x = torch.ones(nbytes // 4)
+    x.sum()
+    return nbytes / _median_seconds(x.sum, repeats)
+
+
+def _filled(n: int, cols: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """A synthetic (n, cols) tensor of N(0, 1) values in `dtype`, filled in slices (no float32 copy of the whole)."""
+    out = torch.empty(n, cols, dtype=dtype)
+    for i in range(0, n, 1 << 20):
+        out[i:i + (1 << 20)] = torch.randn(min(1 << 20, n - i), cols, generator=gen).to(dtype)
+    return out
+
+
+def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000, 8_841_823), queries=(1, 64),
+          dtype: str = "float16", max_pairs: float = 3e9,
+          output: str = "results/predictor_throughput.json") -> list[dict]:
+    """Candidates scored per second and per query, for `queries` queries at once over n cached documents:
+    factorised (7) over B h_d (n, P), blocked eager and compiled (`fused_scores`), vs a dot-product bi-encoder over
+    embeddings (n, H), both stored in `dtype`,
+    and the memory-bandwidth bound of reading B h_d once per batch of queries, measured on this machine in the same
+    run. Synthetic N(0, 1) data; 8,841,823 = MS MARCO's passages. Points over `max_pairs` (query, doc) pairs are
+    skipped (minutes each on a CPU)."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    p = Predictor(hidden, width)
+    with torch.no_grad():
+        p.W2.weight.normal_(0, 0.02)
+    u = torch.randn(hidden)
+    bw = read_bandwidth()
+    elem = torch.empty(0, dtype=INDEX_DTYPE[dtype]).element_size()
+    rows = []
+    for n in sizes:
+        side = _filled(n, width, INDEX_DTYPE[dtype], gen)    # what an index holds: B h_d
+        emb = _filled(n, hidden, INDEX_DTYPE[dtype], gen)    # what a bi-encoder holds: h_d
+        for b in queries:
+            if n * b > max_pairs:
+                continue
+            h_q = torch.randn(b, hidden, generator=gen)
+            q = h_q.to(emb.dtype)
+            repeats = 3 if n * b <= 1e8 else 1
+            with torch.no_grad():
+                p.scores(h_q, side[:4096], u), emb[:4096] @ q.T  # warm-up
+                fact = _median_seconds(lambda s=side: p.scores(h_q, s, u), repeats)
+                dot = _median_seconds(lambda e=emb: e @ q.T, repeats)
+                p.compiled = True
+                p.scores(h_q, side[:COMPILED_BLOCK], u)  # compile outside the timing
+                comp = _median_seconds(lambda s=side: p.scores(h_q, s, u), repeats)
+                p.compiled = False
+            rows.append({"n": n, "queries": b, "hidden": hidden, "width": width, "dtype": dtype,
+                         "threads": torch.get_num_threads(), "factorised_cand_per_s": n * b / fact,
+                         "compiled_cand_per_s": n * b / comp,
+                         "dot_cand_per_s": n * b / dot, "bandwidth_bound_cand_per_s": b * bw / (width * elem),
+                         "read_bandwidth_GBps": bw / 1e9, "factorised_s": fact, "compiled_s": comp, "dot_s": dot})
+            print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in rows[-1].items()})
+        del side, emb
+    write_json(output, rows)
+    return rows
+
+
+def predictor_main(argv=None) -> list[dict]:
+    import argparse
+    ap = argparse.ArgumentParser(description="python jepa.py bench: factorised scoring throughput vs a dot product")
+    ap.add_argument("cmd", choices=["bench"])
+    ap.add_argument("--hidden", type=int, default=576, help="H (576 = SmolLM2-135M, 3584 = Qwen2-7B)")
+    ap.add_argument("--width", type=int, default=256, help="predictor width P")
+    ap.add_argument("--sizes", default="10000,100000,1000000,8841823", help="corpus sizes n")
+    ap.add_argument("--queries", default="1,64", help="queries scored at once")
+    ap.add_argument("--dtype", default="float16", choices=sorted(INDEX_DTYPE), help="dtype of B h_d and of h_d")
+    ap.add_argument("--max-pairs", type=float, default=3e9, help="skip points with more (query, doc) pairs")
+    ap.add_argument("--output", default="results/predictor_throughput.json")
+    a = ap.parse_args(argv)
+    try:
+        sizes, queries = [int(x) for x in a.sizes.split(",")], [int(x) for x in a.queries.split(",")]
+    except ValueError as e:
+        raise ValueError(f"--sizes {a.sizes!r} / --queries {a.queries!r}: comma-separated whole numbers") from e
+    if min(sizes + queries + [a.hidden, a.width]) < 1 or not a.max_pairs > 0:
+        raise ValueError("--sizes, --queries, --hidden and --width must be >= 1, --max-pairs > 0")
+    return bench(a.hidden, a.width, sizes, queries, a.dtype, a.max_pairs, a.output)
+
+
+def teacher_bench(args) -> None:
+    """Throughput in pairs/s at fixed total lengths (random token ids of exactly that length)."""
+    for name in ("batch_size", "pairs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be >= 1")
+    lm, tok = load_llm(args.model, args.device)
+    rows = []
+    for length in (128, 512):
+        seqs = torch.randint(100, lm.config.vocab_size - 100, (args.pairs, length)).tolist()
+        last_hidden(lm, seqs[:args.batch_size], args.batch_size, 0, quiet=True)  # warm-up
+        t0 = time.perf_counter()
+        last_hidden(lm, seqs, args.batch_size, 0, desc=f"L={length}")
+        dt = time.perf_counter() - t0
+        rows.append({"total_tokens": length, "batch_size": args.batch_size, "pairs": args.pairs,
+                     "pairs_per_s": args.pairs / dt, "threads": torch.get_num_threads(),
+                     "device": str(next(lm.parameters()).device), "model": args.model})
+        print(rows[-1])
+    write_json(Path(args.output), rows)

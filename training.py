@@ -1,0 +1,351 @@
+"""The teacher's SFT runtime: everything a training run needs beyond the loop of teacher.py and the loss (4). The
+frozen bottom blocks run once (`--train-layers N`), DDP / FSDP2 under torchrun, AdamW on fp32 master weights of
+bf16 parameters, gradient accumulation and clipping, the LR schedule, a resumable state every `--save-every` steps,
+and the dev metric before and after training. teacher.py reaches all of it through `SFT` (prepare, `backward`,
+`step`, `finish`) and `DevSet`.
+
+One optimiser step = a global batch of batch_size x grad_accum pairs in a seeded order, whatever the number of
+processes: under torchrun pair i is owned by rank i % N (its frozen-bottom states computed there only), each rank runs
+its pairs of the step in micro-batches of batch_size, and the gradient is the mean over the global batch (local sum /
+global count, x N because DDP and FSDP2 average over ranks).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+import parallel
+from common import load_tensors, progress, read_json, save_tensors, subset, write_json
+from llm import can_split, forget_fingerprint, last_logits, top_last, trunk_states
+from metrics import candidate_sets, describe_protocol, evaluate_run, label_prior, to_run
+
+SFT_STATE = "sft_state"  # the resumable state of an SFT run, inside its output folder, removed once it is saved
+
+
+def set_trainable(lm, train_layers: int) -> list[torch.nn.Parameter]:
+    """Freeze all, then unfreeze the last `train_layers` blocks and the final norm (all weights when 0)."""
+    for p in lm.parameters():
+        p.requires_grad_(train_layers == 0)
+    if train_layers > 0:
+        for module in list(lm.model.layers[-train_layers:]) + [lm.model.norm]:
+            for p in module.parameters():
+                p.requires_grad_(True)
+    return [p for p in lm.parameters() if p.requires_grad]
+
+
+
+def split_point(lm, train_layers: int) -> int:
+    """First trained block when the frozen bottom can be run once and its states reused; 0 = run the whole model."""
+    return len(lm.model.layers) - train_layers if train_layers and can_split(lm) else 0
+
+
+class LastLogits(torch.nn.Module):
+    """The trained part of SFT as one module, what DistributedDataParallel wraps: the logits z (B, V) (2) at each
+    pair's last prompt token, from stored frozen-bottom states (start > 0: only the top blocks run) or from the token
+    ids (start = 0: the whole model, through lm.forward so that FSDP2's hooks run)."""
+
+    def __init__(self, lm, start: int, pad_id: int):
+        super().__init__()
+        self.lm, self.start, self.pad_id = lm, start, pad_id
+
+    def forward(self, batch: list) -> torch.Tensor:
+        if self.start:
+            return self.lm.lm_head(top_last(self.lm, batch, self.start))  # (B, H) -> (B, V)
+        return last_logits(self.lm, batch, self.pad_id)
+
+
+def parallelize(lm, head: LastLogits, train_layers: int, device: torch.device):
+    """Under torchrun: the top blocks with DDP (`--train-layers N > 0`), or the whole model with FSDP2
+    (`--train-layers 0`: one `fully_shard` unit per decoder block, then the root; on GPU bf16 compute with fp32
+    gradient reduction). Returns the module to call. One process: `head` itself."""
+    if parallel.world() == 1:
+        return head
+    if train_layers > 0:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        return DDP(head, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
+        else MixedPrecisionPolicy()
+    for block in lm.model.layers:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(lm, mp_policy=mp)
+    return head
+
+
+
+class SFT:
+    """One SFT run of `teacher` on the token sequences `seqs` (prepare): the frozen bottom run once, the trained
+    blocks unfrozen and wrapped for torchrun, AdamW with fp32 masters, warmup + cosine schedule, and the state of a
+    killed run put back with `cfg.resume`. The loop calls `batches`, `backward` and `step`; `finish` ends it."""
+
+    def __init__(self, teacher, seqs: list[list[int]], cfg):
+        from transformers import get_cosine_schedule_with_warmup
+
+        if len(seqs) < parallel.world():
+            raise ValueError(f"teacher SFT: {len(seqs)} pairs for {parallel.world()} processes")
+        self.cfg, self.t0, self.n_pairs = cfg, time.time(), len(seqs)
+        lm, world = teacher.lm, parallel.world()
+        self.lm, self.world = lm, world
+        self.owned = set(parallel.mine(len(seqs)))
+        self.start = split_point(lm, cfg.train_layers)
+        self.inputs = trunk_states(lm, seqs, self.start, cfg.batch_size, teacher.pad_id,
+                                   "teacher SFT: frozen blocks (once)", cfg.quiet, keep=sorted(self.owned)) \
+            if self.start else seqs
+        forget_fingerprint(lm)  # the weights change from here on
+        set_trainable(lm, cfg.train_layers)
+        if cfg.grad_checkpoint:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = parallelize(lm, LastLogits(lm, self.start, teacher.pad_id), cfg.train_layers,
+                                 next(lm.parameters()).device)
+        params = [p for p in lm.parameters() if p.requires_grad]  # FSDP2 replaced them with sharded ones
+        self.opt = MasterWeights(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fp32 masters of bf16 weights
+        self.per_step = cfg.batch_size * cfg.grad_accum
+        self.total = math.ceil(len(seqs) / self.per_step) * cfg.epochs
+        self.sched = get_cosine_schedule_with_warmup(self.opt.opt, int(cfg.warmup * self.total), self.total)
+        self.fsdp = world > 1 and cfg.train_layers == 0
+        self.folder = Path(cfg.output_dir) / SFT_STATE
+        self.losses: list[float] = load_sft_state(self.folder, lm, self.opt, self.sched, self.fsdp) \
+            if cfg.resume else []
+        if self.losses:
+            print(f"[teacher] resuming SFT after step {len(self.losses)} of {self.total}")
+        lm.train()
+        print(f"[teacher] SFT: {len(seqs)} pairs, {self.total} steps; global batch {self.per_step} pairs per step "
+              f"(--batch-size {cfg.batch_size} x --grad-accum {cfg.grad_accum}) over {world} process(es): about "
+              f"{self.per_step / world:.0f} pairs per process per step, in micro-batches of up to {cfg.batch_size}")
+        self.bar = progress(total=self.total, initial=len(self.losses), desc="teacher SFT", quiet=cfg.quiet)
+        self.steps_seen = 0
+
+    def batches(self, order: list[int]):
+        """The global batches of one epoch's `order`, skipping the steps a resumed run has already taken."""
+        for k in range(0, len(order), self.per_step):
+            self.steps_seen += 1
+            if self.steps_seen > len(self.losses):
+                yield order[k:k + self.per_step]
+
+    def backward(self, batch: list[int], loss_fn) -> float:
+        """Gradients of the global batch's mean loss: each rank runs the pairs of `batch` it owns in micro-batches
+        (as many as the busiest rank, FSDP2 gathers weights in each; an empty one is a no-op that joins the
+        reduction); loss_fn(z (B, V), pair indices) is the mean loss of a micro-batch. Returns the global mean."""
+        cfg, world = self.cfg, self.world
+        mine = [i for i in batch if i in self.owned]
+        most = max(sum(1 for i in batch if i % world == r) for r in range(world))
+        micro = [mine[j:j + cfg.batch_size] for j in range(0, max(most, 1), cfg.batch_size)]
+        total = torch.zeros(())
+        for m, idx in enumerate(micro):
+            with sync_grads(self.model, m == len(micro) - 1):
+                rows = idx or [min(self.owned)]  # a rank with no pair in this step still joins the reduction
+                z = self.model([self.inputs[i] for i in rows])
+                loss = loss_fn(z, rows) * len(rows) * (1 if idx else 0)
+                (loss * world / len(batch)).backward()
+            total += loss.detach().float().cpu()
+        mean = parallel.sum_ranks(total).item() / len(batch)  # the global batch's mean loss
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"teacher SFT: loss {mean} at step {len(self.losses)}")
+        return mean
+
+    def step(self, loss: float) -> None:
+        """Clip the gradient norm, step AdamW (on the fp32 masters) and the schedule, log; every --save-every steps
+        the resumable state is saved (`save_sft_state`)."""
+        torch.nn.utils.clip_grad_norm_(self.opt.gather_grads(), self.cfg.clip)
+        self.opt.step(), self.sched.step(), self.opt.zero_grad()
+        self.losses.append(loss)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
+        every = self.cfg.save_every
+        if every and len(self.losses) % every == 0 and len(self.losses) < self.total:
+            save_sft_state(self.folder, self.lm, self.opt, self.sched, self.losses, self.fsdp)
+
+    def finish(self) -> dict:
+        """The model back in eval mode, frozen; the loss history."""
+        self.bar.close()
+        if self.cfg.grad_checkpoint:
+            self.lm.gradient_checkpointing_disable()
+        self.lm.eval().requires_grad_(False)
+        return {"losses": self.losses, "steps": len(self.losses), "pairs": self.n_pairs,
+                "seconds": time.time() - self.t0, "fsdp": self.fsdp, "optimizer": self.opt}
+
+
+# ---------------------------------------------------------------------------- resumable state, fp32 masters
+def _named(lm, opt: "MasterWeights") -> list[tuple[str, torch.nn.Parameter, torch.Tensor]]:
+    names = {id(p): n for n, p in lm.named_parameters()}
+    return [(names[id(p)], p, m) for p, m in zip(opt.params, opt.master)]
+
+
+def save_sft_state(folder: Path, lm, opt: "MasterWeights", sched, losses: list[float], fsdp: bool) -> None:
+    """Everything a killed SFT run needs to continue with the same losses: the trained weights, their fp32 masters,
+    AdamW's moments, the schedule and the losses so far. One process or DDP (every rank holds the same state): one
+    safetensors file written by rank 0. FSDP2 (sharded): torch.distributed.checkpoint, each rank writing its shards,
+    so no full copy is ever gathered. The sidecar is written last and names the complete state."""
+    meta = {"kind": "sft-state", "step": len(losses), "losses": losses, "sched": sched.state_dict()}
+    if fsdp:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        where = folder / f"dcp-{len(losses):07d}"
+        dcp.save({"model": get_model_state_dict(lm), "optim": get_optimizer_state_dict(lm, opt.opt)},
+                 checkpoint_id=str(where))
+        parallel.barrier()
+        write_json(folder / "state.json", meta | {"dcp": where.name})
+        if parallel.is_main():
+            for old in folder.glob("dcp-*"):
+                if old.name != where.name:
+                    shutil.rmtree(old, ignore_errors=True)
+        return
+    tensors = {}
+    for name, p, m in _named(lm, opt):
+        tensors[f"param/{name}"] = p.detach()
+        if m is not p:
+            tensors[f"master/{name}"] = m.detach()
+        for key, value in opt.opt.state.get(m, {}).items():
+            if key != "step":
+                tensors[f"{key}/{name}"] = value
+    adam_step = next((float(st["step"]) for st in opt.opt.state.values() if "step" in st), 0.0)
+    save_tensors(folder / "state.safetensors", tensors, meta | {"adam_step": adam_step})
+    parallel.barrier()
+
+
+def load_sft_state(folder: Path, lm, opt: "MasterWeights", sched, fsdp: bool) -> list[float]:
+    """The losses so far of the state `save_sft_state` left in `folder`, with the weights, masters, moments and
+    schedule put back; [] when there is none (the run starts from the beginning)."""
+    if fsdp:
+        if not (folder / "state.json").exists():
+            return []
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                             set_model_state_dict, set_optimizer_state_dict)
+        meta = read_json(folder / "state.json", "rerun with --overwrite")
+        state = {"model": get_model_state_dict(lm), "optim": get_optimizer_state_dict(lm, opt.opt)}
+        dcp.load(state, checkpoint_id=str(folder / meta["dcp"]))
+        set_model_state_dict(lm, state["model"])
+        set_optimizer_state_dict(lm, opt.opt, state["optim"])
+    else:
+        if not (folder / "state.safetensors").exists():
+            return []
+        tensors, meta = load_tensors(folder / "state.safetensors", {"kind": "sft-state"},
+                                     fix="rerun with --overwrite to start the SFT again")
+        with torch.no_grad():
+            for name, p, m in _named(lm, opt):
+                p.copy_(tensors[f"param/{name}"])
+                if m is not p:
+                    m.copy_(tensors[f"master/{name}"])
+                moments = {k: tensors[f"{k}/{name}"] for k in ("exp_avg", "exp_avg_sq") if f"{k}/{name}" in tensors}
+                if moments:
+                    opt.opt.state[m] = {"step": torch.tensor(meta["adam_step"]), **moments}
+    sched.load_state_dict(meta["sched"])
+    for group, lr in zip(opt.opt.param_groups, sched.get_last_lr()):  # the schedule's state does not set the lr
+        group["lr"] = lr
+    return list(meta["losses"])
+
+
+class MasterWeights:
+    """AdamW with float32 master copies of low-precision (bfloat16 / float16) trainable parameters: the optimizer
+    steps the float32 copy, and each model parameter then takes its copy rounded to its own dtype. An update far
+    below bfloat16's resolution (AdamW moves a weight by about lr per step: LaHoRe's lr 1e-6 against a resolution of
+    ~1e-4 at |w| = 0.02) accumulates in the master instead of vanishing. float32 parameters (CPU, FSDP2's sharded
+    fp32 parameters) are stepped directly, with no copy. `opt` is the torch optimizer (for the LR schedule)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], **adamw):
+        self.params = list(params)
+        self.master = [p if p.dtype == torch.float32 else p.detach().float().clone().requires_grad_(True)
+                       for p in self.params]
+        self.opt = torch.optim.AdamW(self.master, **adamw)
+
+    def gather_grads(self) -> list[torch.Tensor]:
+        """Copy each low-precision gradient into its master as float32; returns the masters (to clip)."""
+        for p, m in zip(self.params, self.master):
+            if m is not p:
+                m.grad = None if p.grad is None else p.grad.float()
+        return self.master
+
+    def step(self) -> None:
+        """One AdamW step of the masters from the gradients `gather_grads` put there (and the caller clipped), then
+        each model parameter takes its master rounded to its own dtype."""
+        self.opt.step()
+        with torch.no_grad():
+            for p, m in zip(self.params, self.master):
+                if m is not p:
+                    p.copy_(m)
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad = None
+
+
+
+@contextmanager
+def sync_grads(model, sync: bool):
+    """Gradient accumulation: DDP and FSDP2 reduce gradients only on the last micro-batch of a step."""
+    if hasattr(model, "no_sync") and not sync:  # DDP
+        with model.no_sync():
+            yield
+        return
+    fsdp = getattr(getattr(model, "lm", None), "set_requires_gradient_sync", None)
+    if fsdp is not None:
+        fsdp(sync)
+    yield
+
+
+
+# ---------------------------------------------------------------------------- the dev metric
+class DevSet:
+    """The dev pairs (query, document in C(q)) of `metrics.candidate_sets`, scored before and after training. With a
+    frozen bottom (start > 0) their states are computed once here and both metrics run only the top blocks; under
+    torchrun each rank keeps and scores the pairs it owns, and the scores are summed over ranks."""
+
+    def __init__(self, teacher, data, split: str, bm25, cfg, start: int, train_split: str):
+        self.data, self.split, self.start = data, split, start
+        self.majority_from = train_split
+        self.queries, qrels = data.split(split)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        qids = subset(list(self.queries), cfg.max_dev_queries, gen)
+        self.cands = candidate_sets(qids, self.queries, qrels, list(data.corpus), bm25, cfg.rerank_k, gen)
+        self.qrels = {q: qrels[q] for q in self.cands}
+        self.protocol = describe_protocol(len(data.corpus), cfg.rerank_k)
+        self.flat = [(q, d) for q, ds in self.cands.items() for d in ds]
+        self.states = None
+        if start:
+            seqs = [teacher.prompt.teacher(self.queries[q], data.doc_text(d)) for q, d in self.flat]
+            self.states = trunk_states(teacher.lm, seqs, start, teacher.batch_size, teacher.pad_id,
+                                       "dev: frozen blocks (once)", teacher.quiet, keep=parallel.mine(len(seqs)))
+
+    def metric(self, teacher, desc: str) -> dict:
+        if self.states is None:
+            from teacher import teacher_run
+            run = teacher_run(teacher, self.queries, self.cands, self.data.doc_text, desc)
+        else:
+            order = sorted(parallel.mine(len(self.flat)), key=lambda i: len(self.states[i]))
+            h = torch.zeros(len(self.flat), teacher.lm.config.hidden_size)
+            with torch.inference_mode():
+                for k in range(0, len(order), teacher.batch_size):
+                    idx = order[k:k + teacher.batch_size]
+                    h[idx] = top_last(teacher.lm, [self.states[i] for i in idx], self.start).float().cpu()
+            run = to_run(self.flat, parallel.sum_ranks(h) @ teacher.u)
+        m = evaluate_run(run, self.qrels)
+        return {"R@1": m["R@1"], "MRR@10": m["MRR@10"], "n_queries": len(self.cands), "protocol": self.protocol,
+                "split": self.split, "majority_R@1": majority_r1(self.data, self.majority_from, self.qrels)}
+
+
+def majority_r1(data, split: str, qrels: dict) -> float:
+    """R@1 on `qrels` of always ranking first the document most often gold in `split`, the training split
+    (ESConv: "Questions"); a query whose gold is another document counts as a miss."""
+    counts = label_prior(data, split)
+    top = max(counts, key=counts.get)
+    return sum(qrels[q].get(top, 0) > 0 for q in qrels) / max(len(qrels), 1)
+
+
+def resume_or_restart(folder: str | Path) -> dict:
+    """How a teacher run starts in `folder`: {} when empty or new, {"resume": True} when it holds an unfinished SFT
+    run's saved state, {"overwrite": True} when a run stopped there before its first saved state."""
+    folder = Path(folder)
+    if not (folder.exists() and any(folder.iterdir())):
+        return {}
+    if (folder / SFT_STATE).exists():
+        print(f"[distill] Step 0: {folder} holds an unfinished teacher run: resuming its SFT")
+        return {"resume": True}
+    print(f"[distill] Step 0: {folder} holds a teacher run stopped before its first saved state: starting it again")
+    return {"overwrite": True}
