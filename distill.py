@@ -9,10 +9,8 @@ distillation", Steps 0-7, equations (8)-(11)).
     Step 0  teacher: load runs/teacher-{bench}/ or train it (teacher.py, (4))
     Step 1  student: frozen teacher + predictor; encode and cache the corpus (6) and the training queries (5)
     rounds r = 0..R-1:
-      Step 2  score every document for every training query: the student (7) (round 0: --round0, BM25 by default)
-      Step 3  pick k documents per query not sent to the teacher yet, plus the gold ones: the k best-ranked
-              (--sampling top) or k drawn from softmax(s_S / tau_s) (--sampling softmax); --policy off: fixed
-              BM25 + random negatives, the same number of teacher calls
+      Step 2  score every document for every training query: the student (7) (round 0: --round0) (policy.py)
+      Step 3  pick k documents per query not sent to the teacher yet, plus the gold ones (policy.py)
       Step 4  teacher targets h_T (1) for pairs not seen yet (cached by pair; z_T = W h_T (2) once per round)
       Step 5  train the predictor E epochs on all pairs so far with the objective (10): L_JEPA + lmbda L_RKL
               [+ mu the listwise KL (10b)] [+ nu the pool term (11) over more training queries: ours]
@@ -44,6 +42,7 @@ from common import (add_dataclass_args, cache_dir, check_finite, check_sizes, cl
                     save_tensors, subset, write_json)
 from llm import ATTENTION, DEFAULT_MODEL, fingerprint
 from losses import Weights, total_loss
+from policy import pick_top, sample_fixed, sample_policy, softmax_scores
 from student import Student
 
 Z_T_BYTES = 1 << 30  # z_T of all pairs is computed once per round when it fits in this many bytes
@@ -72,12 +71,9 @@ class DistillConfig:
     kl_support: str = field("full", "full vocabulary or only the answer tokens", choices=["full", "answer"])
     kl: str = field("reverse", "direction of the KL in (10): reverse (9), or forward (an ablation)",
                     choices=["reverse", "forward"])
-    listwise: float = field(0.0, "weight mu of the listwise KL (10b) over each query's documents, batched by query "
-                                 "(ours, beyond the paper; 0 = off)")
-    nce: float = field(1.0, "weight nu of the pool term (11), InfoNCE of the student's scores of the gold against "
-                            "pool documents (ours, beyond the paper; 0 = off)")
-    nce_queries: int = field(1024, "training queries of the pool term (11); they cost the query pass (5), no teacher "
-                                   "call (0 = all)")
+    listwise: float = field(0.0, "weight mu of the listwise KL (10b) over each query's documents (ours; 0 = off)")
+    nce: float = field(1.0, "weight nu of the pool term (11): InfoNCE of the gold against pool documents (ours)")
+    nce_queries: int = field(1024, "training queries of (11): a query pass (5) each, no teacher call (0 = all)")
     nce_negatives: int = field(1024, "pool documents per step as negatives of (11) (the whole pool when smaller)")
     nce_tau: float = field(1.0, "temperature of (11)")
     width: int = field(256, "predictor width P")
@@ -93,13 +89,10 @@ class DistillConfig:
     max_train_queries: int = field(128, "training queries (0 = all)")
     max_test_queries: int = field(128, "held-out queries evaluated (0 = all)")
     rerank_k: int = field(8, "size of C(q), the candidates every system ranks in Step 6 (the whole pool when smaller)")
-    teacher_k: int = field(8, "teacher@k in Step 6: the teacher reranks the union of BM25's and the student's top k "
-                              "over the whole pool (0 = the whole pool, long)")
+    teacher_k: int = field(8, "teacher@k in Step 6: reranks the union of BM25's and the student's top k (0 = all)")
     teacher_batch: int = field(8, "pairs per teacher / encoder forward")
-    compile: bool = field(False, "score the pool through torch.compile's fused kernel (jepa.fused_scores): faster "
-                                 "on CPU after a ~15 s compile")
-    hub_correction: str = field("none", "Step 6 diagnostic (ours): also the student with each document's score "
-                                        "offset over the training queries removed (12)",
+    compile: bool = field(False, "score the pool through torch.compile's fused kernel (jepa.fused_scores)")
+    hub_correction: str = field("none", "Step 6 diagnostic (ours): also the student with hub offsets removed (12)",
                                 choices=["none", "center", "csls"])
     eval_teacher: bool = field(True, "score the teacher in Step 6 (ablations can skip it: it does not change)")
     output_dir: str = field("", "outputs (default runs/distill-{bench}[-quick])")
@@ -199,8 +192,7 @@ def pool_queries(cfg: DistillConfig, student: Student, train_q: dict[str, str], 
     return torch.cat([h_q, h_extra]), gold
 
 
-
-# ---------------------------------------------------------------------------- Steps 2-3: score and pick
+# ---------------------------------------------------------------------------- Steps 2-3: score and pick (policy.py)
 def step3_pick(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
                texts: list[str], gold: list[set[int]], pairs: list, bm25_top) -> list[list[int]]:
     """Step 3 of round r, with the scores of Step 2: each training query's k new documents. On-policy, the policy
@@ -219,86 +211,6 @@ def step3_pick(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, 
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
         pick = sample_policy(softmax_scores(cfg, r, student, h_q, h_d, bm25, texts), seen, cfg.k, cfg.tau_s, gen)
     return parallel.broadcast(pick)
-
-
-def sample_policy(scores: torch.Tensor, exclude: list[set[int]], k: int, tau_s: float,
-                  gen: torch.Generator) -> list[list[int]]:
-    """Step 3 with --sampling softmax: k documents per query without replacement from softmax(s_S / tau_s) over the documents not excluded (the
-    gold ones and those already sent to the teacher), so every round costs the same number of teacher calls."""
-    out = []
-    for row, g in zip(scores, exclude):
-        logits = row / tau_s
-        logits[list(g)] = -math.inf
-        probs = torch.softmax(logits.double(), 0)
-        kk = min(k, int((probs > 0).sum()))
-        out.append(torch.multinomial(probs, kk, replacement=False, generator=gen).tolist())
-    return out
-
-
-def sample_top(scores: torch.Tensor, exclude: list[set[int]], k: int) -> list[list[int]]:
-    """Step 3 [ours]: the k best-ranked documents of each query that are not excluded (gold, or already sent to the
-    teacher): the student's own hard negatives, refreshed every round (as ANCE mines them); ties in topk's order."""
-    out = []
-    for row, g in zip(scores, exclude):
-        row = row.double().clone()
-        row[list(g)] = -math.inf
-        kk = min(k, len(row) - len(g))
-        out.append(row.topk(kk).indices.tolist() if kk > 0 else [])
-    return out
-
-
-def pick_top(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
-             texts: list[str], exclude: list[set[int]]) -> list[list[int]]:
-    """Step 2 with --sampling top (and Step 3's pick): each training query's k best-ranked documents not in `exclude`. The student's
-    own (7) from round 1 on, over an index of the pool, its top k + |exclude| kept a block of documents at a time; in
-    round 0, where the untrained student scores every document the same, the --round0 policy [ours]: BM25 (one
-    query's scores at a time) or the frozen bi-encoder (cosine of h_q (5) and h_d (6), blocked). Never a queries x
-    pool matrix."""
-    from metrics import topk_blocked
-    from index import Index
-
-    if r == 0 and cfg.round0 == "bm25":
-        return [sample_top(torch.from_numpy(bm25.scores(t))[None], [e], cfg.k)[0] for t, e in zip(texts, exclude)]
-    n = min(h_d.shape[0], cfg.k + max(map(len, exclude)))
-    if r == 0:
-        q = torch.nn.functional.normalize(h_q.float(), dim=-1)
-        _, top = topk_blocked(lambda i, j: q @ torch.nn.functional.normalize(h_d[i:j].float(), dim=-1).T,
-                              h_d.shape[0], h_q.shape[0], n)
-    else:
-        _, top = Index.from_h_d(student, [str(i) for i in range(h_d.shape[0])], h_d, "float32").topk(student, h_q, n)
-    return [[d for d in row if d not in e][:cfg.k] for row, e in zip(top.tolist(), exclude)]
-
-
-def softmax_scores(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
-                   texts: list[str]) -> torch.Tensor:
-    """Step 2 for --sampling softmax, which draws from a distribution over every document: the (Q, n) scores, the
-    student's own (7) from round 1 on (and in round 0 with --round0 uniform), else the round-0 policy's (BM25 or the
-    frozen bi-encoder's cosine). A full row per query: meant for pools of up to a few hundred thousand documents."""
-    if r > 0 or cfg.round0 == "uniform":
-        from index import Index
-        return Index.from_h_d(student, [str(i) for i in range(h_d.shape[0])], h_d, "float32").scores(student, h_q)
-    if cfg.round0 == "bm25":
-        return torch.stack([torch.from_numpy(bm25.scores(t)) for t in texts])
-    q = torch.nn.functional.normalize(h_q.float(), dim=-1)
-    return q @ torch.nn.functional.normalize(h_d.float(), dim=-1).T
-
-
-
-def sample_fixed(bm25_top: list[list[int]], gold: list[set[int]], n_docs: int, k: int, r: int,
-                 gen: torch.Generator) -> list[list[int]]:
-    """Step 3 with --policy off: round r takes the next k of a fixed list alternating BM25 hard negatives and random ones."""
-    out = []
-    for top, g in zip(bm25_top, gold):
-        rand = [d for d in torch.randperm(n_docs, generator=gen).tolist() if d not in g]
-        hard = [d for d in top if d not in g]
-        mixed, seen = [], set()
-        for pair in zip(hard, rand):
-            for d in pair:
-                if d not in seen:
-                    seen.add(d)
-                    mixed.append(d)
-        out.append(mixed[r * k:(r + 1) * k])
-    return out
 
 
 # ---------------------------------------------------------------------------- Step 4: teacher targets

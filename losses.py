@@ -44,7 +44,8 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: 
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0,
                support: tuple[int, ...] | None = None) -> torch.Tensor:
-    """The ablation of (9) (distill.py --kl forward): KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v)). Shapes and reduction as reverse_kl."""
+    """The ablation of (9) (distill.py --kl forward): KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v)).
+    Shapes and reduction as reverse_kl."""
     log_p_s = _log_probs(student_logits, tau, support)
     log_p_t = _log_probs(teacher_logits.detach(), tau, support)
     # F.kl_div(input, target, log_target=True) = KL(target || input): target = log p_T, input = log p_S.

@@ -137,7 +137,8 @@ def write_outputs(out: Path, rows: list[dict], summary: dict, cfg, device: str) 
     md += ["", f"log-log slopes over L_d in {summary['fit_lengths']}: teacher {s['teacher']:.2f}, student online "
            f"{s['student_online']:.2f}, student offline {s['student_offline']:.2f} (FLOP model: "
            + ", ".join(f"{k} {v:.2f}" for k, v in summary["flop_slopes"].items())
-           + f"); attention FLOPs overtake the linear ones at {summary['attention_overtakes_linear_at_tokens']:.0f} tokens."]
+           + "); attention FLOPs overtake the linear ones at "
+           + f"{summary['attention_overtakes_linear_at_tokens']:.0f} tokens."]
     text = "\n".join(md) + "\n"
     atomic_write(out / "complexity.md", text)
     plot(out / "complexity.png", rows, lengths)

@@ -12,8 +12,7 @@ Choices not fixed by the paper:
 - exact prompt wording, rendered with the model's chat template (plain text + "Answer:" when it has none); the
   question is each bench's own by default (`--instruction task`), or METHOD.md's generic one (`generic`), or a text;
 - score s_T = z_T[yes] - z_T[no] (3), which ranks like p(yes | {yes, no});
-- length policy: the document is cut to `--max-doc-tokens`; a prompt over the model's window cuts the document
-  further, then the query from its start; the instruction never (`Prompt`);
+- length policy: `--max-doc-tokens`, then the model's window (`Prompt`);
 - SFT negatives: per query `--neg-bm25` hard negatives from BM25's top ranks plus `--neg-random` from the pool, and
   optionally (`--neg-self`) the teacher's own best-scored wrong documents, then a second pass;
 - `--train-layers N` (default 2) trains only the last N blocks and the final norm; 0 = the full fine-tune the paper
@@ -61,12 +60,9 @@ class Prompt:
     teacher(q, d)   = pre + doc(d) + mid + query(q) + post     document first, then query        (1)
     doc_prefix(d)   = pre + doc(d)                             exactly what the teacher reads before the query (6)
     query_only(q)   = pre_q + query(q) + post_q                the teacher prompt without its Document line (5)
-    Each piece is tokenised on its own, so these are exact prefixes / sub-sequences of one another.
-
-    Length policy (one for teacher and student): the document is cut to `max_doc_tokens`; a prompt longer than the
-    model's window `max_len` cuts the document further, then the query from its start (the last turns of a dialogue
-    matter most). The instruction and template are never cut: a window too small for them is an error. `cut` counts
-    the distinct documents and queries that were cut."""
+    Each piece is tokenised on its own, so these are exact prefixes / sub-sequences of one another. Length policy:
+    the document is cut to `max_doc_tokens`; a prompt over the window `max_len` cuts the document further, then the
+    query from its start; the instruction and template never (a window too small for them is an error)."""
 
     def __init__(self, tok, max_doc_tokens: int = 256, max_len: int | None = None, instruction: str = INSTRUCTION):
         self.tok, self.max_doc_tokens, self.instruction = tok, max_doc_tokens, instruction
@@ -223,9 +219,8 @@ class TrainConfig:
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
     neg_bm25: int = field(1, "hard negatives per query from BM25's top ranks")
     neg_random: int = field(1, "random negatives per query from the pool")
-    neg_self: int = field(0, "self-mined negatives per query (ours): after the first pass, the teacher's own N "
-                             "best-scored wrong documents among --mine-k of BM25 and --mine-k frequent ones, then a "
-                             "second pass over all pairs (0 = off)")
+    neg_self: int = field(0, "self-mined negatives per query (ours): the teacher's own N best-scored wrong documents "
+                             "after a first pass, then a second pass (0 = off)")
     mine_k: int = field(8, "with --neg-self: documents of BM25's top and of the most frequent gold ones scored")
     train_layers: int = field(2, "train only the last N blocks + final norm; 0 = full fine-tune")
     weight_decay: float = field(0.0, "AdamW weight decay")
@@ -240,8 +235,7 @@ class TrainConfig:
     dtype: str = field("auto", "auto (fp32 CPU, bf16 GPU) | float32 | bfloat16")
     attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     batch_size: int = field(8, "pairs per forward (a micro-batch, per process)")
-    grad_accum: int = field(1, "micro-batches per optimiser step: the global batch is batch_size x grad_accum pairs "
-                               "whatever the number of processes (each runs its share)")
+    grad_accum: int = field(1, "micro-batches per optimiser step: a global batch of batch_size x grad_accum pairs")
     grad_checkpoint: bool = field(False, "activation checkpointing in the trained blocks (less memory, ~1/3 slower)")
     output_dir: str = field("", "where the checkpoint goes (default runs/teacher-{bench})")
     save_every: int = field(50, "save a resumable SFT state every N optimiser steps (0 = never)")
