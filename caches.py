@@ -42,13 +42,17 @@ class PairCache:
             for key, row in zip(meta["pairs"], t["h_T"]):
                 self.h[tuple(key)] = row
 
-    def fill(self, pairs: list[tuple[str, str]], teacher, queries: dict[str, str], doc_text, tag: str, quiet: bool):
+    def fill(self, pairs: list[tuple[str, str]], teacher, queries: dict[str, str], doc_text, tag: str,
+             quiet: bool) -> int:
+        """h_T (1) of the pairs not held yet, computed by the teacher in chunks, each saved as one file named by its
+        pairs; returns how many were computed."""
         todo = [p for p in dict.fromkeys(pairs) if p not in self.h]
         size = max(CHUNK, 2 * parallel.world() * teacher.batch_size)  # every rank gets two batches per chunk
         chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        for c, chunk in enumerate(progress(chunks, desc=f"Step 4: teacher targets {tag}", quiet=quiet)):
+        for chunk in progress(chunks, desc=f"Step 4: teacher targets {tag}", quiet=quiet):
             h = teacher.encode_pairs([queries[q] for q, _ in chunk], [doc_text(d) for _, d in chunk], desc="teacher")
-            save_tensors(self.folder / f"chunk-{tag}-{c:05d}.safetensors", {"h_T": h},
+            name = hashlib.blake2b(json.dumps(chunk).encode(), digest_size=8).hexdigest()  # its pairs: a resumed
+            save_tensors(self.folder / f"chunk-{tag}-{name}.safetensors", {"h_T": h},  # round never overwrites one
                          {"teacher_fingerprint": self.fp, "pairs": [list(p) for p in chunk]})
             for p, row in zip(chunk, h):
                 self.h[p] = row

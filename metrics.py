@@ -253,27 +253,33 @@ class BM25:
         return uniq, np.bincount(inverse, weights=weights, minlength=len(uniq))
 
     def top_sparse(self, query: str, k: int) -> dict[str, float]:
-        """The top k of the pool for a query from its postings alone; documents that hold no query term score 0 and
-        fill the list, ties by document id descending as trec_eval orders them."""
+        """The top k of the pool for a query from its postings alone, {doc id: score} best first (`top`)."""
         rows, w = self.sparse(query)
-        if len(rows) > k:
-            keep = np.argpartition(-w, k - 1)[:k]
-            rows, w = rows[keep], w[keep]
-        out = {self.ids[r]: float(v) for r, v in zip(rows.tolist(), w.tolist())}
-        if len(out) < k:
-            if not hasattr(self, "_by_id_desc"):
-                self._by_id_desc = sorted(self.ids, reverse=True)
-            for d in self._by_id_desc:
-                if len(out) >= min(k, len(self.ids)):
-                    break
-                out.setdefault(d, 0.0)
-        return out
+        score = dict(zip(rows.tolist(), w.tolist()))
+        return {self.ids[r]: float(score.get(r, 0.0)) for r in self._top_rows(rows, w, k)}
 
     def top(self, query: str, k: int) -> list[str]:
-        s = self.scores(query)
-        k = min(k, len(s))
-        idx = np.argpartition(-s, k - 1)[:k]
-        return [self.ids[i] for i in sorted(idx, key=lambda i: (-s[i], self.ids[i]))]
+        """The ids of the top k documents, best first: by score, ties by document id descending as trec_eval orders
+        them (`ranked`); documents that hold no query term score 0 and fill the list in that order. From the
+        postings alone: the cost is the postings' length, never the pool's."""
+        rows, w = self.sparse(query)
+        return [self.ids[r] for r in self._top_rows(rows, w, k)]
+
+    def _top_rows(self, rows: np.ndarray, w: np.ndarray, k: int) -> list[int]:
+        if not hasattr(self, "_by_id_desc"):  # rows in id-descending order, and each row's place in it
+            self._by_id_desc = sorted(range(len(self.ids)), key=self.ids.__getitem__, reverse=True)
+            self._place = np.empty(len(self.ids), dtype=np.int64)
+            self._place[self._by_id_desc] = np.arange(len(self.ids))
+        k = min(k, len(self.ids))
+        out = rows[np.lexsort((self._place[rows], -w))[:k]].tolist()
+        if len(out) < k:
+            hit = set(rows.tolist())
+            for r in self._by_id_desc:
+                if len(out) >= k:
+                    break
+                if r not in hit:
+                    out.append(r)
+        return out
 
     def run(self, queries: dict[str, str], k: int = TOP, quiet: bool = False) -> dict[str, dict[str, float]]:
         out = {}
@@ -303,20 +309,47 @@ def label_prior(data, split: str) -> dict[str, int]:
     return counts
 
 
+RANDPERM_MAX = 1 << 16  # pools up to this size draw from a permutation; larger ones by rejection (sample_excluding)
+
+
+def sample_excluding(n: int, exclude: set[int], k: int, gen: torch.Generator) -> list[int]:
+    """k rows of range(n) drawn uniformly without replacement, none in `exclude`, in the order drawn; never a list
+    or a permutation over a large pool. Up to RANDPERM_MAX rows: the first k of a seeded permutation of the rows
+    left (the draws of listing them and permuting the list); above: draws by rejection, O(k) per call."""
+    skip = sorted(e for e in exclude if 0 <= e < n)
+    k = min(k, n - len(skip))
+    if n <= RANDPERM_MAX:
+        out = []
+        for i in torch.randperm(n - len(skip), generator=gen)[:k].tolist():  # the i-th row not excluded
+            for e in skip:
+                if e > i:
+                    break
+                i += 1
+            out.append(i)
+        return out
+    out, taken = [], set(skip)
+    while len(out) < k:
+        for r in torch.randint(n, (2 * (k - len(out)) + 8,), generator=gen).tolist():
+            if len(out) < k and r not in taken:
+                taken.add(r)
+                out.append(r)
+    return out
+
+
 def candidate_sets(qids: list[str], queries: dict[str, str], qrels: dict[str, dict[str, int]], pool: list[str],
                    bm25: BM25, size: int, gen: torch.Generator) -> dict[str, list[str]]:
     """C(q) for each query: the whole pool if it has at most `size` documents; else the gold documents plus size - 1
     negatives, (size - 1) // 2 from BM25's top ranks and the rest drawn from the pool with `gen` (so a random
-    ranking has R@1 = 1 / size whatever a first stage would find)."""
+    ranking has R@1 = 1 / size whatever a first stage would find; `sample_excluding`)."""
     if len(pool) <= size:
         return {q: list(pool) for q in qids}
+    row = {d: i for i, d in enumerate(pool)}
     out = {}
     for q in qids:
         gold = sorted(d for d, g in qrels[q].items() if g > 0)
         hard = [d for d in bm25.top(queries[q], size + len(gold)) if d not in gold][:(size - 1) // 2]
-        rest = [d for d in pool if d not in gold and d not in hard]
-        rand = [rest[i] for i in torch.randperm(len(rest), generator=gen)[:size - 1 - len(hard)].tolist()]
-        out[q] = gold + hard + rand
+        rand = sample_excluding(len(pool), {row[d] for d in gold + hard if d in row}, size - 1 - len(hard), gen)
+        out[q] = gold + hard + [pool[i] for i in rand]
     return out
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from common import (add_dataclass_args, check_finite, check_sizes, cli, config_from_args, field, subset)
 from llm import ATTENTION, DEFAULT_MODEL, last_hidden_shared
-from metrics import label_prior, ranked, to_run
+from metrics import label_prior, ranked, sample_excluding, to_run
 
 
 YES, NO = "yes", "no"
@@ -273,15 +273,15 @@ def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) ->
     queries, qrels = data.split(split)
     qids = subset(list(queries), cfg.max_train_queries, gen)
     doc_ids = list(data.corpus)
+    row = {d: i for i, d in enumerate(doc_ids)}
     pairs = []
     for qid in qids:
         gold = {d for d, g in qrels[qid].items() if g > 0}
         pairs += [(queries[qid], d, 1) for d in sorted(gold)]
         hard = [d for d in bm25.top(queries[qid], cfg.neg_bm25 + len(gold) + 5) if d not in gold][:cfg.neg_bm25]
         pairs += [(queries[qid], d, 0) for d in hard]
-        pool = [d for d in doc_ids if d not in gold and d not in hard]
-        for i in torch.randperm(len(pool), generator=gen)[:cfg.neg_random].tolist():
-            pairs.append((queries[qid], pool[i], 0))
+        rand = sample_excluding(len(doc_ids), {row[d] for d in gold | set(hard)}, cfg.neg_random, gen)
+        pairs += [(queries[qid], doc_ids[i], 0) for i in rand]
     return pairs
 
 
