@@ -94,8 +94,8 @@ class TeacherRun:
               f"({hist['pairs']} SFT pairs on {self.train_split}, {hist['steps']} steps, {hist['seconds']:.0f}s)")
         print(f"[teacher] cut to fit (--max-doc-tokens / the model's window): {meta['truncated']}")
         meta["dev_after"] = after
-        side = read_json(str(path) + ".json") if parallel.is_main() else {}
-        write_json(str(path) + ".json", side | {"dev_after": after})  # the same tensors: the sidecar gains a field
+        sidecar = read_json(str(path) + ".json") if parallel.is_main() else {}
+        write_json(str(path) + ".json", sidecar | {"dev_after": after})  # the same tensors: the sidecar gains a field
         write_json(Path(cfg.output_dir) / "teacher_metrics.json", meta | {"losses": hist["losses"]})
         parallel.barrier()
         print(f"[teacher] saved {path}")
@@ -194,25 +194,25 @@ def student_search(args) -> None:
     if not side_path.exists():
         raise FileNotFoundError(f"--index {folder}: no index here (index.safetensors.json is missing); build one "
                                 "with `python student.py index`")
-    side = read_json(side_path, "build the index again with `student.py index --overwrite`")
+    sidecar = read_json(side_path, "build the index again with `student.py index --overwrite`")
     if args.out:
         writable_folder(Path(args.out).resolve().parent, "--out")
     corpus = None
-    if side.get("corpus") and Path(side["corpus"]).exists():
-        corpus = load_corpus(side["corpus"])
+    if sidecar.get("corpus") and Path(sidecar["corpus"]).exists():
+        corpus = load_corpus(sidecar["corpus"])
     elif args.first_stage == "bm25" or args.reindex:
-        raise FileNotFoundError(f"{side_path}: the corpus the index was built from, {side.get('corpus')!r}, is gone")
-    student = load_student(args.student or side.get("student") or "", args.device, args.quiet, args.batch_size,
+        raise FileNotFoundError(f"{side_path}: the corpus the index was built from, {sidecar.get('corpus')!r}, is gone")
+    student = load_student(args.student or sidecar.get("student") or "", args.device, args.quiet, args.batch_size,
                            args.attn_implementation)
     student.predictor.compiled = args.compile
     index = Index.load(folder, student)
     changes = corpus_changes(index, corpus) if corpus is not None else ""
     if changes and not args.reindex:
-        raise ValueError(f"{side['corpus']}: the corpus changed since the index was built ({changes}); rebuild "
+        raise ValueError(f"{sidecar['corpus']}: the corpus changed since the index was built ({changes}); rebuild "
                          "it with --reindex, or `python student.py index ... --overwrite --refresh-cache`")
     if changes:
         print(f"[search] the corpus changed ({changes}): rebuilding the index")
-        index = Index.build(student, corpus, folder, index.meta["dtype"], True, side["corpus"])
+        index = Index.build(student, corpus, folder, index.meta["dtype"], True, sidecar["corpus"])
     t0 = time.perf_counter()
     cands = None
     if args.first_stage == "bm25":

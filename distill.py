@@ -291,7 +291,8 @@ def step7_save(student: Student, out: Path, meta: dict, res: dict | None = None)
 
 
 # ---------------------------------------------------------------------------- the loop
-def run(cfg: DistillConfig) -> dict:
+def distill(cfg: DistillConfig) -> dict:
+    """The loop: Step 0, Step 1, then rounds of Steps 2-5, then Steps 6-7; returns the results."""
     from commands import distill_resume, distill_start
     from metrics import BM25
     from reporting import write_log
@@ -354,7 +355,7 @@ def run(cfg: DistillConfig) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, DistillConfig)
-    return run(config_from_args(DistillConfig, p.parse_args(argv), argv))
+    return distill(config_from_args(DistillConfig, p.parse_args(argv), argv))
 
 
 if __name__ == "__main__":

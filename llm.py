@@ -251,7 +251,7 @@ def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0,
     out = torch.zeros(len(seqs), lm.config.hidden_size)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     prefix = prefix_cache(lm, seqs, prefix_len)
-    for b in progress(parallel.mine(len(batches)), desc=desc, quiet=quiet or len(batches) < 3):
+    for b in progress(parallel.shard(len(batches)), desc=desc, quiet=quiet or len(batches) < 3):
         idx = batches[b]  # under torchrun batch b runs on rank b % N; the zero rows of the others are summed in
         with torch.inference_mode():
             out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id, prefix).float().cpu()

@@ -99,7 +99,7 @@ def topk_blocked(score_block, n: int, rows: int, k: int, block: int = 1 << 16) -
     k = min(k, n)
     vals = torch.full((rows, k), -math.inf)
     idx = torch.zeros((rows, k), dtype=torch.long)
-    for b in parallel.mine(math.ceil(n / block)):
+    for b in parallel.shard(math.ceil(n / block)):
         i, j = b * block, min(n, (b + 1) * block)
         s = score_block(i, j).float().cpu()
         cat_v, cat_i = torch.cat([vals, s], 1), torch.cat([idx, torch.arange(i, j).expand(rows, -1)], 1)

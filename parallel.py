@@ -84,7 +84,7 @@ def local_device() -> torch.device:
 
 
 # ---------------------------------------------------------------------------- sharding and gathering
-def mine(n: int) -> list[int]:
+def shard(n: int) -> list[int]:
     """The items 0..n-1 this rank owns: i with i % world == rank (all of them for one process)."""
     return list(range(rank(), n, world()))
 

@@ -91,7 +91,7 @@ class SFT:
         self.cfg, self.t0, self.n_pairs = cfg, time.time(), len(seqs)
         lm, world = teacher.lm, parallel.world()
         self.lm, self.world = lm, world
-        self.owned = set(parallel.mine(len(seqs)))
+        self.owned = set(parallel.shard(len(seqs)))
         self.start = split_point(lm, cfg.train_layers)
         self.inputs = trunk_states(lm, seqs, self.start, cfg.batch_size, teacher.pad_id,
                                    "teacher SFT: frozen blocks (once)", cfg.quiet, keep=sorted(self.owned)) \
@@ -132,9 +132,9 @@ class SFT:
         (as many as the busiest rank, FSDP2 gathers weights in each; an empty one is a no-op that joins the
         reduction); loss_fn(z (B, V), pair indices) is the mean loss of a micro-batch. Returns the global mean."""
         cfg, world = self.cfg, self.world
-        mine = [i for i in batch if i in self.owned]
+        own = [i for i in batch if i in self.owned]
         most = max(sum(1 for i in batch if i % world == r) for r in range(world))
-        micro = [mine[j:j + cfg.batch_size] for j in range(0, max(most, 1), cfg.batch_size)]
+        micro = [own[j:j + cfg.batch_size] for j in range(0, max(most, 1), cfg.batch_size)]
         total = torch.zeros(())
         for m, idx in enumerate(micro):
             with sync_grads(self.model, m == len(micro) - 1):
@@ -311,14 +311,14 @@ class DevSet:
         if start:
             seqs = [teacher.prompt.teacher(self.queries[q], data.doc_text(d)) for q, d in self.flat]
             self.states = trunk_states(teacher.lm, seqs, start, teacher.batch_size, teacher.pad_id,
-                                       "dev: frozen blocks (once)", teacher.quiet, keep=parallel.mine(len(seqs)))
+                                       "dev: frozen blocks (once)", teacher.quiet, keep=parallel.shard(len(seqs)))
 
     def metric(self, teacher, desc: str) -> dict:
         if self.states is None:
             from teacher import teacher_run
             run = teacher_run(teacher, self.queries, self.cands, self.data.doc_text, desc)
         else:
-            order = sorted(parallel.mine(len(self.flat)), key=lambda i: len(self.states[i]))
+            order = sorted(parallel.shard(len(self.flat)), key=lambda i: len(self.states[i]))
             h = torch.zeros(len(self.flat), teacher.lm.config.hidden_size)
             with torch.inference_mode():
                 for k in range(0, len(order), teacher.batch_size):

@@ -10,8 +10,8 @@ import zipfile
 import pytest
 
 import data
-from data import DataError, load_bench
 from conftest import write_virtualhome
+from data import DataError, load_bench
 
 
 def write_beir(folder, corpus=None, queries=None, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n"):

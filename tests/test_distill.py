@@ -7,7 +7,6 @@ import torch
 
 import distill
 import policy
-import teacher as T
 from conftest import make_lm, make_tokenizer, patch_llm, write_virtualhome
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+
 ROOT = Path(__file__).resolve().parents[1]
 EQ = re.compile(r"(?<![\w.\[])(?<!\d )\(([0-9]|1[0-9]|20)([a-z]?)\)")  # (n), n <= 20, not a count after a number
 STEP = re.compile(r"\bStep (\d+)\b")

@@ -1,8 +1,8 @@
 """Nothing lost, nothing silently wrong: refused outputs leave earlier files byte-identical, damaged files are named,
 prompts fit the window, bad values and data stop before any compute with `error: ...` and exit 2."""
 import json
-import re
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import checkpoints
-
 import common
 import data
 import distill

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import training
-
-import checkpoints
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import checkpoints
+import commands
 import distill
 import parallel
 import teacher as T
+import training
 from conftest import killed_after, make_lm, make_tokenizer, patch_llm, write_virtualhome
 from test_teacher import _toy_data
 
@@ -113,7 +112,7 @@ def test_sharded_encodings_equal_one_process(tmp_path):
 def _distill(tmp: str, out: str, root: str, cache: str):
     os.environ["RABTRIEVER_CACHE"] = cache
     tok = make_tokenizer()
-    T.load_llm = lambda *a, **k: (make_lm(tok), tok)
+    checkpoints.load_llm = commands.load_llm = lambda *a, **k: (make_lm(tok), tok)
     distill.main(_args(tmp, out, root))
 
 
@@ -161,7 +160,7 @@ def test_distill_two_ranks_equals_one_and_resumes_under_one(tmp_path, vh):
 def _distill_dies(tmp: str, root: str, cache: str):
     os.environ["RABTRIEVER_CACHE"] = cache
     tok = make_tokenizer()
-    T.load_llm = lambda *a, **k: (make_lm(tok), tok)
+    checkpoints.load_llm = commands.load_llm = lambda *a, **k: (make_lm(tok), tok)
     orig = distill.step5_train_predictor
 
     def dies(student, pairs, h_q, h_d, cache_, cfg, r, *rest):

