@@ -471,3 +471,20 @@ def distill_resume(cfg, out: Path, student) -> tuple[int, list[dict], list]:
     student.predictor.load_state_dict(tensors)
     print(f"[distill] resuming after round {meta['round']}")
     return meta["round"] + 1, meta["log"], [(a, b, tuple(c)) for a, b, c in meta["pairs"]]
+
+
+# ---------------------------------------------------------------------------- python data.py stats
+def data_main(argv=None) -> None:
+    import argparse
+    import json
+
+    from data import __doc__ as doc, load_bench
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("stats", help="print one JSON line of counts")
+    s.add_argument("--bench", default="virtualhome", help="virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--split", default="all")
+    args = p.parse_args(argv)
+    print(json.dumps(load_bench(args.bench, args.data_dir).stats(args.split)))

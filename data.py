@@ -23,14 +23,12 @@ Choices not fixed by the paper:
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import importlib.util
 import json
 import os
 import random
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -544,19 +542,10 @@ def train_test_splits(data: Retrieval) -> tuple[str, str]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("stats", help="print one JSON line of counts")
-    s.add_argument("--bench", default="virtualhome", help="virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--split", default="all")
-    args = p.parse_args(argv)
-    try:
-        data = load_bench(args.bench, args.data_dir)
-        print(json.dumps(data.stats(args.split)))
-    except (DataError, KeyError, FileNotFoundError, ConnectionError) as e:
-        sys.exit(f"error: {e}")
+    from commands import data_main  # python data.py stats
+    data_main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    from common import cli
+    cli(main)

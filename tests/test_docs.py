@@ -60,16 +60,21 @@ def test_method_defines_each_equation_once_with_its_function():
     eqs, steps = _definitions()
     assert {str(i) for i in range(1, 13)} <= set(eqs) and steps == {str(i) for i in range(8)}
     for n, body in eqs.items():
-        names = FUNC.findall(body)
-        assert names, f"({n}) names no function"
-        for i, name in enumerate(names):
-            module, *attrs = name.split(".")
-            obj = importlib.import_module(module)
-            for a in attrs:
-                obj = getattr(obj, a, None)
-                assert obj is not None, f"({n}) names {name}, which does not exist"
-            if i == 0:
-                assert f"({n})" in (obj.__doc__ or ""), f"{name} does not cite ({n}) in its docstring"
+        _names_resolve_and_first_cites(body, f"({n})")
+
+
+def _names_resolve_and_first_cites(body: str, label: str) -> None:
+    """Every `module.function` in `body` exists, and the first one's docstring cites `label`."""
+    names = FUNC.findall(body)
+    assert names, f"{label} names no function"
+    for i, name in enumerate(names):
+        module, *attrs = name.split(".")
+        obj = importlib.import_module(module)
+        for a in attrs:
+            obj = getattr(obj, a, None)
+            assert obj is not None, f"{label} names {name}, which does not exist"
+        if i == 0:
+            assert label in (obj.__doc__ or ""), f"{name} does not cite {label} in its docstring"
 
 
 def _step_bullets() -> dict[str, str]:
@@ -89,16 +94,7 @@ def test_each_step_names_its_functions():
     bullets = _step_bullets()
     assert set(bullets) == {str(i) for i in range(8)}
     for n, body in bullets.items():
-        names = FUNC.findall(body)
-        assert names, f"Step {n} names no function"
-        for i, name in enumerate(names):
-            module, *attrs = name.split(".")
-            obj = importlib.import_module(module)
-            for a in attrs:
-                obj = getattr(obj, a, None)
-                assert obj is not None, f"Step {n} names {name}, which does not exist"
-            if i == 0:
-                assert f"Step {n}" in (obj.__doc__ or ""), f"{name} does not cite Step {n} in its docstring"
+        _names_resolve_and_first_cites(body, f"Step {n}")
 
 
 def named_functions() -> set[str]:
