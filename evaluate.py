@@ -298,7 +298,13 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
                           hub=(cfg.hub_correction, h_train) if cfg.hub_correction != "none" else None)
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
-                  header, extra={"truncated": teacher.prompt.cut_counts()}, seed=cfg.seed, pool_size=len(doc_ids))
+                  header, extra={"truncated": teacher.prompt.cut_counts(), "split_sizes": split_sizes(data)},
+                  seed=cfg.seed, pool_size=len(doc_ids))
+
+
+def split_sizes(data) -> dict[str, int]:
+    """Queries per split of a data set (results.json names the split it reports, and these sizes)."""
+    return {s: len(q) for s, q in data.queries.items()}
 
 
 def main(argv=None) -> dict:

@@ -150,6 +150,25 @@ def fidelity(run: dict[str, dict[str, float]], teacher_run: dict[str, dict[str, 
     return out
 
 
+def pool_fidelity(run: dict[str, dict[str, float]], teacher_run: dict[str, dict[str, float]], qids: list[str],
+                  k: int = 10) -> dict[str, list[float]]:
+    """How closely a whole-pool ranking reproduces the teacher's own ranking of the whole pool (`--teacher-k 0`), per
+    query: `pool_agree@1`, the same document first (ranks as `ranked` orders them); `pool_overlap@k`, the share of the
+    teacher's top k in the system's top k; `pool_kendall_tau`, Kendall's tau-b of the two score lists over the union
+    of the two top k, a document the system did not return (beyond its kept top) ranked below all it returned."""
+    out: dict[str, list[float]] = {"pool_agree@1": [], f"pool_overlap@{k}": [], "pool_kendall_tau": []}
+    for q in qids:
+        mine, theirs = run.get(q, {}), teacher_run[q]
+        top_s, top_t = ranked(mine)[:k], ranked(theirs)[:k]
+        union = list(dict.fromkeys(top_t + top_s))
+        floor = min(mine.values(), default=0.0) - 1.0
+        out["pool_agree@1"].append(float(bool(top_s) and top_s[0] == top_t[0]))
+        out[f"pool_overlap@{k}"].append(len(set(top_s) & set(top_t)) / max(1, len(top_t)))
+        out["pool_kendall_tau"].append(kendall_tau([mine.get(d, floor) for d in union],
+                                                   [theirs.get(d, -math.inf) for d in union]))
+    return out
+
+
 # ---------------------------------------------------------------------------- hubness over the whole pool
 def hubness(run: dict[str, dict[str, float]], pool_size: int, k: int = 10) -> dict[str, float]:
     """How much a few documents dominate a retriever's rankings over a pool of `pool_size` documents (Radovanovic et

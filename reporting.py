@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from common import atomic_write, write_json
-from metrics import N_BOOT, drop_identical, fidelity, hubness, judged, per_query, summarize, write_trec
+from metrics import (N_BOOT, drop_identical, fidelity, hubness, judged, per_query, pool_fidelity, summarize,
+                     write_trec)
 
 
 POOL_HEAD = ("R@1", "MRR@10", "nDCG@10", "R@10")
@@ -28,7 +29,8 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
            seed: int = 0, *, pool_size: int) -> dict:
     """Two tables, each metric with a 95% bootstrap CI over queries. First the paper's protocol: every retriever
     over the whole pool of `pool_size` documents, and teacher@k, with the hubness of each ranking
-    (`metrics.hubness`), under each system's "full_pool". Then fidelity on C(q): every system on the candidates the
+    (`metrics.hubness`), under each system's "full_pool"; when the teacher ranked the whole pool itself
+    (teacher@pool), each system's fidelity to that ranking there too (`metrics.pool_fidelity`). Then fidelity on C(q): every system on the candidates the
     teacher scored, against the gold and, when the teacher was run, against the teacher's scores (agree@1,
     kendall_tau). Writes results.json, results.md and TREC run files (run.NAME.full.trec over the pool, run.NAME.trec
     on C(q)); returns the dict."""
@@ -36,13 +38,16 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
     prep = drop_identical if ignore_identical else (lambda r: r)
     qids = judged(qrels)
     teacher_run = prep(results["teacher"].cand_run) if "teacher" in results else None
+    teacher_pool = prep(results["teacher@pool"].full_run) if "teacher@pool" in results else None
     systems = {}
     for name, r in results.items():
         s: dict = {"ms_per_query": r.ms_per_query, "corpus_encode_s": r.encode_seconds, "note": r.note}
         if r.full_run is not None:
             full = prep(r.full_run)
-            s["full_pool"] = summarize(per_query(full, qrels), seed) | {
-                "hubness": hubness({q: full.get(q, {}) for q in qids}, pool_size)}
+            per = per_query(full, qrels)
+            if teacher_pool is not None and name != "teacher@pool":  # fidelity to the teacher's own whole-pool ranking
+                per |= pool_fidelity(full, teacher_pool, qids)
+            s["full_pool"] = summarize(per, seed) | {"hubness": hubness({q: full.get(q, {}) for q in qids}, pool_size)}
             write_trec(out / f"run.{name}.full.trec", full, name)
         if r.cand_run is not None:
             run = prep(r.cand_run)

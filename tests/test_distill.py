@@ -40,7 +40,8 @@ def test_end_to_end_schema_loss_and_determinism(env):
         assert set(pool["hubness"]) == {"distinct_top1", "max_top1_share", "n10_skew"}
     assert "full_pool" not in a["systems"]["teacher"] and "candidates" not in a["systems"]["teacher@8"]
     saved = json.loads((tmp / "a" / "results.json").read_text())
-    assert {"bench", "split", "n_queries", "protocol", "pool_size", "systems"} <= set(saved)
+    assert {"bench", "split", "n_queries", "protocol", "pool_size", "systems", "split_sizes"} <= set(saved)
+    assert saved["split"] == "test" and saved["split_sizes"]["test"] >= saved["n_queries"] > 0
     md = (tmp / "a" / "results.md").read_text()
     assert md.index("Whole pool") < md.index("Candidates C(q)")  # the paper's protocol leads
     rows = list(csv.DictReader(open(tmp / "a" / "metrics.csv")))

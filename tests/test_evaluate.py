@@ -143,6 +143,23 @@ def test_all_systems_on_tiny_bench(tmp_path, monkeypatch):
         res["systems"]["teacher@8"]["note"]
 
 
+def test_whole_pool_fidelity_when_the_teacher_ranks_the_pool(tmp_path, monkeypatch):
+    """--teacher-k 0: the teacher ranks the whole pool itself (teacher@pool), and every other whole-pool ranking
+    reports its fidelity to it (top-1 agreement, overlap of the top 10, tau over the union of the top 10s), with
+    CIs; the teacher's own ranking is not compared with itself."""
+    root, _ = _distilled(tmp_path, monkeypatch)
+    res = E.main(["--bench", "virtualhome", "--data-dir", str(root), "--student", str(tmp_path / "s"),
+                  "--systems", "prior,bm25,teacher,student", "--rerank-k", "4", "--teacher-k", "0",
+                  "--max-queries", "6", "--output-dir", str(tmp_path / "e0"), "--quiet"])
+    pool = res["systems"]["teacher@pool"]["full_pool"]
+    assert "pool_agree@1" not in pool and "reranks the whole pool" in res["systems"]["teacher@pool"]["note"]
+    for name in ("prior", "bm25", "student"):
+        fp = res["systems"][name]["full_pool"]
+        for m in ("pool_agree@1", "pool_overlap@10", "pool_kendall_tau"):
+            lo, hi = fp[m + "_ci"]
+            assert lo <= fp[m] <= hi and -1 <= fp[m] <= 1
+
+
 def test_every_system_ranks_the_same_candidates(tmp_path, monkeypatch):
     """The protocol: on each query every system scores exactly the teacher's C(q), nothing more or less."""
     import teacher as T
