@@ -229,8 +229,6 @@ def student_search(args) -> None:
     report_cuts(student, "search")
 
 
-
-
 def student_parser():
     import argparse
     from student import __doc__ as doc
@@ -421,7 +419,6 @@ def evaluate_run(cfg: EvalConfig) -> dict:
         print(summary["markdown"])
         return summary
     return per[names[0]]
-
 
 
 def _data_dir(cfg: EvalConfig, name: str) -> str | None:

@@ -208,7 +208,6 @@ def summarize(rows: list[dict], lm_config) -> dict:
             "attention_overtakes_linear_at_tokens": crossover_length(lm_config)}
 
 
-
 def run(cfg: ComplexityConfig) -> dict:
     set_seed(cfg.seed)
     resolve_device(cfg.device)

@@ -111,7 +111,6 @@ def doc_text(d: dict[str, str]) -> str:
     return f"{d['title']}. {d['text']}" if d.get("title") else d["text"]
 
 
-
 def check_qrels(data: Retrieval) -> Retrieval:
     """Every judged query and document must exist."""
     for split, qrels in data.qrels.items():
@@ -122,8 +121,6 @@ def check_qrels(data: Retrieval) -> Retrieval:
                 if did not in data.corpus:
                     raise DataError(f"{data.name}/{split}: qrels of query '{qid}' name unknown document '{did}'")
     return data
-
-
 
 
 def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:

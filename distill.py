@@ -284,8 +284,8 @@ def step7_save(student: Student, out: Path, meta: dict, res: dict | None = None)
     last."""
     from checkpoints import save_predictor
 
-    save_predictor(student, out / "predictor.safetensors", meta | ({"metrics": res["systems"]["student"]} if res
-                                                                    else {}))
+    metrics = {"metrics": res["systems"]["student"]} if res else {}
+    save_predictor(student, out / "predictor.safetensors", meta | metrics)
     if res is not None:
         write_json(out / "results.json", res)
 

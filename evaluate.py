@@ -185,7 +185,6 @@ def system_student_corrected(student, index, qids, doc_ids, h_q, cands, offsets:
                         f"student with each document's {kind} offset over the training queries removed (12)", full)
 
 
-
 def system_teacher(teacher, data, queries: dict[str, str], cands: dict[str, list[str]],
                    scores: TeacherScores | None = None) -> SystemResult:
     """The teacher scores every (query, document in C(q)) jointly (1)-(3): the reference every system is held to."""

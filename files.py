@@ -119,4 +119,3 @@ def fetch_beir(name: str, url: str) -> Path:
     os.replace(inner, folder)
     shutil.rmtree(tmp, ignore_errors=True)
     return folder
-

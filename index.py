@@ -30,7 +30,6 @@ class StaleCacheError(ValueError):
     """A document cache made for other weights, prompt or corpus."""
 
 
-
 # ---------------------------------------------------------------------------- the encoding cache
 def cache_key(student, doc_ids: list[str], texts: list[str], kind: str) -> dict:
     """What a cache of encodings depends on: the weights, the texts, and the prompt pieces of its kind (a document
@@ -112,7 +111,6 @@ def _mapped(path: Path, rows: int, hidden: int) -> torch.Tensor:
         raise IntegrityError(f"{path}: {path.stat().st_size} bytes, not the {expect} of {rows} x {hidden} float16 "
                              "(truncated); pass --refresh-cache to rebuild the cache")
     return torch.from_file(str(path), shared=False, size=rows * hidden, dtype=torch.float16).view(rows, hidden)
-
 
 
 # ---------------------------------------------------------------------------- index and search
@@ -263,4 +261,3 @@ class Index:
             vals, idx = s.topk(min(k, len(cand)))
             out.append([(cand[j], v) for j, v in zip(idx.tolist(), vals.tolist())])
         return out
-

@@ -130,7 +130,6 @@ def naive_scores(predictor: Predictor, h_q: torch.Tensor, h_d: torch.Tensor, hea
     return z[..., y_pos] - z[..., y_neg]
 
 
-
 def main(argv=None) -> list[dict]:
     from bench import predictor_main  # python jepa.py bench: the scorer's throughput against a dot product
     return predictor_main(argv)

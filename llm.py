@@ -258,7 +258,6 @@ def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0,
     return parallel.sum_ranks(out)
 
 
-
 def last_hidden_shared(lm, seqs: list[list[int]], shared: list[int] | None, head_len: int, batch_size: int = 8,
                        pad_id: int = 0, desc: str = "encode", quiet: bool = False) -> torch.Tensor:
     """`last_hidden` of sequences where sequence i may share its first shared[i] tokens with others (the teacher's

@@ -83,7 +83,6 @@ def cosine(h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(h_q.float(), dim=-1) @ torch.nn.functional.normalize(h_d.float(), dim=-1).T
 
 
-
 def sample_fixed(bm25_top: list[list[int]], gold: list[set[int]], n_docs: int, k: int, r: int,
                  gen: torch.Generator) -> list[list[int]]:
     """Step 3 with --policy off: round r takes the next k of a fixed list alternating BM25 hard negatives and random

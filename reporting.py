@@ -30,9 +30,9 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
     """Two tables, each metric with a 95% bootstrap CI over queries. First the paper's protocol: every retriever
     over the whole pool of `pool_size` documents, and teacher@k, with the hubness of each ranking
     (`metrics.hubness`), under each system's "full_pool"; when the teacher ranked the whole pool itself
-    (teacher@pool), each system's fidelity to that ranking there too (`metrics.pool_fidelity`). Then fidelity on C(q): every system on the candidates the
-    teacher scored, against the gold and, when the teacher was run, against the teacher's scores (agree@1,
-    kendall_tau). Writes results.json, results.md and TREC run files (run.NAME.full.trec over the pool, run.NAME.trec
+    (teacher@pool), each system's fidelity to that ranking there too (`metrics.pool_fidelity`). Then fidelity on
+    C(q): every system on the candidates the teacher scored, against the gold and, when the teacher was run,
+    against the teacher's scores (agree@1, kendall_tau). Writes results.json, results.md and TREC run files (run.NAME.full.trec over the pool, run.NAME.trec
     on C(q)); returns the dict."""
     out = Path(out_dir)
     prep = drop_identical if ignore_identical else (lambda r: r)
@@ -82,7 +82,6 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
     return res
 
 
-
 def beir_summary(per: dict[str, dict], names: list[str]) -> dict:
     """Mean nDCG@10 over data sets, never mixing protocols in one number: `whole_pool` (each retriever over the whole
     corpus, teacher@k over its first stage: what BEIR, MTEB and the paper report) and `candidates` (every system on
@@ -109,14 +108,12 @@ def beir_summary(per: dict[str, dict], names: list[str]) -> dict:
     return out
 
 
-
 def write_log(path: Path, log: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(log[0]))
     w.writeheader()
     w.writerows(log)
     atomic_write(path, buf.getvalue())
-
 
 
 def write_outputs(out: Path, rows: list[dict], summary: dict, cfg, device: str) -> str:

@@ -50,6 +50,8 @@ def instruction_for(kind: str, bench: str) -> str:
     if kind == "task":
         return TASK_INSTRUCTIONS.get(bench, RELEVANCE)
     return kind
+
+
 _D, _Q = "\ue000", "\ue001"  # private-use markers that no template or tokenizer touches
 
 
@@ -146,7 +148,6 @@ def answer_ids(tok, name: str = "") -> tuple[int, int]:
                              "not one; the score (3) needs single-token answers")
         ids.append(t[0])
     return ids[0], ids[1]
-
 
 
 # ---------------------------------------------------------------------------- the teacher model

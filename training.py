@@ -38,7 +38,6 @@ def set_trainable(lm, train_layers: int) -> list[torch.nn.Parameter]:
     return [p for p in lm.parameters() if p.requires_grad]
 
 
-
 def split_point(lm, train_layers: int) -> int:
     """First trained block when the frozen bottom can be run once and its states reused; 0 = run the whole model."""
     return len(lm.model.layers) - train_layers if train_layers and can_split(lm) else 0
@@ -75,7 +74,6 @@ def parallelize(lm, head: LastLogits, train_layers: int, device: torch.device):
         fully_shard(block, mp_policy=mp)
     fully_shard(lm, mp_policy=mp)
     return head
-
 
 
 class SFT:
@@ -276,7 +274,6 @@ class MasterWeights:
             p.grad = None
 
 
-
 @contextmanager
 def sync_grads(model, sync: bool):
     """Gradient accumulation: DDP and FSDP2 reduce gradients only on the last micro-batch of a step."""
@@ -288,7 +285,6 @@ def sync_grads(model, sync: bool):
     if fsdp is not None:
         fsdp(sync)
     yield
-
 
 
 # ---------------------------------------------------------------------------- the dev metric

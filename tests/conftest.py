@@ -123,4 +123,3 @@ def write_psyqa(folder: Path, n_questions: int = 20, name: str = "PsyQA_example.
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
     return folder
-

@@ -99,7 +99,8 @@ def test_each_step_names_its_functions():
 
 def named_functions() -> set[str]:
     """Every `module.function` METHOD.md names, in equations and Steps alike (the functions a reader follows)."""
-    return {n for n in FUNC.findall(_method()) if n.split(".")[0] in {p.stem for p in _sources()} and not n.endswith(".py")}
+    modules = {p.stem for p in _sources()}
+    return {n for n in FUNC.findall(_method()) if n.split(".")[0] in modules and not n.endswith(".py")}
 
 
 def test_every_reference_resolves():
