@@ -1,9 +1,13 @@
 """Batches of Step 5: the distillation pairs of one epoch in a seeded order (whole queries together for the listwise
-KL (10b)), and the queries of the pool term (11) with their negatives drawn from the pool.
+KL (10b)), and the queries of the pool term (11) (`pool_queries`, encoded in Step 1) with their negatives drawn from
+the pool.
 """
 from __future__ import annotations
 
 import torch
+
+from common import cache_dir, subset
+from llm import fingerprint
 
 
 def batches(qi: torch.Tensor, batch_size: int, gen: torch.Generator, by_query: bool) -> list[torch.Tensor]:
@@ -51,3 +55,19 @@ class PoolBatches:
         for row, g in enumerate(golds):
             exclude[row, [col[d] for d in g if d in col]] = True
         return self.h_q[idx].float(), torch.tensor(docs), torch.tensor([col[c] for c in chosen]), exclude
+
+
+def pool_queries(cfg, student, train_q: dict[str, str], train_rel: dict, qids: list[str],
+                 h_q: torch.Tensor, doc_index: dict[str, int]) -> tuple[torch.Tensor, list[set[int]]]:
+    """The queries of the pool term (11): the teacher's training queries (all of them), then more training queries
+    up to --nce-queries (a seeded subset; they cost the query pass (5) only, no teacher call, and are cached under
+    $RABTRIEVER_CACHE/queryemb for every run of the same teacher), with their gold rows."""
+    from index import encode_corpus, ids_digest
+
+    rest = [q for q in train_q if q not in set(qids)]
+    n_extra = len(rest) if cfg.nce_queries == 0 else max(0, cfg.nce_queries - len(qids))
+    extra = subset(rest, n_extra, torch.Generator().manual_seed(cfg.seed + 1)) if n_extra else []
+    folder = cache_dir("queryemb", f"{cfg.bench}-{fingerprint(student.lm)}-{ids_digest(extra)}-f16")  # shared by runs
+    h_extra = encode_corpus(student, extra, [train_q[q] for q in extra], folder, kind="queries") if extra else h_q[:0]
+    gold = [{doc_index[d] for d, g in train_rel[q].items() if g > 0} for q in qids + extra]
+    return torch.cat([h_q, h_extra]), gold

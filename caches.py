@@ -13,6 +13,7 @@ import torch
 
 import parallel
 from common import IntegrityError, cache_dir, load_tensors, progress, save_tensors
+from index import prompt_pieces
 from llm import fingerprint
 
 CHUNK = 64  # teacher targets are computed and saved in chunks of at least this many pairs (2 batches per rank)
@@ -109,5 +110,6 @@ class TeacherScores:
 def teacher_scores_cache(teacher, bench: str) -> TeacherScores:
     """The TeacherScores of this teacher (its weights' fingerprint and its prompt) for `bench`, kept under
     $RABTRIEVER_CACHE/teacher-scores."""
-    prompt = hashlib.blake2b(json.dumps(teacher.prompt.describe(), sort_keys=True).encode(), digest_size=6).hexdigest()
+    prompt = hashlib.blake2b(json.dumps(prompt_pieces(teacher.prompt), sort_keys=True).encode(),
+                             digest_size=6).hexdigest()
     return TeacherScores(cache_dir("teacher-scores", f"{bench}-{fingerprint(teacher.lm)}-{prompt}"))

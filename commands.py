@@ -118,6 +118,22 @@ def add_teacher_commands(sub) -> None:
     b.add_argument("--output", default="results/teacher_throughput.json")
 
 
+def teacher_main(argv=None) -> None:
+    import argparse
+
+    from teacher import TrainConfig, __doc__ as doc, train_teacher
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_dataclass_args(sub.add_parser("train", help="SFT (4) and save a checkpoint"), TrainConfig)
+    add_teacher_commands(sub)
+    args = p.parse_args(argv)
+    if args.cmd == "train":
+        train_teacher(config_from_args(TrainConfig, args))
+    else:
+        teacher_command(args)
+
+
 def teacher_command(args) -> None:
     if args.cmd == "bench":
         from bench import teacher_bench
@@ -159,7 +175,7 @@ def report_cuts(student, tag: str) -> None:
 
 
 def student_index(args) -> None:
-    from data import load_corpus
+    from files import load_corpus
 
     check_cli_values(args)
     corpus = load_corpus(args.corpus)  # checked before anything is written
@@ -180,7 +196,7 @@ def student_index(args) -> None:
 
 
 def student_search(args) -> None:
-    from data import doc_text, load_corpus, load_queries
+    from files import doc_text, load_corpus, load_queries
     from metrics import BM25, write_trec
 
     if (args.query is not None) == bool(args.queries):

@@ -29,11 +29,10 @@ import json
 import os
 import random
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import cache_dir
-from files import DataError, download, fetch_beir, need, read_jsonl, read_lines, read_text, typed
+from files import DataError, Retrieval, check_qrels, download, fetch_beir, load_beir, need, read_lines, read_text, typed
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # The 13 public BEIR sets that BEIR-style averages use (MS MARCO is the training set; CQADupStack's 12 forums and
@@ -77,118 +76,6 @@ PSYQA_STRATEGIES = {
     "Information": "Give facts, knowledge or resources about the problem.",
     "Others": "Greetings, thanks, wishes or anything that fits no other strategy.",
 }
-
-
-@dataclass
-class Retrieval:
-    """corpus: doc id -> {"title", "text"}; per split: queries qid -> text and qrels qid -> {doc id: grade}."""
-    name: str
-    corpus: dict[str, dict[str, str]]
-    queries: dict[str, dict[str, str]] = field(default_factory=dict)
-    qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
-
-    def split(self, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-        if split not in self.queries:
-            raise KeyError(f"{self.name}: split '{split}' does not exist (have: {', '.join(sorted(self.queries))})")
-        return self.queries[split], self.qrels[split]
-
-    def doc_text(self, doc_id: str) -> str:
-        return doc_text(self.corpus[doc_id])
-
-    def stats(self, split: str) -> dict:
-        splits = sorted(self.queries) if split == "all" else [split]
-        n_q = n_r = 0
-        for s in splits:
-            q, r = self.split(s)
-            n_q += len(q)
-            n_r += sum(len(v) for v in r.values())
-        return {"bench": self.name, "split": split, "queries": n_q, "documents": len(self.corpus), "qrels": n_r,
-                "splits": {s: len(self.queries[s]) for s in sorted(self.queries)}}
-
-
-def doc_text(d: dict[str, str]) -> str:
-    """A document's text as every model reads it: "title. text" when it has a title."""
-    return f"{d['title']}. {d['text']}" if d.get("title") else d["text"]
-
-
-def check_qrels(data: Retrieval) -> Retrieval:
-    """Every judged query and document must exist."""
-    for split, qrels in data.qrels.items():
-        for qid, docs in qrels.items():
-            if qid not in data.queries[split]:
-                raise DataError(f"{data.name}/{split}: qrels name unknown query '{qid}'")
-            for did in docs:
-                if did not in data.corpus:
-                    raise DataError(f"{data.name}/{split}: qrels of query '{qid}' name unknown document '{did}'")
-    return data
-
-
-def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
-    """A BEIR corpus.jsonl ({_id, title, text} per line), or the BEIR folder holding it: doc id -> {title, text}."""
-    path = Path(path)
-    path = path / "corpus.jsonl" if path.is_dir() else path
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such corpus file (expected a BEIR corpus.jsonl or its folder)")
-    corpus = {}
-    for did, row in read_jsonl(path, ("title", "text")).items():
-        if row["text"] is None:
-            raise DataError(f"{row['_where']}: missing field 'text'")
-        title, text = row.get("title") or "", row["text"]
-        if not (title + text).strip():
-            raise DataError(f"{row['_where']}: field 'text' is empty (and no title)")
-        corpus[did] = {"title": title, "text": text}
-    if not corpus:
-        raise DataError(f"{path}: no document")
-    return corpus
-
-
-def load_queries(path: str | Path) -> dict[str, str]:
-    """A BEIR queries.jsonl ({_id, text} per line): query id -> text."""
-    return {qid: need(r["text"], r["_where"], "text") for qid, r in read_jsonl(Path(path), ("text",)).items()}
-
-
-def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ...] | None = None) -> Retrieval:
-    """A BEIR folder: corpus.jsonl ({_id, title, text}), queries.jsonl ({_id, text}), qrels/{split}.tsv."""
-    folder = Path(folder)
-    name = name or folder.name
-    if not (folder / "corpus.jsonl").exists():
-        raise FileNotFoundError(f"{folder}: no corpus.jsonl (expected a BEIR folder)")
-    corpus = load_corpus(folder / "corpus.jsonl")
-    all_queries = load_queries(folder / "queries.jsonl")
-    available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
-    data = Retrieval(name, corpus)
-    for split in splits or available:
-        path = folder / "qrels" / f"{split}.tsv"
-        if not path.exists():
-            raise KeyError(f"{folder}: split '{split}' does not exist (have: {', '.join(available)})")
-        qrels: dict[str, dict[str, int]] = {}
-        where: dict[tuple[str, str], tuple[int, int]] = {}
-        for n, line in read_lines(path):
-            parts = line.rstrip("\r\n").split("\t")
-            if n == 1 and parts[0] == "query-id" or not line.strip():
-                continue
-            if len(parts) != 3:
-                raise DataError(f"{path}:{n}: expected 3 tab-separated fields query-id, corpus-id, score")
-            try:
-                grade = int(parts[2])
-            except ValueError as e:
-                raise DataError(f"{path}:{n}: field 'score' is not an integer: {parts[2]!r}") from e
-            if parts[0] not in all_queries:
-                raise DataError(f"{path}:{n}: field 'query-id' names unknown query '{parts[0]}'")
-            if parts[1] not in corpus:
-                raise DataError(f"{path}:{n}: field 'corpus-id' names unknown document '{parts[1]}'")
-            seen = where.get((parts[0], parts[1]))
-            if seen:
-                kind = "repeats" if seen[1] == grade else f"contradicts (score {seen[1]} there)"
-                raise DataError(f"{path}:{n}: the judgement of query '{parts[0]}' for document '{parts[1]}' {kind} "
-                                f"line {seen[0]}: keep one line per (query-id, corpus-id)")
-            where[parts[0], parts[1]] = (n, grade)
-            qrels.setdefault(parts[0], {})[parts[1]] = grade
-        if not any(g > 0 for rel in qrels.values() for g in rel.values()):
-            raise DataError(f"{path}: no judgement with a score > 0: split '{split}' has nothing to evaluate")
-        data.queries[split] = {q: all_queries[q] for q in qrels}
-        data.qrels[split] = qrels
-    return data
 
 
 def load_beir_by_name(name: str, data_dir: str | None = None, splits=None) -> Retrieval:

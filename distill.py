@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 import parallel
-from batching import PoolBatches, batches
+from batching import PoolBatches, batches, pool_queries
 from caches import PairCache
 from common import (add_dataclass_args, cache_dir, check_finite, check_sizes, cli, config_from_args, field, progress,
                     save_tensors, subset, write_json)
@@ -174,22 +174,6 @@ def step1_student(cfg: DistillConfig, data, teacher, train_q: dict[str, str], qi
     h_q = encode_corpus(student, qids, [train_q[q] for q in qids], out / "train_queries", kind="queries")
     timings["1_encode_train_queries"] = time.time() - t0
     return student, h_d, h_q
-
-
-def pool_queries(cfg: DistillConfig, student: Student, train_q: dict[str, str], train_rel: dict, qids: list[str],
-                 h_q: torch.Tensor, doc_index: dict[str, int]) -> tuple[torch.Tensor, list[set[int]]]:
-    """The queries of the pool term (11): the teacher's training queries (all of them), then more training queries
-    up to --nce-queries (a seeded subset; they cost the query pass (5) only, no teacher call, and are cached under
-    $RABTRIEVER_CACHE/queryemb for every run of the same teacher), with their gold rows."""
-    from index import encode_corpus, ids_digest
-
-    rest = [q for q in train_q if q not in set(qids)]
-    n_extra = len(rest) if cfg.nce_queries == 0 else max(0, cfg.nce_queries - len(qids))
-    extra = subset(rest, n_extra, torch.Generator().manual_seed(cfg.seed + 1)) if n_extra else []
-    folder = cache_dir("queryemb", f"{cfg.bench}-{fingerprint(student.lm)}-{ids_digest(extra)}-f16")  # shared by runs
-    h_extra = encode_corpus(student, extra, [train_q[q] for q in extra], folder, kind="queries") if extra else h_q[:0]
-    gold = [{doc_index[d] for d, g in train_rel[q].items() if g > 0} for q in qids + extra]
-    return torch.cat([h_q, h_extra]), gold
 
 
 # ---------------------------------------------------------------------------- Steps 2-3: score and pick (policy.py)

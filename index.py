@@ -31,6 +31,14 @@ class StaleCacheError(ValueError):
 
 
 # ---------------------------------------------------------------------------- the encoding cache
+def prompt_pieces(prompt) -> dict:
+    """What a cache of encodings or scores depends on besides the weights: the prompt's pieces (teacher.Prompt) as
+    text, and the document budget."""
+    dec = prompt.tok.decode
+    return {"pre": dec(prompt.pre), "mid": dec(prompt.mid), "post": dec(prompt.post), "pre_q": dec(prompt.pre_q),
+            "post_q": dec(prompt.post_q), "max_doc_tokens": prompt.max_doc_tokens}
+
+
 def cache_key(student, doc_ids: list[str], texts: list[str], kind: str) -> dict:
     """What a cache of encodings depends on: the weights, the texts, and the prompt pieces of its kind (a document
     prefix (6) ends before the question, so documents do not depend on the instruction; queries (5) do)."""
@@ -38,7 +46,7 @@ def cache_key(student, doc_ids: list[str], texts: list[str], kind: str) -> dict:
     for d, t in zip(doc_ids, texts):
         h.update(d.encode() + b"\0" + t.encode() + b"\1")
     pieces = ("pre", "max_doc_tokens") if kind == "docs" else ("pre_q", "post_q")
-    prompt = {k: v for k, v in student.prompt.describe().items() if k in pieces}
+    prompt = {k: v for k, v in prompt_pieces(student.prompt).items() if k in pieces}
     return {"model_fingerprint": fingerprint(student.lm), "prompt": prompt, "kind": kind,
             "corpus": h.hexdigest(), "n_docs": len(doc_ids)}
 
@@ -126,7 +134,7 @@ def text_digests(texts: list[str]) -> torch.Tensor:
 
 def corpus_changes(index: "Index", corpus: dict[str, dict[str, str]]) -> str:
     """'' when `corpus` is the one the index was built from, else what differs, in words."""
-    from data import doc_text
+    from files import doc_text
 
     row = {d: i for i, d in enumerate(index.ids)}
     added = [d for d in corpus if d not in row]
@@ -169,7 +177,7 @@ class Index:
         """Encode a corpus (6) into `folder` (the fingerprinted, resumable, sharded cache of `encode_corpus` under
         folder/h_d), then save B h_d and the ids as folder/index.safetensors (+ sidecar) and folder/ids.json."""
         from checkpoints import predictor_digest
-        from data import doc_text
+        from files import doc_text
 
         folder = Path(folder)
         ids = list(corpus)

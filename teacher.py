@@ -20,13 +20,12 @@ Choices not fixed by the paper:
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from common import (add_dataclass_args, check_finite, check_sizes, cli, config_from_args, field, subset)
+from common import check_finite, check_sizes, cli, field, subset
 from llm import ATTENTION, DEFAULT_MODEL, last_hidden_shared
 from metrics import label_prior, ranked, sample_excluding, to_run
 
@@ -130,12 +129,6 @@ class Prompt:
     def cut_counts(self) -> dict[str, int]:
         """Distinct documents and queries cut so far (logged and written to results.json)."""
         return {k: len(v) for k, v in self.cut.items()}
-
-    def describe(self) -> dict:
-        """What a cache of encodings depends on besides the weights."""
-        dec = self.tok.decode
-        return {"pre": dec(self.pre), "mid": dec(self.mid), "post": dec(self.post), "pre_q": dec(self.pre_q),
-                "post_q": dec(self.post_q), "max_doc_tokens": self.max_doc_tokens}
 
 
 def answer_ids(tok, name: str = "") -> tuple[int, int]:
@@ -349,17 +342,8 @@ def train_teacher(cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> None:
-    from commands import add_teacher_commands, teacher_command
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    add_dataclass_args(sub.add_parser("train", help="SFT (4) and save a checkpoint"), TrainConfig)
-    add_teacher_commands(sub)
-    args = p.parse_args(argv)
-    if args.cmd == "train":
-        train_teacher(config_from_args(TrainConfig, args))
-    else:
-        teacher_command(args)
+    from commands import teacher_main  # train (train_teacher), score, bench
+    teacher_main(argv)
 
 
 if __name__ == "__main__":
