@@ -37,7 +37,7 @@ class TeacherRun:
     trained teacher."""
 
     def __init__(self, cfg):
-        from data import check_split, load_bench, train_test_splits
+        from data import check_split, load_bench
         from training import DevSet, split_point
 
         set_seed(cfg.seed)
@@ -45,28 +45,31 @@ class TeacherRun:
         if cfg.neg_self and parallel.world() > 1:
             raise ValueError("--neg-self runs in one process (its second pass would wrap the model for DDP / FSDP2 "
                              "twice): run `python teacher.py train ...` without torchrun")
+        if cfg.listwise and parallel.world() > 1:
+            raise ValueError("--listwise runs in one process (the processes would split its groups of pairs): run "
+                             "`python teacher.py train ...` without torchrun")
         with parallel.main_first():  # a download or unpacking happens once
             data = load_bench(cfg.bench, cfg.data_dir or None)
-        train_split, test_split = train_test_splits(data)
+        train_split, dev_split = "train", "dev"  # the teacher is chosen on dev; it never reads the test split
         check_split(data, train_split, "training")
-        check_split(data, test_split, "dev")
+        check_split(data, dev_split, "dev")
         prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite, script="teacher", can_resume=True,
                        same=("resume", "overwrite", "quiet", "save_every"))
         bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
         fsdp_gpu = cfg.train_layers == 0 and parallel.world() > 1 and device.type == "cuda"  # fp32 master weights
         lm, tok = load_llm(cfg.model, cfg.device, "float32" if fsdp_gpu and cfg.dtype == "auto" else cfg.dtype,
                            cfg.attn_implementation)
-        self.cfg, self.data, self.bm25, self.train_split, self.test_split = cfg, data, bm25, train_split, test_split
+        self.cfg, self.data, self.bm25, self.train_split, self.dev_split = cfg, data, bm25, train_split, dev_split
         self.base_fp = fingerprint(lm)
         self.teacher = Teacher(lm, tok, cfg.max_doc_tokens, cfg.batch_size, cfg.quiet,
                                instruction=instruction_for(cfg.instruction, cfg.bench))
-        self.dev = DevSet(self.teacher, data, test_split, bm25, cfg, split_point(lm, cfg.train_layers), train_split)
+        self.dev = DevSet(self.teacher, data, dev_split, bm25, cfg, split_point(lm, cfg.train_layers), train_split)
         before_path = Path(cfg.output_dir) / "dev_before.json"
         self.before = read_json(before_path) if cfg.resume and before_path.exists() else \
             self.dev.metric(self.teacher, "dev (zero-shot)")
         write_json(before_path, self.before)
         b = self.before
-        print(f"[teacher] zero-shot {test_split}: R@1 {b['R@1']:.4f} MRR@10 {b['MRR@10']:.4f} ({b['n_queries']} "
+        print(f"[teacher] zero-shot {dev_split}: R@1 {b['R@1']:.4f} MRR@10 {b['MRR@10']:.4f} ({b['n_queries']} "
               f"queries, {b['protocol']}; majority R@1 {b['majority_R@1']:.4f})")
 
     def finish(self, hist: dict) -> dict:
@@ -86,11 +89,11 @@ class TeacherRun:
         if hist["fsdp"]:  # the sharded model is done: every rank reloads the gathered checkpoint for the dev metric
             teacher, _ = load_teacher(cfg.output_dir, device=cfg.device, batch_size=cfg.batch_size, quiet=cfg.quiet,
                                       attn=cfg.attn_implementation)
-            dev = DevSet(teacher, self.data, self.test_split, self.bm25, cfg, 0, self.train_split)
+            dev = DevSet(teacher, self.data, self.dev_split, self.bm25, cfg, 0, self.train_split)
         else:
             teacher.lm.rab_fingerprint = teacher_identity(self.base_fp, digest)
         after = dev.metric(teacher, "dev (trained)")
-        print(f"[teacher] trained   {self.test_split}: R@1 {after['R@1']:.4f} MRR@10 {after['MRR@10']:.4f} "
+        print(f"[teacher] trained   {self.dev_split}: R@1 {after['R@1']:.4f} MRR@10 {after['MRR@10']:.4f} "
               f"({hist['pairs']} SFT pairs on {self.train_split}, {hist['steps']} steps, {hist['seconds']:.0f}s)")
         print(f"[teacher] cut to fit (--max-doc-tokens / the model's window): {meta['truncated']}")
         meta["dev_after"] = after
@@ -287,7 +290,7 @@ class EvalConfig:
     data_dir: str = field("", "local copy (for beir: a folder holding one sub-folder per data set, or the set)")
     systems: str = field("prior,bm25,llm-biencoder,minilm,teacher,student",
                          "comma-separated systems to compare (prior: needs a training split)")
-    split: str = field("", "split to evaluate (default: test, or dev where there is no test)")
+    split: str = field("", "split to evaluate: test (the default), dev (to choose a recipe) or train")
     max_queries: int = field(0, "evaluate a seeded subset of queries (0 = all)")
     max_docs: int = field(0, "keep the judged documents plus a seeded random rest up to this many (0 = all)")
     rerank_k: int = field(8, "size of C(q), the candidates every system ranks (the whole pool when smaller)")
@@ -375,22 +378,15 @@ def load_models(cfg: EvalConfig, bench: str):
 
 
 def eval_split(cfg: EvalConfig, data) -> str:
-    """--split, else the held-out split (test, or dev where there is no test), else the only one."""
-    from data import train_test_splits
-
+    """--split, else test (the held-out split), else the only one."""
     if cfg.split:
         return cfg.split
-    return train_test_splits(data)[1] if len(data.queries) > 1 else next(iter(data.queries))
+    return "test" if "test" in data.queries or len(data.queries) != 1 else next(iter(data.queries))
 
 
 def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path) -> dict:
-    from data import train_test_splits
-
     split = eval_split(cfg, data)
-    try:
-        train = train_test_splits(data)[0]
-    except KeyError:  # a single split: nothing to count the prior on
-        train = split
+    train = "train" if "train" in data.queries and split != "train" else None  # the label prior's counts
     data, queries, qrels = shrink(data, split, cfg)
     doc_ids = list(data.corpus)
     bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
@@ -398,7 +394,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
                            torch.Generator().manual_seed(cfg.seed + 11))
     doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}-f16") if student else None
     results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
-                          None if train == split else train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
+                          train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
                           index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list,
                           scores=teacher_scores_cache(teacher, name) if teacher and "teacher" in cfg.system_list
                           else None, refresh_cache=cfg.refresh_cache)
@@ -406,7 +402,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")
     beir_format = name not in ("esconv", "psyqa", "saycan", "virtualhome")
-    extra = {"split_sizes": split_sizes(data)} | ({"truncated": teacher.prompt.cut_counts()} if teacher else {})
+    extra = {"splits": split_sizes(data)} | ({"truncated": teacher.prompt.cut_counts()} if teacher else {})
     return report(out, name, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k), header,
                   ignore_identical=cfg.ignore_identical and beir_format, extra=extra, seed=cfg.seed,
                   pool_size=len(doc_ids))
@@ -456,21 +452,20 @@ def evaluate_main(argv=None) -> dict:
 
 # ---------------------------------------------------------------------------- python distill.py
 def distill_start(cfg):
-    """Inputs and settings checked before anything is written, then the output folder: (data, train split, test
-    split, output folder)."""
+    """Inputs and settings checked before anything is written, then the output folder: (data, output folder). Steps
+    0-5 read the train split only; Step 6 evaluates cfg.eval_split (dev to choose, test to report)."""
     from common import check_teacher_folder
-    from data import check_split, load_bench, train_test_splits
+    from data import check_split, load_bench
 
     resolve_device(cfg.device)
     with parallel.main_first():  # a download or unpacking happens once
         data = load_bench(cfg.bench, cfg.data_dir or None)
-    train_split, test_split = train_test_splits(data)
-    check_split(data, train_split, "training")
-    check_split(data, test_split, "test")
+    check_split(data, "train", "training")
+    check_split(data, cfg.eval_split, cfg.eval_split)
     check_teacher_folder(cfg.teacher, cfg.output_dir)
     out = prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite, script="distill", can_resume=True)
     set_seed(cfg.seed)
-    return data, train_split, test_split, out
+    return data, out
 
 
 def distill_resume(cfg, out: Path, student) -> tuple[int, list[dict], list]:

@@ -11,13 +11,19 @@ project.
 Choices not fixed by the paper:
 - ESConv: query = the last `ESCONV_TURNS` utterances before a supporter turn ("Seeker: ..." / "Supporter: ..."),
   earlier strategy labels removed so the query is dialogue text only; documents = the 8 strategies, each its name
-  plus a one-sentence description written for this project. The JSON corpus is split 80/10/10 by conversation.
+  plus a one-sentence description written for this project. The JSON corpus is split 80/10/10 by conversation; of
+  the split files, the local copy has no train file: the official dev file is the training split, less a dev split
+  of whole conversations carved from it (query ids keep naming the file: `dev-12` is line 12 of the dev file).
 - PsyQA: query = question + description + the last PSYQA_SPANS spans of the answer before a labelled span;
   documents = the 7 strategies, each its name plus a one-sentence description written for this project; questions
   split 80/10/10 by question.
 - SayCan and VirtualHome: query = task (+ description) + the last `HISTORY` steps done so far (numbered as in the
-  program); documents = the distinct step texts;
-  relevant = the next step. Split by instruction / program, 80/20, seed 0.
+  program); documents = the distinct step texts; relevant = the next step. Split 70/10/20 into train/dev/test
+  (seed 0) by group: programs that share their task text or their steps are one group, so no program text is in two
+  splits.
+- Every bench has a dev split, disjoint from train and test, on which every choice is made (the teacher's dev metric,
+  the lever tables); where a set has none, a seeded DEV_SHARE of the training split's groups is carved from it
+  (`carve_dev`: ESConv's conversations, a BEIR set's queries). `Retrieval.origin` says where each split came from.
 - An empty text, an unknown id in qrels or a malformed line is an error naming file, line and field; nothing is
   skipped silently.
 """
@@ -48,6 +54,8 @@ PSYQA_SPANS = 3  # PsyQA: the query keeps the question, its description and the 
 ESCONV_TURNS = 6
 HISTORY = 6  # next-step tasks: the query keeps the task and the last HISTORY steps done (CPU budget)
 SPLIT_SEED = 0
+SHARES = {"test": 0.2, "dev": 0.1}  # next-step tasks: the share of program groups in each split; train = the rest
+DEV_SHARE = 0.1  # the share of a training split's groups carved as dev where a set has no dev split
 
 # The 8 ESConv strategies (spelled as in the split files) with descriptions written for this project.
 ESCONV_STRATEGIES = {
@@ -78,6 +86,42 @@ PSYQA_STRATEGIES = {
 }
 
 
+# ---------------------------------------------------------------------------- splits
+def assign_groups(groups, seed: int, shares: dict[str, float]) -> dict[str, str]:
+    """Each distinct group -> its split: the groups, sorted (so file order does not matter) and shuffled with `seed`,
+    go `shares[s]` of them (at least one) to each split s in turn, the rest to "train"."""
+    order = sorted(set(groups))
+    if len(order) < len(shares) + 1:
+        raise DataError(f"{len(order)} group(s) cannot make the splits train, {', '.join(shares)}: at least "
+                        f"{len(shares) + 1} are needed")
+    random.Random(seed).shuffle(order)
+    out, k = {}, 0
+    for split, share in shares.items():
+        n = max(1, round(share * len(order)))
+        out |= {g: split for g in order[k:k + n]}
+        k += n
+    return out | {g: "train" for g in order[k:]}
+
+
+def carve_dev(data: Retrieval, group_of: dict[str, str] | None = None, seed: int = SPLIT_SEED) -> Retrieval:
+    """A set without a dev split gets one: a seeded DEV_SHARE of the training split's groups (`group_of`: query id
+    -> group, e.g. its conversation; default each query alone) moves from train to dev. A training split of one group
+    stays whole (no dev split; a script that needs one says so)."""
+    if "dev" in data.queries or "train" not in data.queries:
+        return data
+    queries, qrels = data.queries["train"], data.qrels["train"]
+    group_of = group_of or {q: q for q in queries}
+    if len(set(group_of.values())) < 2:
+        return data
+    split_of = assign_groups(group_of.values(), seed, {"dev": DEV_SHARE})
+    for split in ("dev", "train"):
+        data.queries[split] = {q: t for q, t in queries.items() if split_of[group_of[q]] == split}
+        data.qrels[split] = {q: r for q, r in qrels.items() if split_of[group_of[q]] == split}
+    data.origin["dev"] = f"{DEV_SHARE:.0%} of the groups of {data.origin.get('train', 'train')}, seed {seed}"
+    data.origin["train"] = f"{data.origin.get('train', 'train')}, less dev"
+    return data
+
+
 def load_beir_by_name(name: str, data_dir: str | None = None, splits=None) -> Retrieval:
     """`--data-dir` (the unpacked folder, or its parent) if given, else the official zip, cached."""
     if data_dir:
@@ -92,17 +136,21 @@ def load_beir_by_name(name: str, data_dir: str | None = None, splits=None) -> Re
                 raise
             raise ConnectionError(f"'{name}' is neither a bench of this project (virtualhome, esconv, psyqa, saycan, "
                                   f"msmarco) nor a public BEIR set ({', '.join(BEIR_13)}), and {e}") from e
-    return load_beir(folder, name, splits)
+    return carve_dev(load_beir(folder, name, splits))
 
 
 def load_msmarco(data_dir: str | None = None) -> Retrieval:
-    """MS MARCO passage in the BEIR layout (`msmarco`): its train split (to distill on) when present, and dev (the
-    evaluated split, MRR@10). BEIR's `test` qrels (TREC-DL 2019) are not loaded."""
+    """MS MARCO passage in the BEIR layout (`msmarco`): its train split (to distill on) when present, less a carved
+    dev split, and the official dev queries as the evaluated split ("test" here, MRR@10). BEIR's `test` qrels
+    (TREC-DL 2019) are not loaded."""
     folder = Path(data_dir) if data_dir else fetch_beir("msmarco", BEIR_URL.format(name="msmarco"))
     if not (folder / "corpus.jsonl").exists() and (folder / "msmarco" / "corpus.jsonl").exists():
         folder = folder / "msmarco"
     splits = tuple(s for s in ("train", "dev") if (folder / "qrels" / f"{s}.tsv").exists()) or ("dev",)
-    return load_beir(folder, "msmarco", splits)
+    data = load_beir(folder, "msmarco", splits)
+    data.queries["test"], data.qrels["test"] = data.queries.pop("dev"), data.qrels.pop("dev")
+    data.origin["test"] = data.origin.pop("dev") + " (the official dev queries, the evaluated split)"
+    return carve_dev(data)
 
 
 # ---------------------------------------------------------------------------- ESConv
@@ -121,11 +169,13 @@ def _render_dialogue(turns: list[tuple[str, str]]) -> str:
     return "\n".join(f"{who}: {text}" for who, text in turns[-ESCONV_TURNS:])
 
 
-def load_esconv_tsv(path: str | Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+def load_esconv_tsv(path: str | Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]], dict[str, int]]:
     """One official `{split}WithStrategy_short.tsv`: each line a context whose last utterance is a supporter turn
-    `[Strategy] text`; utterances separated by ' EOS ', each starting with 'float speaker turn'."""
+    `[Strategy] text`; utterances separated by ' EOS ', each starting with 'float speaker turn'. Returns queries,
+    qrels and each query's conversation: consecutive lines are one conversation while the last turn's index grows."""
     path = Path(path)
-    queries, qrels = {}, {}
+    queries, qrels, conversation = {}, {}, {}
+    last_turn, conv = None, -1
     for n, line in read_lines(path):
         if not line.strip():
             continue
@@ -148,12 +198,18 @@ def load_esconv_tsv(path: str | Path, split: str) -> tuple[dict[str, str], dict[
         context = [(w, t.strip()) for w, t, _, _ in turns[:-1] if t.strip()]
         if not context:
             raise DataError(f"{path}:{n}: field 'context' is empty (no utterance before the supporter turn)")
+        turn = parts[2]
+        if not turn.isdigit():
+            raise DataError(f"{where}: field 'turn' is not a non-negative integer: {turn!r}")
+        conv += last_turn is None or int(turn) <= last_turn
+        last_turn = int(turn)
         qid = f"{split}-{n}"
         queries[qid] = _render_dialogue(context)
         qrels[qid] = {_strategy(strategy, where): 1}
+        conversation[qid] = conv
     if not queries:
         raise DataError(f"{path}: no example line: split '{split}' is empty")
-    return queries, qrels
+    return queries, qrels, conversation
 
 
 def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
@@ -192,6 +248,7 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
                 data.queries[split][qid] = _render_dialogue(context)
                 data.qrels[split][qid] = {_strategy(strategy, where): 1}
             context.append(("Supporter" if supporter else "Seeker", text))
+    data.origin = {s: f"{path.name}, conversations split 80/10/10, seed {seed}" for s in ("train", "dev", "test")}
     return data
 
 
@@ -209,9 +266,12 @@ def load_esconv(data_dir: str | None = None) -> Retrieval:
     else:
         files = {s: download(ESCONV_URL.format(split=s), cache_dir("esconv") / f"{s}WithStrategy_short.tsv")
                  for s in ("train", "dev", "test")}
+    conversation = {}
     for split, path in files.items():
-        data.queries[split], data.qrels[split] = load_esconv_tsv(path, split)
-    return check_qrels(data)
+        role = "train" if split == "dev" and "train" not in files else split
+        data.queries[role], data.qrels[role], conversation[role] = load_esconv_tsv(path, split)
+        data.origin[role] = path.name + (" (the official dev file: there is no train file)" if role != split else "")
+    return check_qrels(carve_dev(data, {q: str(c) for q, c in conversation.get("train", {}).items()}))
 
 
 # ---------------------------------------------------------------------------- PsyQA
@@ -269,6 +329,7 @@ def load_psyqa(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
                 end = stop
     if not any(data.queries.values()):
         raise DataError(f"{path}: no answer with strategy labels (has_label true)")
+    data.origin = {s: f"{path.name}, questions split 80/10/10, seed {seed}" for s in splits}
     return data
 
 
@@ -289,24 +350,38 @@ def load_psyqa_dir(data_dir: str | None = None) -> Retrieval:
 
 # ---------------------------------------------------------------------------- next-step tasks: SayCan, VirtualHome
 def _next_step_task(name: str, programs: list[tuple[str, str, list[tuple[str, str]]]], seed: int) -> Retrieval:
-    """programs: (program id, task text, [(step id, step text)]). One query per step: task + steps so far."""
+    """programs: (program id, task text, [(step id, step text)]). One query per step: task + steps so far. Programs
+    that share their task text or their steps are one group (union-find); groups are split by `assign_groups`."""
+    parent = list(range(len(programs)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict = {}
+    for p, (_, task, steps) in enumerate(programs):
+        for key in (("task", task), ("steps", tuple(text for _, text in steps))):
+            parent[root(p)] = root(first.setdefault(key, p))
+    group = [programs[root(p)][0] for p in range(len(programs))]
+    if len(set(group)) < len(SHARES) + 1:
+        raise DataError(f"{name}: {len(programs)} program(s) form {len(set(group))} group(s) (programs with the same "
+                        "task text or steps are one): the splits train, dev and test need at least 3")
+    split_of = assign_groups(group, seed, SHARES)
     corpus = {}
-    order = list(range(len(programs)))
-    random.Random(seed).shuffle(order)
-    train_ids = set(order[:int(round(0.8 * len(order)))])
-    data = Retrieval(name, corpus, {"train": {}, "test": {}}, {"train": {}, "test": {}})
+    data = Retrieval(name, corpus, {s: {} for s in ("train", "dev", "test")}, {s: {} for s in ("train", "dev", "test")})
     for p, (pid, task, steps) in enumerate(programs):
-        split = "train" if p in train_ids else "test"
+        split = split_of[group[p]]
         for t, (sid, text) in enumerate(steps):
             corpus[sid] = {"title": "", "text": text}
             done = "; ".join(f"{i + 1}. {s}" for i, (_, s) in enumerate(steps[:t]) if i >= t - HISTORY) or "none"
             qid = f"{pid}#{t}"
             data.queries[split][qid] = f"Task: {task}\nSteps done so far: {done}"
             data.qrels[split][qid] = {sid: 1}
-    for split in ("train", "test"):
-        if not data.queries[split]:
-            raise DataError(f"{name}: the 80/20 split of {len(programs)} programs leaves no {split} program; "
-                            "at least 2 programs are needed")
+    n = {s: sum(split_of[g] == s for g in set(group)) for s in data.queries}
+    data.origin = {s: f"{n[s]} of {len(set(group))} program groups (same task text or steps), seed {seed}"
+                   for s in data.queries}
     return data
 
 
@@ -409,20 +484,14 @@ def load_bench(bench: str, data_dir: str | None = None) -> Retrieval:
 
 
 def check_split(data: Retrieval, split: str, role: str) -> None:
-    """A split a script trains or evaluates on must hold a query with a relevant document; checked before any compute."""
+    """A split a script trains, chooses or evaluates on must exist and hold a query with a relevant document; checked
+    before any compute."""
+    if split not in data.queries:
+        raise DataError(f"{data.name}: no '{split}' split for the {role} queries (has: {', '.join(data.queries)})")
     queries, qrels = data.split(split)
     if not any(any(g > 0 for g in qrels.get(q, {}).values()) for q in queries):
         raise DataError(f"{data.name}: {role} split '{split}' has no query with a relevant document "
                         f"({len(queries)} queries): nothing to {'train on' if role == 'training' else 'evaluate'}")
-
-
-def train_test_splits(data: Retrieval) -> tuple[str, str]:
-    """(train split, held-out split). ESConv's local copy has no train file: train on dev, test on test."""
-    test = "test" if "test" in data.queries else "dev"
-    for train in ("train", "dev"):
-        if train in data.queries and train != test:
-            return train, test
-    raise KeyError(f"{data.name}: needs two splits to train and test, has {sorted(data.queries)}")
 
 
 def main(argv=None) -> None:

@@ -14,7 +14,7 @@ distillation", Steps 0-7, equations (8)-(11)).
       Step 4  teacher targets h_T (1) for pairs not seen yet (cached by pair; z_T = W h_T (2) once per round)
       Step 5  train the predictor E epochs on all pairs so far with the objective (10): L_JEPA + lmbda L_RKL
               [+ mu the listwise KL (10b)] [+ nu the pool term (11) over more training queries: ours]
-    Step 6  evaluate on the held-out split: over the whole pool (the paper's protocol) and on C(q) (evaluate.py)
+    Step 6  evaluate on the test split (--eval-split dev to choose a recipe): over the whole pool (the paper's protocol) and on C(q) (evaluate.py)
     Step 7  save the predictor (safetensors + JSON sidecar) and the results
 
 Shapes: N pairs, B queries, n documents, H hidden, V vocabulary, P predictor width.
@@ -87,7 +87,9 @@ class DistillConfig:
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     max_train_queries: int = field(128, "training queries (0 = all)")
-    max_test_queries: int = field(128, "held-out queries evaluated (0 = all)")
+    eval_split: str = field("test", "the split Step 6 evaluates: test for a reported run, dev to choose a recipe",
+                            choices=["test", "dev"])
+    max_test_queries: int = field(128, "queries of the evaluated split (0 = all)")
     rerank_k: int = field(8, "size of C(q), the candidates every system ranks in Step 6 (the whole pool when smaller)")
     teacher_k: int = field(8, "teacher@k in Step 6: reranks the union of BM25's and the student's top k (0 = all)")
     teacher_batch: int = field(8, "pairs per teacher / encoder forward")
@@ -282,8 +284,8 @@ def distill(cfg: DistillConfig) -> dict:
     from reporting import write_log
 
     t_start, timings = time.time(), {}
-    data, train_split, test_split, out = distill_start(cfg)  # inputs checked, then the output folder
-    train_q, train_rel = data.split(train_split)
+    data, out = distill_start(cfg)  # inputs checked, then the output folder
+    train_q, train_rel = data.split("train")
     qids = subset(list(train_q), cfg.max_train_queries, torch.Generator().manual_seed(cfg.seed))
     doc_ids = list(data.corpus)
     doc_index = {d: i for i, d in enumerate(doc_ids)}
@@ -325,7 +327,7 @@ def distill(cfg: DistillConfig) -> dict:
             "config": dataclasses.asdict(cfg), "rounds": cfg.rounds, "pairs": len(pairs), "teacher_calls": len(cache.h)}
     step7_save(student, out, meta)
     t0 = time.time()
-    res = step6_evaluate(cfg, data, test_split, teacher, student, h_d, timings["1_encode_docs"],
+    res = step6_evaluate(cfg, data, cfg.eval_split, teacher, student, h_d, timings["1_encode_docs"],
                          pool[0] if pool is not None else h_q)
     timings["6_evaluate"] = time.time() - t0
     timings["total"] = time.time() - t_start

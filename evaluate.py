@@ -279,7 +279,6 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
     on the same C(q), on `split` (`cfg` a distill.DistillConfig); with --hub-correction also the corrected student
     (12), its offsets taken over the training queries h_train. Writes results.md and the runs; returns the dict."""
     from caches import teacher_scores_cache
-    from data import train_test_splits
     from metrics import candidate_sets, describe_protocol
     from reporting import report
 
@@ -291,19 +290,20 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
     cands = candidate_sets(qids, queries, qrels, doc_ids, bm25, cfg.rerank_k,
                            torch.Generator().manual_seed(cfg.seed + 11))
     names = ["prior", "bm25", "llm-biencoder"] + (["teacher"] if cfg.eval_teacher else []) + ["student"]
-    results = run_systems(names, data, queries, cands, bm25, bm25_seconds, train_test_splits(data)[0], teacher,
+    results = run_systems(names, data, queries, cands, bm25, bm25_seconds, "train", teacher,
                           student, h_d, d_seconds, quiet=cfg.quiet, teacher_k=cfg.teacher_k,
                           scores=teacher_scores_cache(teacher, cfg.bench) if cfg.eval_teacher else None,
                           hub=(cfg.hub_correction, h_train) if cfg.hub_correction != "none" else None)
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
-                  header, extra={"truncated": teacher.prompt.cut_counts(), "split_sizes": split_sizes(data)},
+                  header, extra={"truncated": teacher.prompt.cut_counts(), "splits": split_sizes(data)},
                   seed=cfg.seed, pool_size=len(doc_ids))
 
 
-def split_sizes(data) -> dict[str, int]:
-    """Queries per split of a data set (results.json names the split it reports, and these sizes)."""
-    return {s: len(q) for s, q in data.queries.items()}
+def split_sizes(data) -> dict[str, dict]:
+    """Queries per split of a data set and where they come from (results.json names the split it reports, and
+    these)."""
+    return {s: {"queries": len(q), "from": data.origin.get(s, "")} for s, q in data.queries.items()}
 
 
 def main(argv=None) -> dict:

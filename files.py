@@ -125,11 +125,14 @@ def fetch_beir(name: str, url: str) -> Path:
 
 @dataclass
 class Retrieval:
-    """corpus: doc id -> {"title", "text"}; per split: queries qid -> text and qrels qid -> {doc id: grade}."""
+    """corpus: doc id -> {"title", "text"}; per split: queries qid -> text and qrels qid -> {doc id: grade}; origin:
+    per split, where its queries come from. Splits are named by their role: "train" (distilled on), "dev" (every
+    choice is made on it), "test" (evaluated once per reported run)."""
     name: str
     corpus: dict[str, dict[str, str]]
     queries: dict[str, dict[str, str]] = field(default_factory=dict)
     qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
 
     def split(self, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
         if split not in self.queries:
@@ -147,7 +150,7 @@ class Retrieval:
             n_q += len(q)
             n_r += sum(len(v) for v in r.values())
         return {"bench": self.name, "split": split, "queries": n_q, "documents": len(self.corpus), "qrels": n_r,
-                "splits": {s: len(self.queries[s]) for s in sorted(self.queries)}}
+                "splits": {s: len(self.queries[s]) for s in sorted(self.queries)}, "origin": self.origin}
 
 
 def doc_text(d: dict[str, str]) -> str:
@@ -232,4 +235,5 @@ def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ..
             raise DataError(f"{path}: no judgement with a score > 0: split '{split}' has nothing to evaluate")
         data.queries[split] = {q: all_queries[q] for q in qrels}
         data.qrels[split] = qrels
+        data.origin[split] = f"qrels/{split}.tsv"
     return data

@@ -213,14 +213,18 @@ class TrainConfig:
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
     neg_bm25: int = field(1, "hard negatives per query from BM25's top ranks")
     neg_random: int = field(1, "random negatives per query from the pool")
+    neg_frequent: int = field(0, "negatives per query among the documents most often gold in the training split, the "
+                                 "pool's hubs (ours)")
     neg_self: int = field(0, "self-mined negatives per query (ours): the teacher's own N best-scored wrong documents "
                              "after a first pass, then a second pass (0 = off)")
+    listwise: float = field(0.0, "weight of the listwise loss (4b) (ours): each gold against its query's negatives; "
+                                 "0 = off (the pointwise (4) alone)")
     mine_k: int = field(8, "with --neg-self: documents of BM25's top and of the most frequent gold ones scored")
     train_layers: int = field(2, "train only the last N blocks + final norm; 0 = full fine-tune")
     weight_decay: float = field(0.0, "AdamW weight decay")
     clip: float = field(1.0, "gradient norm clip")
     max_train_queries: int = field(96, "training queries used (0 = all)")
-    max_dev_queries: int = field(64, "held-out queries for the dev metric (0 = all)")
+    max_dev_queries: int = field(64, "dev-split queries for the dev metric (0 = all)")
     rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
     seed: int = field(0, "seed for sampling and shuffling")
     # the run: data, devices, batching, outputs
@@ -244,15 +248,24 @@ class TrainConfig:
     def __post_init__(self):
         check_finite(self)
         check_sizes(self, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens", "mine_k"), 1)
-        check_sizes(self, ("train_layers", "neg_bm25", "neg_random", "neg_self", "max_train_queries",
+        check_sizes(self, ("train_layers", "neg_bm25", "neg_random", "neg_frequent", "neg_self", "max_train_queries",
                            "max_dev_queries", "save_every"), 0)
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: choose one")
         if self.resume and self.neg_self:
             raise ValueError("--resume does not cover --neg-self's second pass yet: rerun with --overwrite")
+        if self.listwise < 0 or self.listwise and (self.neg_self or self.batch_size % self.group_size):
+            raise ValueError(f"--listwise {self.listwise}: needs listwise >= 0, no --neg-self, and --batch-size "
+                             f"{self.batch_size} a multiple of the group size {self.group_size} (a gold and its "
+                             "--neg-bm25 + --neg-random + --neg-frequent negatives), so no group is split")
         if not 0 <= self.warmup < 1 or self.lr <= 0:
             raise ValueError(f"--warmup {self.warmup}, --lr {self.lr}: need 0 <= warmup < 1 and lr > 0")
         self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
+
+    @property
+    def group_size(self) -> int:
+        """Pairs per group of (4b): a gold document and the query's negatives."""
+        return 1 + self.neg_bm25 + self.neg_random + self.neg_frequent
 
 
 def sft_loss(z: torch.Tensor, labels: torch.Tensor, y_pos: int, y_neg: int) -> torch.Tensor:
@@ -262,20 +275,40 @@ def sft_loss(z: torch.Tensor, labels: torch.Tensor, y_pos: int, y_neg: int) -> t
     return F.cross_entropy(z.float(), target)
 
 
+def listwise_loss(s: torch.Tensor) -> torch.Tensor:
+    """(4b) [ours] the gold against its query's negatives: s (G, 1 + M) scores s_T (3) of G groups, the gold in column
+    0; mean over groups of -log softmax(s)[:, 0]."""
+    return -torch.log_softmax(s, dim=-1)[:, 0].mean()
+
+
 def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) -> list[tuple[str, str, int]]:
-    """(query text, doc id, label): every gold doc as positive, plus BM25-hard and random negatives per query."""
+    """(query text, doc id, label): every gold doc as positive, plus BM25-hard, hub and random negatives per query.
+    With --listwise each gold is followed by the query's negatives (a group of (4b), `cfg.group_size` pairs; a query
+    with several gold documents has one group per gold)."""
     queries, qrels = data.split(split)
     qids = subset(list(queries), cfg.max_train_queries, gen)
     doc_ids = list(data.corpus)
     row = {d: i for i, d in enumerate(doc_ids)}
+    if cfg.neg_frequent:
+        counts = label_prior(data, split)
+        hubs = sorted(counts, key=lambda d: (-counts[d], d))
     pairs = []
     for qid in qids:
         gold = {d for d, g in qrels[qid].items() if g > 0}
-        pairs += [(queries[qid], d, 1) for d in sorted(gold)]
         hard = [d for d in bm25.top(queries[qid], cfg.neg_bm25 + len(gold) + 5) if d not in gold][:cfg.neg_bm25]
-        pairs += [(queries[qid], d, 0) for d in hard]
-        rand = sample_excluding(len(doc_ids), {row[d] for d in gold | set(hard)}, cfg.neg_random, gen)
-        pairs += [(queries[qid], doc_ids[i], 0) for i in rand]
+        if cfg.neg_frequent:
+            hard += [d for d in hubs if d not in gold and d not in hard][:cfg.neg_frequent]
+        rand = [doc_ids[i] for i in sample_excluding(len(doc_ids), {row[d] for d in gold | set(hard)},
+                                                     cfg.group_size - 1 - len(hard) if cfg.listwise
+                                                     else cfg.neg_random, gen)]
+        if cfg.listwise:
+            if len(hard) + len(rand) != cfg.group_size - 1:
+                raise ValueError(f"--listwise: query {qid!r} has {len(hard) + len(rand)} negatives in a pool of "
+                                 f"{len(doc_ids)} documents, not {cfg.group_size - 1}")
+            pairs += [(queries[qid], d, int(d == g)) for g in sorted(gold) for d in [g] + hard + rand]
+        else:
+            pairs += [(queries[qid], d, 1) for d in sorted(gold)]
+            pairs += [(queries[qid], d, 0) for d in hard + rand]
     return pairs
 
 
@@ -291,10 +324,15 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
 
     def loss_fn(z: torch.Tensor, rows: list[int]) -> torch.Tensor:
         labels = torch.tensor([pairs[i][2] for i in rows], device=z.device)
-        return sft_loss(z, labels, teacher.y_pos, teacher.y_neg)
+        loss = sft_loss(z, labels, teacher.y_pos, teacher.y_neg)
+        if cfg.listwise:  # rows hold whole groups (the batch size is a multiple of the group size)
+            s = (z[:, teacher.y_pos] - z[:, teacher.y_neg]).float().view(-1, cfg.group_size)
+            loss = loss + cfg.listwise * listwise_loss(s)
+        return loss
 
+    size = cfg.group_size if cfg.listwise else 1  # --listwise shuffles whole groups
     for epoch in range(cfg.epochs):
-        order = torch.randperm(len(pairs), generator=gen).tolist()  # drawn for every epoch, also the ones resumed
+        order = [size * g + j for g in torch.randperm(len(pairs) // size, generator=gen).tolist() for j in range(size)]
         for batch in sft.batches(order):
             sft.step(sft.backward(batch, loss_fn))
     return sft.finish() | {"pair_list": pairs}

@@ -34,7 +34,7 @@ def test_beir_folder(tmp_path):
     assert q == {"q1": "purring cats", "q2": "barking dogs"} and r == {"q1": {"d1": 1}, "q2": {"d2": 2}}
     assert d.doc_text("d1") == "Cats. cats purr" and d.doc_text("d2") == "dogs bark loudly"
     assert d.stats("test") == {"bench": "toy", "split": "test", "queries": 2, "documents": 2, "qrels": 2,
-                               "splits": {"test": 2}}
+                               "splits": {"test": 2}, "origin": {"test": "qrels/test.tsv"}}
 
 
 @pytest.mark.parametrize("kind,needle", [
@@ -127,11 +127,11 @@ def test_esconv_tsv(tmp_path):
     (tmp_path / "devWithStrategy_short.tsv").write_text(ESCONV_LINE)
     (tmp_path / "testWithStrategy_short.tsv").write_text(ESCONV_LINE.replace("[Reflection of feelings]", "[Other]"))
     d = data.load_esconv(str(tmp_path))
-    q, r = d.split("dev")
+    q, r = d.split("train")  # the official dev file trains (there is no train file); one conversation: no dev carved
     assert q == {"dev-1": "Seeker: I feel so alone lately\nSupporter: Why do you feel that way?\n"
                           "Seeker: My friends moved away"}
     assert r == {"dev-1": {"Reflection of feelings": 1}} and d.split("test")[1] == {"test-1": {"Other": 1}}
-    assert len(d.corpus) == 8 and data.train_test_splits(d) == ("dev", "test")
+    assert len(d.corpus) == 8 and set(d.queries) == {"train", "test"} and "official dev file" in d.origin["train"]
 
 
 def test_esconv_tsv_bad_line(tmp_path):
@@ -182,7 +182,7 @@ def test_saycan(tmp_path):
     (tmp_path / "saycan_plan_v0_l.tsv").write_text("\n".join(lines) + "\n")
     d = data.load_saycan(tmp_path / "saycan_plan_v0_l.tsv")
     assert d.stats("all")["queries"] == 50 and len(d.corpus) == 10 * 3 + 2
-    assert len(d.queries["train"]) == 40
+    assert {s: len(q) for s, q in d.queries.items()} == {"train": 35, "dev": 5, "test": 10}
     q, r = d.split("train")
     k = next(k for k in q if k.endswith("#2"))
     n = q[k].split("item ")[1].split("?")[0]
@@ -194,9 +194,11 @@ def test_saycan(tmp_path):
 
 
 def test_virtualhome_fixture(tmp_path):
-    """VirtualHome layout: steps rendered as text skills, the next step is relevant, 80/20 split by program."""
+    """VirtualHome layout: steps rendered as text skills, the next step is relevant, 70/10/20 split by program group
+    (the fixture's programs p and p + 7 have the same steps: 7 groups, 1 in test, 1 in dev)."""
     d = data.load_virtualhome(str(write_virtualhome(tmp_path)))
-    assert d.stats("all")["queries"] == 40 and len(d.queries["test"]) == 8
+    assert d.stats("all")["queries"] == 40 and {s: len(q) // 4 for s, q in d.queries.items()} == \
+        {"train": 7, "dev": 2, "test": 1}
     q, r = d.split("train")
     k = next(k for k in q if k.endswith("#3"))
     assert "3. grab" in q[k] and list(r[k])[0].startswith("put ") and " on " in list(r[k])[0]
@@ -207,19 +209,26 @@ def test_virtualhome_fixture(tmp_path):
 
 
 def test_virtualhome_real_package():
-    """The installed eai-eval package: 518 programs, 4707 steps, 592 skills; no program in both splits."""
+    """The installed eai-eval package: 518 programs, 4707 steps, 592 skills; three splits, and no program, task text
+    or sequence of steps in two of them."""
     d = data.load_virtualhome()
     s = d.stats("all")
     assert (s["queries"], s["documents"]) == (4707, 592)
-    progs = {sp: {q.split("#")[0] for q in d.queries[sp]} for sp in ("train", "test")}
-    assert len(progs["train"]) + len(progs["test"]) == 518 and not progs["train"] & progs["test"]
+    progs = {sp: {q.split("#")[0] for q in d.queries[sp]} for sp in ("train", "dev", "test")}
+    assert sum(map(len, progs.values())) == 518
+    task = {sp: {q.split("\n")[0] for q in d.queries[sp].values()} for sp in progs}
+    steps = {sp: {tuple(s for q, r in sorted(d.qrels[sp].items()) if q.split("#")[0] == p for s in r)
+                  for p in progs[sp]} for sp in progs}
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not progs[a] & progs[b] and not task[a] & task[b] and not steps[a] & steps[b]
+    assert 0.05 < len(d.queries["dev"]) / s["queries"] < 0.15 and 0.15 < len(d.queries["test"]) / s["queries"] < 0.25
 
 
 def test_stats_cli(tmp_path, capsys):
     """`python data.py stats` prints one JSON line with the counts."""
     data.main(["stats", "--bench", "virtualhome", "--data-dir", str(write_virtualhome(tmp_path)), "--split", "test"])
     out = json.loads(capsys.readouterr().out)
-    assert out["bench"] == "virtualhome" and out["queries"] == 8 and out["documents"] == 28
+    assert out["bench"] == "virtualhome" and out["queries"] == 4 and out["documents"] == 28
 
 
 def test_psyqa_official_format(tmp_path):
@@ -255,3 +264,74 @@ def test_psyqa_bad_input(tmp_path, change, needle):
     path.write_text(json.dumps(items), encoding="utf-8")
     with pytest.raises(DataError, match=re.escape(needle)):
         load_bench("psyqa", str(folder))
+
+
+# ---------------------------------------------------------------------------- dev splits
+def test_assign_groups_disjoint_seeded_stable():
+    """Each group goes to one split; the shares hold; the same groups in another order give the same splits; another
+    seed gives others; too few groups is an error."""
+    groups = [f"g{i}" for i in range(100)]
+    a = data.assign_groups(groups, 0, {"test": 0.2, "dev": 0.1})
+    assert set(a) == set(groups) and [sum(v == s for v in a.values()) for s in ("train", "dev", "test")] == [70, 10, 20]
+    assert data.assign_groups(list(reversed(groups)) + groups[:5], 0, {"test": 0.2, "dev": 0.1}) == a
+    assert data.assign_groups(groups, 1, {"test": 0.2, "dev": 0.1}) != a
+    assert set(data.assign_groups(["a", "b", "c"], 0, {"test": 0.2, "dev": 0.1}).values()) == {"train", "dev", "test"}
+    with pytest.raises(data.DataError, match="2 group"):
+        data.assign_groups(["a", "b"], 0, {"test": 0.2, "dev": 0.1})
+
+
+def _esconv_conversation(c: int, turns: int) -> list[str]:
+    """The split files' lines of one conversation: each a context ending in a supporter turn, turn index growing."""
+    lines, context = [], []
+    for t in range(turns):
+        context.append(f"1.0 0 {2 * t} seeker line {c}.{t} ")
+        lines.append(" EOS ".join(context + [f"1.0 1 {2 * t + 1} [Questions] why {c}.{t}?"]) + "\n")
+        context.append(f"1.0 1 {2 * t + 1} [Questions] why {c}.{t}?")
+    return lines
+
+
+def test_esconv_dev_carved_by_conversation(tmp_path):
+    """Without a train file, the official dev file trains, less a dev split of whole conversations (10% of 20)."""
+    (tmp_path / "devWithStrategy_short.tsv").write_text("".join(
+        line for c in range(20) for line in _esconv_conversation(c, 3)))
+    (tmp_path / "testWithStrategy_short.tsv").write_text("".join(_esconv_conversation(99, 2)))
+    d = data.load_esconv(str(tmp_path))
+    assert {s: len(q) for s, q in d.queries.items()} == {"train": 54, "dev": 6, "test": 2}
+    conv = {s: {q.split("seeker line ")[1].split(".")[0] for q in d.queries[s].values()} for s in ("train", "dev")}
+    assert len(conv["dev"]) == 2 and not conv["dev"] & conv["train"]  # whole conversations, on one side
+    assert d.origin["train"].startswith("devWithStrategy_short.tsv") and d.origin["dev"].startswith("10% of the groups")
+    again = data.load_esconv(str(tmp_path))
+    assert again.queries == d.queries  # seeded: the same dev split every time
+
+
+def test_esconv_real_dev_split():
+    """The shared copy of the official files: dev carved from the dev file (which trains), test untouched."""
+    folder = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "esconv")
+    if not os.path.exists(os.path.join(folder, "testWithStrategy_short.tsv")):
+        pytest.skip("the shared ESConv copy is absent")
+    d = data.load_esconv(folder)
+    n = {s: len(q) for s, q in d.queries.items()}
+    assert n["train"] + n["dev"] == 2985 and n["test"] == 2775 and 0.05 < n["dev"] / 2985 < 0.15
+    assert not set(d.queries["train"]) & set(d.queries["dev"])
+
+
+def test_beir_dev_split(tmp_path):
+    """A BEIR set: qrels/dev.tsv when there is one; else 10% of the train queries carved as dev; MS MARCO's official
+    dev queries are the evaluated split ("test")."""
+    queries = [{"_id": f"q{i}", "text": f"query {i}"} for i in range(30)]
+    train = "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{1 + i % 2}\t1\n" for i in range(20))
+    folder = write_beir(tmp_path / "toy", queries=queries,
+                        qrels="query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td1\t1\n" for i in range(20, 30)))
+    (folder / "qrels" / "train.tsv").write_text(train)
+    d = data.load_beir_by_name("toy", str(folder))
+    assert {s: len(q) for s, q in d.queries.items()} == {"test": 10, "train": 18, "dev": 2}
+    assert not set(d.queries["dev"]) & set(d.queries["train"]) and d.origin["train"] == "qrels/train.tsv, less dev"
+    (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\n")
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td1\t1\n" for i in range(1, 20)))
+    d = data.load_beir_by_name("toy", str(folder))
+    assert {s: len(q) for s, q in d.queries.items()} == {"dev": 1, "test": 10, "train": 19}
+    (folder / "qrels" / "test.tsv").unlink()
+    m = data.load_msmarco(str(folder))
+    assert {s: len(q) for s, q in m.queries.items()} == {"train": 17, "test": 1, "dev": 2}
+    assert m.origin["test"].startswith("qrels/dev.tsv")

@@ -7,6 +7,7 @@ import torch
 
 import distill
 import policy
+import teacher
 from conftest import make_lm, make_tokenizer, patch_llm, write_virtualhome
 
 
@@ -40,8 +41,9 @@ def test_end_to_end_schema_loss_and_determinism(env):
         assert set(pool["hubness"]) == {"distinct_top1", "max_top1_share", "n10_skew"}
     assert "full_pool" not in a["systems"]["teacher"] and "candidates" not in a["systems"]["teacher@8"]
     saved = json.loads((tmp / "a" / "results.json").read_text())
-    assert {"bench", "split", "n_queries", "protocol", "pool_size", "systems", "split_sizes"} <= set(saved)
-    assert saved["split"] == "test" and saved["split_sizes"]["test"] >= saved["n_queries"] > 0
+    assert {"bench", "split", "n_queries", "protocol", "pool_size", "systems", "splits"} <= set(saved)
+    assert saved["split"] == "test" and saved["splits"]["test"]["queries"] >= saved["n_queries"] > 0
+    assert set(saved["splits"]) == {"train", "dev", "test"} and "program groups" in saved["splits"]["dev"]["from"]
     md = (tmp / "a" / "results.md").read_text()
     assert md.index("Whole pool") < md.index("Candidates C(q)")  # the paper's protocol leads
     rows = list(csv.DictReader(open(tmp / "a" / "metrics.csv")))
@@ -164,9 +166,9 @@ def test_round0_not_uniform_and_no_pair_twice(env, monkeypatch):
         return out
     monkeypatch.setattr(distill, "pick_top", spy)
     res = distill.main(_args(tmp, root, "r0"))
-    from data import load_virtualhome, train_test_splits
+    from data import load_virtualhome
     data = load_virtualhome(root)
-    train_q, train_rel = data.split(train_test_splits(data)[0])
+    train_q, train_rel = data.split("train")
     bm25 = metrics.BM25({d: data.doc_text(d) for d in data.corpus})
     doc_ids = list(data.corpus)
     for i, q in enumerate(train_q):  # round 0 takes BM25's best documents that are not gold
@@ -236,7 +238,7 @@ def test_hub_correction_row(env):
 
 
 def test_quick_runs_execute_every_function_method_names(env):
-    """Three --quick runs (with the listwise term and the hub correction; --sampling softmax with the forward KL;
+    """A --quick listwise teacher and three --quick runs from it (with the listwise term and the hub correction; --sampling softmax with the forward KL;
     --policy off), traced: every function and class METHOD.md names for an equation or a Step was executed, so the
     functions a reader follows from the paper are the ones the pipeline runs."""
     import sys
@@ -251,7 +253,9 @@ def test_quick_runs_execute_every_function_method_names(env):
             called.add((Path(frame.f_code.co_filename).stem, frame.f_code.co_qualname))
     base = ["--quick", "--data-dir", str(root), "--teacher", str(tmp / "teacher"), "--width", "16", "--quiet"]
     sys.setprofile(profile)
-    try:
+    try:  # the teacher with the listwise loss (4b), then three students of it
+        teacher.main(["train", "--quick", "--data-dir", str(root), "--output-dir", str(tmp / "teacher"), "--listwise",
+                      "1", "--batch-size", "6", "--quiet"])
         distill.main(base + ["--output-dir", str(tmp / "a"), "--listwise", "0.5", "--hub-correction", "center"])
         distill.main(base + ["--output-dir", str(tmp / "b"), "--sampling", "softmax", "--kl", "forward",
                              "--no-eval-teacher"])
@@ -274,3 +278,75 @@ def test_quick_runs_execute_every_function_method_names(env):
         if not any(m == module and (q == qual or q == qual + ".__init__") for m, q in called):
             missing.append(name)
     assert not missing, f"named in METHOD.md but never run by distill.py: {missing}"
+
+
+class Sealed(dict):
+    """A split's queries or qrels that fail when read (its size may be counted) while `Sealed.open` is False."""
+    open = False
+
+    def _check(self):
+        if not Sealed.open:
+            raise AssertionError("the test split was read before Step 6")
+
+    def __getitem__(self, k):
+        self._check()
+        return super().__getitem__(k)
+
+    def __iter__(self):
+        self._check()
+        return super().__iter__()
+
+    def __contains__(self, k):
+        self._check()
+        return super().__contains__(k)
+
+    def get(self, *a):
+        self._check()
+        return super().get(*a)
+
+    def keys(self):
+        self._check()
+        return super().keys()
+
+    def values(self):
+        self._check()
+        return super().values()
+
+    def items(self):
+        self._check()
+        return super().items()
+
+
+def test_no_choice_reads_the_test_split(env, monkeypatch):
+    """Training the teacher (its dev metric before and after), Steps 0-5 and a dev evaluation never read a test
+    query or judgement; a reported run reads them in Step 6 only (and in the check that the split has a judged
+    query, before any compute); unsealed outside Step 6, the run fails, so the seal is effective."""
+    import data
+    tmp, root = env
+    load = data.load_bench
+
+    def sealed_load(*a, **k):
+        d = load(*a, **k)
+        d.queries["test"], d.qrels["test"] = Sealed(d.queries["test"]), Sealed(d.qrels["test"])
+        return d
+
+    def opening(f):
+        def call(*a, **k):
+            Sealed.open = True
+            try:
+                return f(*a, **k)
+            finally:
+                Sealed.open = False
+        return call
+    monkeypatch.setattr(data, "load_bench", sealed_load)
+    monkeypatch.setattr(data, "check_split", opening(data.check_split))  # the guard before any compute: a judged query
+    Sealed.open = False
+    res = distill.main(_args(tmp, root, "dev", "--eval-split", "dev"))  # trains the teacher (Step 0) as well
+    assert res["split"] == "dev" and json.loads((tmp / "teacher" / "teacher_metrics.json").read_text())[
+        "dev_after"]["split"] == "dev"
+    step6 = distill.step6_evaluate
+    monkeypatch.setattr(distill, "step6_evaluate", opening(step6))
+    assert distill.main(_args(tmp, root, "test"))["split"] == "test"
+    with pytest.raises(AssertionError, match="before Step 6"):
+        monkeypatch.setattr(distill, "step6_evaluate", step6)
+        distill.main(_args(tmp, root, "test2"))

@@ -264,3 +264,49 @@ def test_sft_killed_and_resumed_equals_uninterrupted(tmp_path, dtype):
     assert again == losses and len(losses) == 15  # 36 pairs, 8 per step, 3 epochs
     for k in weights:
         assert torch.equal(resumed[k], weights[k]), k
+
+
+def test_listwise_loss_by_hand_float64():
+    """(4b) -log softmax over a group, gold in column 0, mean over groups; its gradient is softmax - onehot(0) / G."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    want = sum(-(s[i, 0] - torch.log(torch.exp(s[i]).sum())) for i in range(4)) / 4
+    got = T.listwise_loss(s)
+    assert got.dtype == torch.float64 and torch.allclose(got, want, rtol=0, atol=1e-12)
+    got.backward()
+    p = torch.exp(s.detach()) / torch.exp(s.detach()).sum(1, keepdim=True)
+    p[:, 0] -= 1
+    assert torch.allclose(s.grad, p / 4, rtol=0, atol=1e-12)
+
+
+def test_listwise_groups_train_whole(tmp_path, monkeypatch):
+    """--listwise: each gold is followed by its query's negatives (BM25-hard, hubs, random; never a gold), one group
+    per gold; every batch holds whole groups, the gold first (seen by the losses' labels); the loss goes down; a batch
+    size that would split a group is refused."""
+    from metrics import BM25
+    tok = make_tokenizer()
+    t = T.Teacher(make_lm(tok), tok, batch_size=10)
+    d = _toy_data()
+    d.qrels["train"]["q0"] = {"d0": 1, "d3": 1}  # two gold documents: two groups
+    cfg = T.TrainConfig(bench="toy", listwise=1.0, neg_bm25=1, neg_frequent=1, neg_random=2, train_layers=1,
+                        lr=3e-3, epochs=4, batch_size=10, warmup=0.0, max_train_queries=0, quiet=True)
+    assert cfg.group_size == 5
+    bm25 = BM25({k: d.doc_text(k) for k in d.corpus})
+    pairs = T.sft_pairs(d, "train", cfg, bm25, torch.Generator().manual_seed(0))
+    assert len(pairs) == 13 * 5
+    queries, qrels = d.split("train")
+    for k in range(0, len(pairs), 5):
+        group = pairs[k:k + 5]
+        q = group[0][0]
+        gold = {doc for qid, txt in queries.items() if txt == q for doc in qrels[qid]}
+        assert [lab for _, _, lab in group] == [1, 0, 0, 0, 0] and {x for x, _, _ in group} == {q}
+        assert group[0][1] in gold and not {doc for _, doc, _ in group[1:]} & gold
+        assert len({doc for _, doc, _ in group}) == 5
+    seen = []
+    sft_loss = T.sft_loss
+    monkeypatch.setattr(T, "sft_loss", lambda z, labels, *a: seen.append(labels.view(-1, 5)) or sft_loss(z, labels, *a))
+    hist = T.train(t, d, "train", cfg, bm25)
+    assert seen and all((lab == torch.tensor([1, 0, 0, 0, 0])).all() for lab in seen)
+    assert sum(hist["losses"][-3:]) < sum(hist["losses"][:3])
+    with pytest.raises(ValueError, match="multiple of the group size 5"):
+        T.TrainConfig(bench="toy", listwise=1.0, neg_bm25=1, neg_frequent=1, neg_random=2, batch_size=8)
