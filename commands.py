@@ -16,15 +16,15 @@ import torch
 import parallel
 from caches import teacher_scores_cache
 from checkpoints import load_student, load_teacher, save_teacher, teacher_identity
-from common import (add_dataclass_args, atomic_write, cache_dir, check_finite, check_sizes, config_from_args, field,
-                    folder_owner, load_tensors, prepare_output, read_json, resolve_device, set_seed, subset,
-                    write_json)
+from common import (add_dataclass_args, atomic_write, cache_dir, check_finite, check_output_file, check_sizes,
+                    config_from_args, field, folder_owner, load_tensors, prepare_output, read_json, resolve_device,
+                    set_seed, subset, writable_folder, write_json)
 from data import BEIR_13
 from evaluate import eval_queries, run_systems, split_sizes, timed
 from index import Index, corpus_changes
 from jepa import INDEX_DTYPE
 from llm import ATTENTION, DEFAULT_MODEL, fingerprint, load_llm
-from metrics import BM25, candidate_sets, describe_protocol
+from metrics import BM25, candidate_sets, check_trec_ids, describe_protocol
 from reporting import beir_summary, report
 from teacher import Teacher, instruction_for
 
@@ -151,17 +151,6 @@ def teacher_command(args) -> None:
 
 
 # ---------------------------------------------------------------------------- python student.py index | search
-def writable_folder(path: Path, flag: str) -> None:
-    """Checked before a model loads: `path` (a folder, made if absent) accepts a file."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"{flag} {path}: cannot write there ({e.strerror}); choose a writable folder") from e
-
-
 def check_cli_values(args) -> None:
     """Every number of the index / search commands, checked before anything loads."""
     for name in ("batch_size", "k", "first_k"):
@@ -215,7 +204,8 @@ def student_search(args) -> None:
                                 "with `python student.py index`")
     sidecar = read_json(side_path, "build the index again with `student.py index --overwrite`")
     if args.out:
-        writable_folder(Path(args.out).resolve().parent, "--out")
+        check_output_file(args.out, "--out", args.overwrite, (args.queries, sidecar.get("corpus")))
+        check_trec_ids(queries, "query", args.queries)
     corpus = None
     if sidecar.get("corpus") and Path(sidecar["corpus"]).exists():
         corpus = load_corpus(sidecar["corpus"])
@@ -225,6 +215,8 @@ def student_search(args) -> None:
                            args.attn_implementation)
     student.predictor.compiled = args.compile
     index = Index.load(folder, student)
+    if args.out:
+        check_trec_ids(index.ids, "document", folder)
     changes = corpus_changes(index, corpus) if corpus is not None else ""
     if changes and not args.reindex:
         raise ValueError(f"{sidecar['corpus']}: the corpus changed since the index was built ({changes}); rebuild "
@@ -242,9 +234,12 @@ def student_search(args) -> None:
     if args.out:
         write_trec(Path(args.out), {q: dict(h) for q, h in zip(queries, hits)}, "student")
         print(f"[search] {len(queries)} queries x {len(index.ids)} documents in {dt:.2f}s -> {args.out}")
-    else:
-        for rank, (d, s) in enumerate(hits[0], 1):
-            print(f"{rank:3d}  {s:9.4f}  {d}")
+    else:  # every query's hits, each block headed by its id when there are several
+        for qid, h in zip(queries, hits):
+            if len(queries) > 1:
+                print(f"# {qid}")
+            for rank, (d, s) in enumerate(h, 1):
+                print(f"{rank:3d}  {s:9.4f}  {d}")
     report_cuts(student, "search")
 
 
@@ -265,7 +260,8 @@ def student_parser():
     s.add_argument("--student", default="", help="distill.py output folder (default: the one that built the index)")
     s.add_argument("--query", default=None)
     s.add_argument("--queries", default="", help="BEIR queries.jsonl")
-    s.add_argument("--out", default="", help="TREC run file (with --queries)")
+    s.add_argument("--out", default="", help="TREC run file (with --queries); without it the hits are printed")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--first-stage", default="none", choices=["none", "bm25"],
                    help="score only a first stage's top --first-k (for corpora too large to score whole on a CPU)")
@@ -321,6 +317,8 @@ class EvalConfig:
         check_sizes(self, ("rerank_k",), 1)
         if not self.system_list:
             raise ValueError("--systems is empty")
+        if self.bench != "beir" and self.datasets != ",".join(BEIR_13):
+            raise ValueError(f"--datasets applies to --bench beir only; with --bench {self.bench} it would be ignored")
         known = {"prior", "bm25", "llm-biencoder", "minilm", "teacher", "student"}
         for flag, names in (("--systems", self.system_list), ("--first-stage", self.first_stage_list)):
             bad = set(names) - known
@@ -418,6 +416,8 @@ def evaluate_run(cfg: EvalConfig) -> dict:
         loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}
     for n, d in loaded.items():
         check_split(d, eval_split(cfg, d), "test")
+        check_trec_ids(d.corpus, "document", f"{n} corpus")
+        check_trec_ids(d.queries[eval_split(cfg, d)], "query", f"{n} queries")
     out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite, script="evaluate")
     teacher, student = load_models(cfg, cfg.bench if cfg.bench != "beir" else names[0])
     if student is not None:
@@ -462,7 +462,13 @@ def distill_start(cfg):
         data = load_bench(cfg.bench, cfg.data_dir or None)
     check_split(data, "train", "training")
     check_split(data, cfg.eval_split, cfg.eval_split)
+    check_trec_ids(data.corpus, "document", f"{cfg.bench} corpus")
     check_teacher_folder(cfg.teacher, cfg.output_dir)
+    sidecar = Path(cfg.teacher, "teacher.safetensors.json")
+    trained_on = read_json(sidecar).get("config", {}).get("bench") if sidecar.exists() else None
+    if trained_on not in (None, cfg.bench):
+        print(f"[distill] note: the teacher {cfg.teacher} was trained on {trained_on} (its sidecar says so), the "
+              f"student is distilled on {cfg.bench}; pass --teacher DIR for a teacher of {cfg.bench}")
     out = prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite, script="distill", can_resume=True)
     set_seed(cfg.seed)
     return data, out

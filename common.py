@@ -234,14 +234,17 @@ def field(default, help: str, **kw):
 # What each script leaves in its output folder that only it may replace (its checkpoints).
 CHECKPOINTS = {"distill": ("predictor.safetensors", "state.safetensors"), "teacher": ("teacher.safetensors",),
                "index": ("index.safetensors",)}
+PATH_FIELDS = ("teacher", "data_dir", "student")  # config fields that name a folder: compared resolved by --resume
 _created: list[Path] = []  # output folders this process made, removed again if the run fails before writing more
 
 
 def write_run_config(out_dir: str | Path, cfg, script: str) -> None:
     """The resolved config, the exact command line and the script that owns the folder, written next to the outputs
     before any work starts."""
-    write_json(Path(out_dir) / "config.json", {"script": script, "config": dataclasses.asdict(cfg), "argv": sys.argv,
-                                               "torch": torch.__version__, "citation": CITATION})
+    conf = dataclasses.asdict(cfg)
+    resolved = {k: str(Path(conf[k]).resolve()) for k in PATH_FIELDS if conf.get(k)}  # --resume by another path
+    write_json(Path(out_dir) / "config.json", {"script": script, "config": conf, "resolved": resolved,
+                                               "argv": sys.argv, "torch": torch.__version__, "citation": CITATION})
 
 
 def folder_owner(folder: str | Path) -> str | None:
@@ -267,6 +270,9 @@ def prepare_output(out_dir: str | Path, cfg, resume: bool = False, overwrite: bo
     holds no checkpoint of another script. A folder made here is removed again if the run fails right away
     (`cleanup_failed_start`)."""
     out = Path(out_dir)
+    if out.is_symlink() and not out.exists():
+        raise FileExistsError(f"{out}: a symbolic link to {os.readlink(out)}, which does not exist: pass another "
+                              "--output-dir")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
     busy = out.exists() and any(out.iterdir())
@@ -275,12 +281,15 @@ def prepare_output(out_dir: str | Path, cfg, resume: bool = False, overwrite: bo
     elif busy and overwrite:
         owner = folder_owner(out)
         foreign = [f for s, files in CHECKPOINTS.items() if s != script for f in files if (out / f).exists()]
-        if owner is None and not (out / "config.json").exists():
-            raise FileExistsError(f"{out}: not an output folder of this project (no config.json); refusing to "
-                                  "empty it: pass another --output-dir")
-        if owner not in (script, None) or foreign:
+        if owner is None:
+            raise FileExistsError(f"{out}: not an output folder of this project (no config.json naming one of its "
+                                  "scripts); refusing to empty it: pass another --output-dir")
+        if owner != script or foreign:
             raise FileExistsError(f"{out}: made by {owner}.py{f' (it holds {foreign[0]})' if foreign else ''}; "
                                   f"--overwrite replaces only a folder made by {script}.py: pass another --output-dir")
+        if out.is_symlink():
+            raise FileExistsError(f"{out}: a symbolic link to {out.resolve()}; --overwrite empties only the folder "
+                                  "itself: pass that path as --output-dir")
     elif busy:
         raise FileExistsError(f"{out} is not empty: pass " + ("--resume to continue it, " if can_resume else "") +
                               "--overwrite to replace it, or --output-dir for a new run")
@@ -298,6 +307,33 @@ def prepare_output(out_dir: str | Path, cfg, resume: bool = False, overwrite: bo
     parallel.check_shared(out)
     parallel.check_shared(cache_dir())
     return out
+
+
+def writable_folder(path: Path, flag: str) -> None:
+    """Checked before a model loads: `path` (a folder, made if absent) accepts a file."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{flag} {path}: cannot write there ({e.strerror}); choose a writable folder") from e
+
+
+def check_output_file(path: str | Path, flag: str, overwrite: bool, reads: tuple = ()) -> Path:
+    """A single file a script writes (`flag`): never one of the files the same command reads (`reads`), never a
+    folder, and an existing file (or a symbolic link, even a dangling one) only with --overwrite; its folder must be
+    writable. Checked before any compute."""
+    path = Path(path)
+    for r in reads:
+        if r and path.resolve() == Path(r).resolve():
+            raise FileExistsError(f"{flag} {path}: the same file as the input {r}; write the output elsewhere")
+    if path.is_dir():
+        raise FileExistsError(f"{flag} {path}: is a folder; give a file path")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{flag} {path}: exists; pass --overwrite to replace it, or another path")
+    writable_folder(path.resolve().parent, flag)
+    return path
 
 
 def cleanup_failed_start() -> None:
@@ -334,7 +370,12 @@ def check_resume(out: Path, cfg, same: tuple[str, ...]) -> None:
     old = read_json(path, "it holds the run's settings, so the run cannot be resumed: restore it, or start again "
                           "with --overwrite or a new --output-dir").get("config", {})
     new = dataclasses.asdict(cfg)
-    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in same and old.get(k) != v]
+    where = read_json(path).get("resolved", {})
+
+    def moved(k, v):  # the same folder through another path: relative / absolute, or the output folder itself moved
+        return k == "output_dir" or k in PATH_FIELDS and v and Path(v).resolve() == Path(where.get(k, "\0"))
+    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items()
+            if k not in same and old.get(k) != v and not moved(k, v)]
     if diff:
         raise ValueError(f"{path}: --resume with settings that change results: {'; '.join(diff)}; resume with the "
                          "run's own settings, or start a new run")

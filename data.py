@@ -241,7 +241,12 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
                 raise DataError(f"{where}: field 'speaker' has unknown value {speaker!r}")
             text = need(turn.get("content"), where, "content").strip()
             supporter = speaker in ("supporter", "sys", "listener")
-            strategy = (turn.get("annotation") or {}).get("strategy")
+            annotation = turn.get("annotation") or {}
+            if not isinstance(annotation, dict):
+                raise DataError(f"{where}: field 'annotation' is {type(annotation).__name__}, not an object")
+            strategy = annotation.get("strategy")
+            if strategy is not None and not isinstance(strategy, str):
+                raise DataError(f"{where}: field 'annotation.strategy' is {type(strategy).__name__}, not text")
             if supporter and strategy and context:
                 qid = f"c{c}-t{t}"
                 split = split_of[c]

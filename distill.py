@@ -296,6 +296,8 @@ def distill(cfg: DistillConfig) -> dict:
     student, h_d, h_q = step1_student(cfg, data, teacher, train_q, qids, out, timings)
     cache = PairCache(out / "pairs", fingerprint(teacher.lm), cfg.refresh_cache)
     first_round, log, pairs = distill_resume(cfg, out, student)  # --resume: after the last round
+    if pairs:  # every pair so far has its target (a chunk --refresh-cache deleted as damaged is computed again)
+        step4_teacher_targets(cache, pairs, teacher, train_q, data.doc_text, first_round - 1, cfg.quiet)
     need_bm25 = cfg.policy == "off" or (cfg.round0 == "bm25" and first_round == 0)
     bm25 = BM25({d: data.doc_text(d) for d in doc_ids}) if need_bm25 else None
     bm25_top = [[doc_index[d] for d in bm25.top(train_q[q], 4 * cfg.k * cfg.rounds + 8)] for q in qids] \

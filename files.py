@@ -21,11 +21,12 @@ class DataError(ValueError):
 
 
 def read_lines(path: str | Path):
-    """(line number, text) of a UTF-8 text file; bytes that are not UTF-8 are a DataError naming file and line."""
+    """(line number, text) of a UTF-8 text file, without a byte-order mark before its first line; bytes that are not
+    UTF-8 are a DataError naming file and line."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                yield n, raw.decode("utf-8")
+                yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{n}: bytes that are not UTF-8 ({e.reason} at byte {e.start} of the line)") \
                     from e
@@ -203,6 +204,9 @@ def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ..
     corpus = load_corpus(folder / "corpus.jsonl")
     all_queries = load_queries(folder / "queries.jsonl")
     available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+    if not available:
+        raise DataError(f"{folder}: no qrels/*.tsv (a BEIR folder holds qrels/test.tsv, and qrels/train.tsv / "
+                        "qrels/dev.tsv where the set has them)")
     data = Retrieval(name, corpus)
     for split in splits or available:
         path = folder / "qrels" / f"{split}.tsv"

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from common import atomic_write, progress
+from files import DataError
 
 KS = (1, 3, 5, 10, 100)
 TOP = 100
@@ -386,8 +387,21 @@ def trec_id(x: str) -> str:
     return "_".join(x.split())
 
 
+def check_trec_ids(ids, kind: str, where) -> None:
+    """Two ids that `trec_id` writes as one (`d 1`, `d_1`) would merge in a TREC run: an error naming both."""
+    seen: dict[str, str] = {}
+    for x in sorted(ids):
+        other = seen.setdefault(trec_id(x), x)
+        if other != x:
+            raise DataError(f"{where}: the {kind} ids {other!r} and {x!r} are one id once whitespace is written as "
+                            f"'_' ({trec_id(x)!r}); TREC run files would merge them: rename one")
+
+
 def write_trec(path: Path, run: dict[str, dict[str, float]], name: str) -> None:
-    """TREC run file: `qid Q0 docid rank score run` (whitespace inside ids replaced by '_', see `trec_id`)."""
+    """TREC run file: `qid Q0 docid rank score run` (whitespace inside ids replaced by '_', see `trec_id`; two ids
+    that would become one are an error)."""
+    check_trec_ids(run, "query", path)
+    check_trec_ids({d for docs in run.values() for d in docs}, "document", path)
     lines = []
     for q, docs in run.items():
         for i, d in enumerate(ranked(docs)[:TOP]):

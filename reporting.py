@@ -37,6 +37,14 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
     out = Path(out_dir)
     prep = drop_identical if ignore_identical else (lambda r: r)
     qids = judged(qrels)
+    extra = dict(extra or {})
+    if ignore_identical:  # BEIR's convention drops a document whose id is the query's: say what it costs
+        lost = sorted(q for q in qids if qrels[q].get(q, 0) > 0)
+        extra["ignore_identical"] = {"queries_whose_gold_is_dropped": len(lost), "examples": lost[:5]}
+        if lost:
+            print(f"[evaluate] --ignore-identical (BEIR's convention): {len(lost)} of {len(qids)} queries have a "
+                  f"relevant document with their own id, never counted (e.g. {', '.join(lost[:3])}); "
+                  "--no-ignore-identical counts it")
     teacher_run = prep(results["teacher"].cand_run) if "teacher" in results else None
     teacher_pool = prep(results["teacher@pool"].full_run) if "teacher@pool" in results else None
     systems = {}
@@ -59,7 +67,7 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
         systems[name] = s
     res = {"bench": bench, "split": split, "n_queries": len(qids), "pool_size": pool_size, "protocol": protocol,
            "header": header, "ci": f"95% percentile bootstrap over queries, {N_BOOT} resamples, seed {seed}",
-           "systems": systems, **(extra or {})}
+           "systems": systems, **extra}
     md = [f"**{bench}** / {split}, {len(qids)} queries{(' — ' + header) if header else ''}", "",
           f"Whole pool ({pool_size} documents), the paper's protocol: each retriever ranks every document; "
           "teacher@k reranks a first stage's top k. Mean (95% bootstrap CI over queries); hubness: distinct "
