@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from common import write_json
-from jepa import COMPILED_BLOCK, INDEX_DTYPE, Predictor
+from jepa import ACTS, COMPILED_BLOCK, INDEX_DTYPE, Predictor
 from llm import last_hidden, load_llm
 
 
@@ -30,6 +30,22 @@ def read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     return nbytes / _median_seconds(x.sum, repeats)
 
 
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 FLOP/s of a square matmul on this machine: the compute bound the teacher's passes meet."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    return 2 * size ** 3 / _median_seconds(lambda: a @ b, repeats)
+
+
+def pass_flops(lm, length: int) -> float:
+    """FLOPs of one forward over `length` tokens: 2 x the non-embedding parameters per token, plus attention's
+    QK^T and AV (4 x layers x length^2 x hidden, causal ignored), plus the last position's head."""
+    cfg = lm.config
+    embed = lm.get_input_embeddings().weight.numel()
+    dense = sum(p.numel() for p in lm.model.layers.parameters())
+    return 2 * dense * length + 4 * cfg.num_hidden_layers * length ** 2 * cfg.hidden_size + 2 * embed
+
+
 def _filled(n: int, cols: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
     """A synthetic (n, cols) tensor of N(0, 1) values in `dtype`, filled in slices (no float32 copy of the whole)."""
     out = torch.empty(n, cols, dtype=dtype)
@@ -39,21 +55,23 @@ def _filled(n: int, cols: int, dtype: torch.dtype, gen: torch.Generator) -> torc
 
 
 def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000, 8_841_823), queries=(1, 64),
-          dtype: str = "float16", max_pairs: float = 3e9,
-          output: str = "results/predictor_throughput.json") -> list[dict]:
+          dtype: str = "float16", max_pairs: float = 3e9, acts=("gelu", "relu"), compiled: bool = True,
+          output: str = "results/predictor_throughput.json", read_bytes: int = 1 << 30) -> list[dict]:
     """Candidates scored per second and per query, for `queries` queries at once over n cached documents:
-    factorised (7) over B h_d (n, P), blocked eager and compiled (`fused_scores`), vs a dot-product bi-encoder over
-    embeddings (n, H), both stored in `dtype`,
-    and the memory-bandwidth bound of reading B h_d once per batch of queries, measured on this machine in the same
-    run. Synthetic N(0, 1) data; 8,841,823 = MS MARCO's passages. Points over `max_pairs` (query, doc) pairs are
-    skipped (minutes each on a CPU)."""
+    factorised (7) over B h_d (n, P) with each activation of `acts`, blocked eager and compiled (`fused_scores`), vs
+    a dot-product bi-encoder over embeddings (n, H), both stored in `dtype`, beside the memory-bandwidth bound of
+    reading B h_d once per batch of queries, measured on this machine in the same run (each figure also as a share
+    of that bound). Synthetic N(0, 1) data; 8,841,823 = MS MARCO's passages. Points over `max_pairs` (query, doc)
+    pairs are skipped (minutes each on a CPU)."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    p = Predictor(hidden, width)
+    preds = {a: Predictor(hidden, width, a) for a in acts}
     with torch.no_grad():
-        p.W2.weight.normal_(0, 0.02)
+        for p in preds.values():
+            p.load_state_dict(preds[acts[0]].state_dict())
+            p.W2.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
     u = torch.randn(hidden)
-    bw = read_bandwidth()
+    bw = read_bandwidth(read_bytes)
     elem = torch.empty(0, dtype=INDEX_DTYPE[dtype]).element_size()
     rows = []
     for n in sizes:
@@ -65,20 +83,27 @@ def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000
             h_q = torch.randn(b, hidden, generator=gen)
             q = h_q.to(emb.dtype)
             repeats = 3 if n * b <= 1e8 else 1
+            bound = b * bw / (width * elem)
+            row = {"n": n, "queries": b, "hidden": hidden, "width": width, "dtype": dtype,
+                   "threads": torch.get_num_threads(), "read_bandwidth_GBps": bw / 1e9,
+                   "bandwidth_bound_cand_per_s": bound, "dot_bound_cand_per_s": b * bw / (hidden * elem)}
             with torch.no_grad():
-                p.scores(h_q, side[:4096], u), emb[:4096] @ q.T  # warm-up
-                fact = _median_seconds(lambda s=side: p.scores(h_q, s, u), repeats)
-                dot = _median_seconds(lambda e=emb: e @ q.T, repeats)
-                p.compiled = True
-                p.scores(h_q, side[:COMPILED_BLOCK], u)  # compile outside the timing
-                comp = _median_seconds(lambda s=side: p.scores(h_q, s, u), repeats)
-                p.compiled = False
-            rows.append({"n": n, "queries": b, "hidden": hidden, "width": width, "dtype": dtype,
-                         "threads": torch.get_num_threads(), "factorised_cand_per_s": n * b / fact,
-                         "compiled_cand_per_s": n * b / comp,
-                         "dot_cand_per_s": n * b / dot, "bandwidth_bound_cand_per_s": b * bw / (width * elem),
-                         "read_bandwidth_GBps": bw / 1e9, "factorised_s": fact, "compiled_s": comp, "dot_s": dot})
-            print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in rows[-1].items()})
+                emb[:4096] @ q.T  # warm-up
+                row["dot_cand_per_s"] = n * b / _median_seconds(lambda e=emb: e @ q.T, repeats)
+                for a, p in preds.items():
+                    p.scores(h_q, side[:4096], u)  # warm-up
+                    row[f"{a}_cand_per_s"] = n * b / _median_seconds(lambda s=side: p.scores(h_q, s, u), repeats)
+                    if compiled:
+                        p.compiled = True
+                        p.scores(h_q, side[:COMPILED_BLOCK], u)  # compile outside the timing
+                        row[f"{a}_compiled_cand_per_s"] = n * b / _median_seconds(lambda s=side: p.scores(h_q, s, u),
+                                                                                   repeats)
+                        p.compiled = False
+            rows.append(row)
+            figures = {k[:-len("_cand_per_s")]: v for k, v in row.items() if k.endswith("_cand_per_s")}
+            print(f"[bench] n={n:,} queries={b} ({dtype}, {bw / 1e9:.1f} GB/s read): " + ", ".join(
+                f"{k} {v / 1e6:.1f}M/s ({v / bound:.0%} of bound)" for k, v in figures.items()
+                if k not in ("bandwidth_bound", "dot_bound")) + f"; bound {bound / 1e6:.1f}M/s")
         del side, emb
     write_json(output, rows)
     return rows
@@ -94,6 +119,9 @@ def predictor_main(argv=None) -> list[dict]:
     ap.add_argument("--queries", default="1,64", help="queries scored at once")
     ap.add_argument("--dtype", default="float16", choices=sorted(INDEX_DTYPE), help="dtype of B h_d and of h_d")
     ap.add_argument("--max-pairs", type=float, default=3e9, help="skip points with more (query, doc) pairs")
+    ap.add_argument("--acts", default="gelu,relu", help="the predictor's activations to time (jepa.ACTS)")
+    ap.add_argument("--no-compile", action="store_true", help="time the eager scorer only (no C++ compiler)")
+    ap.add_argument("--read-mb", type=int, default=1024, help="MiB streamed to measure the read bandwidth")
     ap.add_argument("--output", default="results/predictor_throughput.json")
     a = ap.parse_args(argv)
     try:
@@ -102,7 +130,13 @@ def predictor_main(argv=None) -> list[dict]:
         raise ValueError(f"--sizes {a.sizes!r} / --queries {a.queries!r}: comma-separated whole numbers") from e
     if min(sizes + queries + [a.hidden, a.width]) < 1 or not a.max_pairs > 0:
         raise ValueError("--sizes, --queries, --hidden and --width must be >= 1, --max-pairs > 0")
-    return bench(a.hidden, a.width, sizes, queries, a.dtype, a.max_pairs, a.output)
+    acts = tuple(x.strip() for x in a.acts.split(",") if x.strip())
+    if not acts or set(acts) - set(ACTS):
+        raise ValueError(f"--acts {a.acts!r}: choose from {', '.join(ACTS)}")
+    if a.read_mb < 1:
+        raise ValueError(f"--read-mb {a.read_mb}: must be >= 1")
+    return bench(a.hidden, a.width, sizes, queries, a.dtype, a.max_pairs, acts, not a.no_compile, a.output,
+                 a.read_mb << 20)
 
 
 def teacher_bench(args) -> None:
@@ -111,6 +145,7 @@ def teacher_bench(args) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be >= 1")
     lm, tok = load_llm(args.model, args.device)
+    peak = matmul_peak() if next(lm.parameters()).device.type == "cpu" else None
     rows = []
     for length in (128, 512):
         seqs = torch.randint(100, lm.config.vocab_size - 100, (args.pairs, length)).tolist()
@@ -118,8 +153,12 @@ def teacher_bench(args) -> None:
         t0 = time.perf_counter()
         last_hidden(lm, seqs, args.batch_size, 0, desc=f"L={length}")
         dt = time.perf_counter() - t0
+        flops = pass_flops(lm, length) * args.pairs / dt
         rows.append({"total_tokens": length, "batch_size": args.batch_size, "pairs": args.pairs,
-                     "pairs_per_s": args.pairs / dt, "threads": torch.get_num_threads(),
+                     "pairs_per_s": args.pairs / dt, "GFLOP_per_s": flops / 1e9,
+                     "matmul_peak_GFLOP_per_s": peak / 1e9 if peak else None,
+                     "share_of_peak": flops / peak if peak else None, "threads": torch.get_num_threads(),
                      "device": str(next(lm.parameters()).device), "model": args.model})
-        print(rows[-1])
+        print(f"[bench] {length} tokens: {rows[-1]['pairs_per_s']:.2f} pairs/s, {flops / 1e9:.0f} GFLOP/s"
+              + (f" = {flops / peak:.0%} of this machine's float32 matmul peak {peak / 1e9:.0f} GFLOP/s" if peak else ""))
     write_json(Path(args.output), rows)

@@ -71,6 +71,7 @@ class TeacherScores:
         self.folder = Path(folder) if folder else None
         self.s: dict[str, float] = {}
         self.seconds, self.computed = 0.0, 0
+        self.this_run = {"scored": 0, "from_cache": 0}  # pairs of this process: scored by the teacher / read back
         path = self.folder / "scores.safetensors" if self.folder else None
         if path is not None and path.exists():
             t, meta = load_tensors(path, {"kind": "teacher-scores"}, fix=f"delete {self.folder} (it is a cache)")
@@ -91,6 +92,9 @@ class TeacherScores:
         for (q, d), k in keys.items():
             if k not in self.s:
                 todo.setdefault(q, []).append(d)
+        n_todo = sum(map(len, todo.values()))
+        self.this_run["scored"] += n_todo
+        self.this_run["from_cache"] += len(keys) - n_todo
         if todo:
             t0 = time.perf_counter()
             new = teacher_run(teacher, queries, todo, doc_text, desc)
@@ -98,7 +102,7 @@ class TeacherScores:
             for q, ds in new.items():
                 for d, v in ds.items():
                     self.s[keys[q, d]] = v
-            self.seconds, self.computed = self.seconds + dt, self.computed + sum(map(len, todo.values()))
+            self.seconds, self.computed = self.seconds + dt, self.computed + n_todo
             if self.folder is not None:
                 save_tensors(self.folder / "scores.safetensors", {"s_T": torch.tensor(list(self.s.values()))},
                              {"kind": "teacher-scores", "keys": list(self.s), "seconds": self.seconds,

@@ -106,16 +106,16 @@ def copy_into(lm, path: Path, model: str) -> None:
 
 # ---------------------------------------------------------------------------- the student's predictor
 def save_predictor(student: Student, path: str | Path, meta: dict) -> None:
-    save_tensors(path, student.predictor.state_dict(), {"kind": "predictor", **meta})
+    save_tensors(path, student.predictor.state_dict(), {"kind": "predictor", "act": student.predictor.act_name, **meta})
 
 
 def load_predictor(student: Student, path: str | Path, teacher_fingerprint: str) -> dict:
     """Load predictor weights; the sidecar's teacher fingerprint must match the loaded teacher."""
     tensors, meta = load_tensors(path, {"kind": "predictor", "teacher_fingerprint": teacher_fingerprint},
                                  fix="run distill.py again")
-    width = tensors["A.weight"].shape[0]
-    if width != student.predictor.A.out_features:
-        student.predictor = Predictor(student.lm.config.hidden_size, width).to(student.u.device)
+    width, act = tensors["A.weight"].shape[0], meta.get("act", "gelu")  # a predictor saved before --act: GELU
+    if width != student.predictor.A.out_features or act != student.predictor.act_name:
+        student.predictor = Predictor(student.lm.config.hidden_size, width, act).to(student.u.device)
     student.predictor.load_state_dict(tensors)
     return meta
 

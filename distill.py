@@ -77,6 +77,7 @@ class DistillConfig:
     nce_negatives: int = field(1024, "pool documents per step as negatives of (11) (the whole pool when smaller)")
     nce_tau: float = field(1.0, "temperature of (11)")
     width: int = field(256, "predictor width P")
+    act: str = field("gelu", "the predictor's activation (7) (ours)", choices=["gelu", "relu", "silu", "gelu_tanh"])
     epochs: int = field(30, "predictor epochs E per round over all pairs so far")
     lr: float = field(1e-3, "AdamW learning rate of the predictor")
     batch_size: int = field(32, "pairs per predictor step")
@@ -166,7 +167,7 @@ def step1_student(cfg: DistillConfig, data, teacher, train_q: dict[str, str], qi
     from index import encode_corpus
 
     t0 = time.time()
-    student = Student(teacher, cfg.width)
+    student = Student(teacher, cfg.width, cfg.act)
     student.predictor.compiled = cfg.compile
     doc_ids = list(data.corpus)
     h_d = encode_corpus(student, doc_ids, [data.doc_text(d) for d in doc_ids],

@@ -290,13 +290,14 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
     cands = candidate_sets(qids, queries, qrels, doc_ids, bm25, cfg.rerank_k,
                            torch.Generator().manual_seed(cfg.seed + 11))
     names = ["prior", "bm25", "llm-biencoder"] + (["teacher"] if cfg.eval_teacher else []) + ["student"]
+    scores = teacher_scores_cache(teacher, cfg.bench) if cfg.eval_teacher else None
     results = run_systems(names, data, queries, cands, bm25, bm25_seconds, "train", teacher,
-                          student, h_d, d_seconds, quiet=cfg.quiet, teacher_k=cfg.teacher_k,
-                          scores=teacher_scores_cache(teacher, cfg.bench) if cfg.eval_teacher else None,
+                          student, h_d, d_seconds, quiet=cfg.quiet, teacher_k=cfg.teacher_k, scores=scores,
                           hub=(cfg.hub_correction, h_train) if cfg.hub_correction != "none" else None)
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
-                  header, extra={"truncated": teacher.prompt.cut_counts(), "splits": split_sizes(data)},
+                  header, extra={"truncated": teacher.prompt.cut_counts(), "splits": split_sizes(data),
+                                 "step6_teacher_pairs": scores.this_run if scores else {}},
                   seed=cfg.seed, pool_size=len(doc_ids))
 
 

@@ -11,7 +11,7 @@ Shapes: B queries, n documents, H hidden, P predictor width.
 
 Choices not fixed by the paper:
 - residual on h_q with a zero-initialised output layer (the paper says "two-layer MLP", "document embedding as latent");
-- act = GELU (tanh-free), width P = 256 by default (`--width`);
+- act (`--act`): GELU (erf form, the default), ReLU, SiLU or GELU's tanh approximation; width P = 256 (`--width`);
 - A and B are one Linear on [h_q; h_d] split in two, so the factorisation is exact, not an approximation.
 """
 from __future__ import annotations
@@ -26,25 +26,31 @@ COMPILED_QUERIES = 64  # at most this many queries per call, in power-of-two gro
 INDEX_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}  # dtypes of B h_d
 
 
-def fused_scores(a: torch.Tensor, side: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+# the predictor's activation (`--act`, ours): out of place (training), in place (the blocked scorer)
+ACTS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+ACTS_INPLACE = {"gelu": torch._C._nn.gelu_, "relu": torch.relu_, "silu": lambda x: F.silu(x, inplace=True),
+                "gelu_tanh": lambda x: torch._C._nn.gelu_(x, approximate="tanh")}
+
+
+def fused_scores(a: torch.Tensor, side: torch.Tensor, v: torch.Tensor, act: str = "gelu") -> torch.Tensor:
     """v . act(a + B h_d) for queries a (B, P) and documents side (n, P): (B, n). Written as one expression so that
-    torch.compile turns it into a single fused loop (add, GELU, dot), never a (B, n, P) tensor in memory."""
-    return (F.gelu(side.float()[None] + a[:, None]) * v).sum(-1)
+    torch.compile turns it into a single fused loop (add, activation, dot), never a (B, n, P) tensor in memory."""
+    return (ACTS[act](side.float()[None] + a[:, None]) * v).sum(-1)
 
 
-_compiled = None
+_compiled: dict = {}
 
 
-def compiled_scores():
-    """`fused_scores` through torch.compile, built on first use (about 15 s on a CPU; needs a C++ compiler there)."""
-    global _compiled
-    if _compiled is None:
+def compiled_scores(act: str = "gelu"):
+    """`fused_scores` with `act` through torch.compile, built on first use (about 15 s on a CPU; needs a C++
+    compiler there)."""
+    if act not in _compiled:
         import torch._dynamo.config as dynamo
-        # one kernel per (query group, dtype of B h_d): 7 x 3 shapes at most; past the limit dynamo would fall back
-        # to eager for good
-        dynamo.recompile_limit = max(dynamo.recompile_limit, 24)
-        _compiled = torch.compile(fused_scores, dynamic=False)
-    return _compiled
+        # one kernel per (query group, dtype of B h_d, activation): 7 x 3 shapes per activation; past the limit
+        # dynamo would fall back to eager for good
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 24 * len(ACTS))
+        _compiled[act] = torch.compile(lambda a, side, v: fused_scores(a, side, v, act), dynamic=False)
+    return _compiled[act]
 
 
 def query_groups(n: int, cap: int = COMPILED_QUERIES) -> list[tuple[int, int]]:
@@ -65,17 +71,19 @@ class Predictor(nn.Module):
 
     compiled = False
 
-    def __init__(self, hidden: int, width: int = 256):
+    def __init__(self, hidden: int, width: int = 256, act: str = "gelu"):
         super().__init__()
+        if act not in ACTS:
+            raise ValueError(f"activation {act!r}: choose from {', '.join(ACTS)}")
+        self.act_name = act
         self.A = nn.Linear(hidden, width)               # A h_q + b1
         self.B = nn.Linear(hidden, width, bias=False)   # B h_d
         self.W2 = nn.Linear(width, hidden)              # W2 (.) + b2
         nn.init.zeros_(self.W2.weight)
         nn.init.zeros_(self.W2.bias)
 
-    @staticmethod
-    def act(x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x)
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return ACTS[self.act_name](x)
 
     def forward(self, h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
         """(7) h_hat for paired h_q (N, H), h_d (N, H) -> (N, H)."""
@@ -89,7 +97,7 @@ class Predictor(nn.Module):
                block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
         """Factorised s_S for every (query, document): h_q (B, H), doc_side (n, P) in any float dtype (float16 in an
         index), u (H,) -> (B, n) float32. Blocked over documents: one block of (B x chunk x P) float32 activations,
-        about `block_bytes` so that it stays in the CPU cache, gets the add, the GELU (in place) and the dot with v
+        about `block_bytes` so that it stays in the CPU cache, gets the add, the activation (in place) and the dot with v
         before the next block, so the (B x n x P) tensor is never materialised. With autograd on (training, tests
         of gradients) the same sums run out of place."""
         v = self.W2.weight.T @ u                       # (P,)
@@ -97,7 +105,7 @@ class Predictor(nn.Module):
         a = self.A(h_q)                                # (B, P)
         n, width = doc_side.shape
         if self.compiled and not torch.is_grad_enabled():
-            fn, groups = compiled_scores(), query_groups(a.shape[0])
+            fn, groups = compiled_scores(self.act_name), query_groups(a.shape[0])
             out = torch.empty(a.shape[0], n, dtype=a.dtype, device=a.device)
             for i in range(0, n, COMPILED_BLOCK):
                 block = doc_side[i:i + COMPILED_BLOCK]
@@ -116,7 +124,7 @@ class Predictor(nn.Module):
         for i in range(0, n, chunk):
             x = buf[:min(chunk, n - i)]                                          # (chunk, B, P)
             torch.add(doc_side[i:i + chunk, None, :], a[None], out=x)
-            torch._C._nn.gelu_(x)                                                # = self.act, in place
+            ACTS_INPLACE[self.act_name](x)                                       # = self.act, in place
             torch.matmul(x, v, out=out[i:i + chunk])                             # (chunk, B)
         return base[:, None] + out.T
 

@@ -29,12 +29,12 @@ from teacher import Teacher
 class Student:
     """Frozen teacher trunk + head, with a trainable `predictor` between them."""
 
-    def __init__(self, teacher: Teacher, width: int = 256):
+    def __init__(self, teacher: Teacher, width: int = 256, act: str = "gelu"):
         self.teacher = teacher
         self.lm = teacher.lm                     # shared, not copied
         self.lm.eval().requires_grad_(False)
         self.prompt = teacher.prompt
-        self.predictor = Predictor(self.lm.config.hidden_size, width).to(self.lm.lm_head.weight.device)
+        self.predictor = Predictor(self.lm.config.hidden_size, width, act).to(self.lm.lm_head.weight.device)
         self.y_pos, self.y_neg = teacher.y_pos, teacher.y_neg
 
     @property

@@ -4,7 +4,7 @@ import torch
 
 from conftest import make_lm
 from index import Index, StaleCacheError, encode_corpus
-from jepa import Predictor, naive_scores
+from jepa import ACTS, Predictor, naive_scores
 from losses import Weights, total_loss
 from student import Student
 from teacher import Teacher
@@ -25,11 +25,13 @@ def test_identity_at_init():
     assert torch.equal(p(hq, hd), hq)
 
 
-def test_factorised_equals_naive_values_and_grads():
-    """Factorised scores equal per-pair predictor + full head, and so do their gradients w.r.t. the predictor."""
+@pytest.mark.parametrize("act", list(ACTS))
+def test_factorised_equals_naive_values_and_grads(act):
+    """Factorised scores equal per-pair predictor + full head, and so do their gradients w.r.t. the predictor, for
+    every activation."""
     torch.manual_seed(0)
     H, V, P = 16, 30, 8
-    p = _trained_like(Predictor(H, P).double())
+    p = _trained_like(Predictor(H, P, act).double())
     head = torch.randn(V, H, dtype=torch.float64)
     hq, hd = torch.randn(3, H, dtype=torch.float64), torch.randn(7, H, dtype=torch.float64)
     u = head[4] - head[9]
@@ -123,11 +125,12 @@ def test_doc_cache_round_trip_resume_and_stale(tiny, tmp_path, monkeypatch):
         encode_corpus(other, ids, texts, tmp_path / "c")
 
 
-def test_blocked_scoring_equals_naive_fp32_and_fp16():
-    """The blocked in-place scorer (no autograd) equals the naive per-pair predictor + head: float32 within 1e-5,
-    float16 B h_d within 1e-3 of the score range, with the same top-10 order in float32."""
+@pytest.mark.parametrize("act", list(ACTS))
+def test_blocked_scoring_equals_naive_fp32_and_fp16(act):
+    """The blocked in-place scorer (no autograd) equals the naive per-pair predictor + head for every activation:
+    float32 within 1e-5, float16 B h_d within 1e-3 of the score range, with the same top-10 order in float32."""
     torch.manual_seed(0)
-    p = Predictor(16, 8)
+    p = Predictor(16, 8, act)
     with torch.no_grad():
         p.W2.weight.normal_(0, 0.3)
         p.W2.bias.normal_(0, 0.3)
@@ -213,3 +216,19 @@ def test_scale_benchmark_writes_its_figures(tmp_path):
     assert stages["Steps 2-3"]["picked"] == 8
     bm25 = next(s for s in res["stages"] if s["stage"].startswith("BM25 index"))
     assert 3000 <= bm25["postings"] <= 3000 * 6 and bm25["terms"] > 1
+
+
+def test_predictor_bench_writes_figures_with_their_bound(tmp_path, capsys):
+    """`python jepa.py bench` writes each activation's candidates/s beside the dot product's and the memory bound
+    measured in the same run, and prints each as a share of that bound."""
+    import json
+
+    import jepa
+    out = tmp_path / "p.json"
+    rows = jepa.main(["bench", "--sizes", "3000", "--queries", "1,2", "--hidden", "16", "--width", "8",
+                      "--acts", "gelu,relu", "--no-compile", "--read-mb", "64", "--output", str(out)])
+    assert json.loads(out.read_text()) == rows and len(rows) == 2
+    for r in rows:
+        assert {"dot_cand_per_s", "gelu_cand_per_s", "relu_cand_per_s", "bandwidth_bound_cand_per_s"} <= set(r)
+        assert all(v > 0 for k, v in r.items() if k.endswith("_per_s"))
+    assert "of bound" in capsys.readouterr().out
