@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from common import write_json
+from common import check_result_file, write_json
 from jepa import ACTS, COMPILED_BLOCK, INDEX_DTYPE, Predictor
 from llm import last_hidden, load_llm
 
@@ -133,6 +133,7 @@ def predictor_main(argv=None) -> list[dict]:
     acts = tuple(x.strip() for x in a.acts.split(",") if x.strip())
     if not acts or set(acts) - set(ACTS):
         raise ValueError(f"--acts {a.acts!r}: choose from {', '.join(ACTS)}")
+    check_result_file(a.output, "--output", "bandwidth_bound_cand_per_s")
     if a.read_mb < 1:
         raise ValueError(f"--read-mb {a.read_mb}: must be >= 1")
     return bench(a.hidden, a.width, sizes, queries, a.dtype, a.max_pairs, acts, not a.no_compile, a.output,
@@ -144,6 +145,7 @@ def teacher_bench(args) -> None:
     for name in ("batch_size", "pairs"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be >= 1")
+    check_result_file(args.output, "--output", "pairs_per_s")
     lm, tok = load_llm(args.model, args.device)
     peak = matmul_peak() if next(lm.parameters()).device.type == "cpu" else None
     rows = []

@@ -177,6 +177,9 @@ def student_index(args) -> None:
     owner = folder_owner(out) if out.is_dir() else None
     if owner not in (None, "index"):
         raise FileExistsError(f"--out {out}: made by {owner}.py; an index needs a folder of its own")
+    if owner is None and out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out}: a folder that holds files and no index; an index needs a folder of its "
+                              "own (new or empty)")
     writable_folder(out, "--out")
     student = load_student(args.student, args.device, args.quiet, args.batch_size, args.attn_implementation)
     t0 = time.perf_counter()
@@ -204,7 +207,9 @@ def student_search(args) -> None:
                                 "with `python student.py index`")
     sidecar = read_json(side_path, "build the index again with `student.py index --overwrite`")
     if args.out:
-        check_output_file(args.out, "--out", args.overwrite, (args.queries, sidecar.get("corpus")))
+        corpus = sidecar.get("corpus") or ""
+        check_output_file(args.out, "--out", args.overwrite,
+                          (args.queries, corpus, str(Path(corpus, "corpus.jsonl")) if corpus else ""))
         check_trec_ids(queries, "query", args.queries)
     corpus = None
     if sidecar.get("corpus") and Path(sidecar["corpus"]).exists():
@@ -415,7 +420,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     with parallel.main_first():  # fail early (offline, bad files, empty splits); a download happens once
         loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}
     for n, d in loaded.items():
-        check_split(d, eval_split(cfg, d), "test")
+        check_split(d, eval_split(cfg, d), "evaluated")
         check_trec_ids(d.corpus, "document", f"{n} corpus")
         check_trec_ids(d.queries[eval_split(cfg, d)], "query", f"{n} queries")
     out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite, script="evaluate")

@@ -336,6 +336,21 @@ def check_output_file(path: str | Path, flag: str, overwrite: bool, reads: tuple
     return path
 
 
+def check_result_file(path: str | Path, flag: str, key: str) -> Path:
+    """A benchmark's JSON output (`flag`): written anew by every run, so an existing file is replaced only when it is
+    one of this benchmark's (JSON whose rows, or itself, hold `key`); anything else there is refused."""
+    path = Path(path)
+    ours = False
+    if path.is_file():
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            rows = obj if isinstance(obj, list) else [obj]
+            ours = bool(rows) and all(isinstance(r, dict) and key in r for r in rows)
+        except (ValueError, OSError):
+            ours = False
+    return check_output_file(path, flag, ours)
+
+
 def cleanup_failed_start() -> None:
     """Remove the output folders this process made that hold nothing but their config.json: a start that failed
     (unwritable cache, bad model) leaves nothing behind, so the corrected command runs as it is."""

@@ -230,7 +230,7 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
                      {s: {} for s in ("train", "dev", "test")})
     for c, conv in enumerate(convs):
         if not isinstance(conv, dict) or not isinstance(conv.get("dialog"), list):
-            raise DataError(f"{path}: conversation {c}: missing field 'dialog' (a list of turns)")
+            raise DataError(f"{path}: conversation {c}: field 'dialog' is missing or not a list of turns")
         context = []
         for t, turn in enumerate(conv["dialog"]):
             where = f"{path}: conversation {c}, turn {t}"

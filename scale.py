@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import write_json
+from common import check_result_file, write_json
 from jepa import Predictor
 
 
@@ -121,6 +121,7 @@ def main(argv=None) -> dict:
     for name in ("docs", "hidden", "width", "queries", "words", "doc_words"):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(a, name)}; it must be >= 1")
+    check_result_file(a.output, "--output", "stages")
     return run(a.docs, a.hidden, a.width, 32 if a.quick else a.queries, a.words, a.output, compiled=a.compile,
                doc_words=a.doc_words)
 
