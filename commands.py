@@ -45,9 +45,6 @@ class TeacherRun:
         if cfg.neg_self and parallel.world() > 1:
             raise ValueError("--neg-self runs in one process (its second pass would wrap the model for DDP / FSDP2 "
                              "twice): run `python teacher.py train ...` without torchrun")
-        if cfg.listwise and parallel.world() > 1:
-            raise ValueError("--listwise runs in one process (the processes would split its groups of pairs): run "
-                             "`python teacher.py train ...` without torchrun")
         with parallel.main_first():  # a download or unpacking happens once
             data = load_bench(cfg.bench, cfg.data_dir or None)
         train_split, dev_split = "train", "dev"  # the teacher is chosen on dev; it never reads the test split

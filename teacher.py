@@ -211,13 +211,13 @@ class TrainConfig:
     # ours: prompt, negatives, trained blocks
     instruction: str = field("task", "the prompt's question: task (per bench, ours), generic (METHOD.md) or a text")
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
-    neg_bm25: int = field(1, "hard negatives per query from BM25's top ranks")
-    neg_random: int = field(1, "random negatives per query from the pool")
-    neg_frequent: int = field(0, "negatives per query among the documents most often gold in the training split, the "
+    neg_bm25: int = field(3, "hard negatives per query from BM25's top ranks")
+    neg_random: int = field(2, "random negatives per query from the pool")
+    neg_frequent: int = field(2, "negatives per query among the documents most often gold in the training split, the "
                                  "pool's hubs (ours)")
     neg_self: int = field(0, "self-mined negatives per query (ours): the teacher's own N best-scored wrong documents "
                              "after a first pass, then a second pass (0 = off)")
-    listwise: float = field(0.0, "weight of the listwise loss (4b) (ours): each gold against its query's negatives; "
+    listwise: float = field(1.0, "weight of the listwise loss (4b) (ours): each gold against its query's negatives; "
                                  "0 = off (the pointwise (4) alone)")
     mine_k: int = field(8, "with --neg-self: documents of BM25's top and of the most frequent gold ones scored")
     train_layers: int = field(2, "train only the last N blocks + final norm; 0 = full fine-tune")
@@ -320,7 +320,8 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
     gen = torch.Generator().manual_seed(cfg.seed + (0 if pairs is None else 2))
     pairs = sft_pairs(data, split, cfg, bm25, gen) if pairs is None else pairs
     seqs = [teacher.prompt.teacher(q, data.doc_text(d)) for q, d, _ in pairs]
-    sft = SFT(teacher, seqs, cfg)  # frozen bottom once, trained blocks, torchrun wrapping, fp32 masters, resume
+    size = cfg.group_size if cfg.listwise else 1  # --listwise: whole groups per batch and per process
+    sft = SFT(teacher, seqs, cfg, size)  # frozen bottom once, trained blocks, torchrun wrapping, fp32 masters, resume
 
     def loss_fn(z: torch.Tensor, rows: list[int]) -> torch.Tensor:
         labels = torch.tensor([pairs[i][2] for i in rows], device=z.device)
@@ -330,7 +331,6 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
             loss = loss + cfg.listwise * listwise_loss(s)
         return loss
 
-    size = cfg.group_size if cfg.listwise else 1  # --listwise shuffles whole groups
     for epoch in range(cfg.epochs):
         order = [size * g + j for g in torch.randperm(len(pairs) // size, generator=gen).tolist() for j in range(size)]
         for batch in sft.batches(order):

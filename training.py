@@ -5,9 +5,10 @@ and the dev metric before and after training. teacher.py reaches all of it throu
 `step`, `finish`) and `DevSet`.
 
 One optimiser step = a global batch of batch_size x grad_accum pairs in a seeded order, whatever the number of
-processes: under torchrun pair i is owned by rank i % N (its frozen-bottom states computed there only), each rank runs
-its pairs of the step in micro-batches of batch_size, and the gradient is the mean over the global batch (local sum /
-global count, x N because DDP and FSDP2 average over ranks).
+processes: under torchrun pair i is owned by rank (i // G) % N, G = 1 or the size of a listwise group (4b) (its
+frozen-bottom states computed there only), each rank runs its pairs of the step in micro-batches of batch_size, and
+the gradient is the mean over the global batch (local sum / global count, x N because DDP and FSDP2 average over
+ranks).
 """
 from __future__ import annotations
 
@@ -81,15 +82,17 @@ class SFT:
     blocks unfrozen and wrapped for torchrun, AdamW with fp32 masters, warmup + cosine schedule, and the state of a
     killed run put back with `cfg.resume`. The loop calls `batches`, `backward` and `step`; `finish` ends it."""
 
-    def __init__(self, teacher, seqs: list[list[int]], cfg):
+    def __init__(self, teacher, seqs: list[list[int]], cfg, group: int = 1):
         from transformers import get_cosine_schedule_with_warmup
 
-        if len(seqs) < parallel.world():
+        if len(seqs) < parallel.world() * group:
             raise ValueError(f"teacher SFT: {len(seqs)} pairs for {parallel.world()} processes")
         self.cfg, self.t0, self.n_pairs = cfg, time.time(), len(seqs)
         lm, world = teacher.lm, parallel.world()
-        self.lm, self.world = lm, world
-        self.owned = set(parallel.shard(len(seqs)))
+        self.lm, self.world, self.group = lm, world, group
+        # pair i belongs to group i // group (a listwise group of (4b) stays on one rank): rank r owns the groups g
+        # with g % world == r
+        self.owned = {i for g in parallel.shard(len(seqs) // group) for i in range(g * group, (g + 1) * group)}
         self.start = split_point(lm, cfg.train_layers)
         self.inputs = trunk_states(lm, seqs, self.start, cfg.batch_size, teacher.pad_id,
                                    "teacher SFT: frozen blocks (once)", cfg.quiet, keep=sorted(self.owned)) \
@@ -131,12 +134,12 @@ class SFT:
         reduction); loss_fn(z (B, V), pair indices) is the mean loss of a micro-batch. Returns the global mean."""
         cfg, world = self.cfg, self.world
         own = [i for i in batch if i in self.owned]
-        most = max(sum(1 for i in batch if i % world == r) for r in range(world))
+        most = max(sum(1 for i in batch if i // self.group % world == r) for r in range(world))
         micro = [own[j:j + cfg.batch_size] for j in range(0, max(most, 1), cfg.batch_size)]
         total = torch.zeros(())
         for m, idx in enumerate(micro):
             with sync_grads(self.model, m == len(micro) - 1):
-                rows = idx or [min(self.owned)]  # a rank with no pair in this step still joins the reduction
+                rows = idx or sorted(self.owned)[:self.group]  # a rank with no pair still joins the reduction
                 z = self.model([self.inputs[i] for i in rows])
                 loss = loss_fn(z, rows) * len(rows) * (1 if idx else 0)
                 (loss * world / len(batch)).backward()

@@ -24,6 +24,7 @@ def test_bf16_gradient_is_clipped_before_the_step():
     teacher = T.Teacher(lm, tok, batch_size=4)
     data = _toy_data()
     cfg = T.TrainConfig(bench="toy", train_layers=1, lr=1e-3, epochs=1, batch_size=4, warmup=0.0, clip=1e-3,
+                        neg_bm25=1, neg_random=1, neg_frequent=1,
                         max_train_queries=0, quiet=True, save_every=0)
     pairs = T.sft_pairs(data, "train", cfg, BM25({k: data.doc_text(k) for k in data.corpus}),
                         torch.Generator().manual_seed(0))

@@ -53,6 +53,7 @@ def _run_sft(train_layers: int, kill_at: int = 0, **cfg) -> tuple[list[float], d
     t = T.Teacher(lm, tok, batch_size=3)
     d = _toy_data()
     cfg = T.TrainConfig(bench="toy", train_layers=train_layers, lr=3e-3, epochs=2, batch_size=3, grad_accum=2,
+                        neg_bm25=1, neg_random=1, neg_frequent=0,  # listwise groups of 3, whole on one rank
                         max_train_queries=0, quiet=True, **cfg)
     with killed_after(kill_at, RuntimeError) if kill_at else nullcontext():  # spawn swallows KeyboardInterrupt
         hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
@@ -199,6 +200,7 @@ def _sft_qwen2(out: str):
     t = T.Teacher(make_qwen2(tok), tok, batch_size=3)
     d = _toy_data()
     cfg = T.TrainConfig(bench="toy", train_layers=0, lr=3e-3, epochs=1, batch_size=3, grad_accum=2, warmup=0.0,
+                        neg_bm25=1, neg_random=1, neg_frequent=0,
                         max_train_queries=0, quiet=True, output_dir=out)
     hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
     checkpoints.save_teacher(t, out, cfg, base_fp, {"step": hist["steps"]}, hist["fsdp"])

@@ -81,7 +81,8 @@ def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path, monkeypatch):
     lm = make_lm(tok)
     t = T.Teacher(lm, tok, batch_size=8)
     d = _toy_data()
-    cfg = T.TrainConfig(bench="toy", train_layers=1, lr=3e-3, epochs=6, batch_size=6, warmup=0.0,
+    cfg = T.TrainConfig(bench="toy", train_layers=1, lr=3e-3, epochs=6, batch_size=6, warmup=0.0, neg_bm25=1,
+                        neg_random=1, neg_frequent=0,
                         max_train_queries=0, quiet=True, output_dir=str(tmp_path))
     hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
     first, last = sum(hist["losses"][:3]) / 3, sum(hist["losses"][-3:]) / 3
@@ -183,7 +184,8 @@ def test_self_mined_negatives(tmp_path, monkeypatch):
     tok = make_tokenizer()
     t = T.Teacher(make_lm(tok), tok, batch_size=8)
     d = _toy_data()
-    cfg = T.TrainConfig(bench="toy", neg_self=2, mine_k=3, max_train_queries=0, quiet=True)
+    cfg = T.TrainConfig(bench="toy", neg_self=2, mine_k=3, max_train_queries=0, quiet=True, listwise=0.0,
+                        neg_bm25=1, neg_random=1, neg_frequent=0)
     bm25 = BM25({k: d.doc_text(k) for k in d.corpus})
     pairs = T.sft_pairs(d, "train", cfg, bm25, torch.Generator().manual_seed(0))
     mined = T.mine_negatives(t, d, "train", cfg, bm25, pairs)
@@ -201,7 +203,7 @@ def test_self_mined_negatives(tmp_path, monkeypatch):
         assert mine == ranked(scores)[:2], by_text[q]
     monkeypatch.setattr(parallel, "world", lambda: 2)
     with pytest.raises(ValueError, match="--neg-self runs in one process"):
-        T.train_teacher(T.TrainConfig(bench="virtualhome", data_dir=str(tmp_path / "none"), neg_self=1,
+        T.train_teacher(T.TrainConfig(bench="virtualhome", data_dir=str(tmp_path / "none"), neg_self=1, listwise=0.0,
                                   output_dir=str(tmp_path / "o")))
 
 
@@ -213,7 +215,8 @@ def test_bf16_training_keeps_fp32_master_weights():
     d = _toy_data()
     bm25 = BM25({k: d.doc_text(k) for k in d.corpus})
     tok = make_tokenizer()
-    cfg = T.TrainConfig(bench="toy", train_layers=1, lr=1e-6, epochs=2, batch_size=6, warmup=0.0,
+    cfg = T.TrainConfig(bench="toy", train_layers=1, lr=1e-6, epochs=2, batch_size=6, warmup=0.0, neg_bm25=1,
+                        neg_random=1, neg_frequent=0,
                         max_train_queries=0, quiet=True)
     runs = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -246,6 +249,7 @@ def _sft_run(tmp_path, out, kill_at=None, resume=False, dtype=torch.float32):
     t = T.Teacher(lm, tok, batch_size=4)
     d = _toy_data()
     cfg = T.TrainConfig(bench="toy", train_layers=1, lr=3e-3, epochs=3, batch_size=4, grad_accum=2, warmup=0.2,
+                        neg_bm25=1, neg_random=1, neg_frequent=1,
                         max_train_queries=0, quiet=True, save_every=2, output_dir=str(tmp_path / out), resume=resume)
     with killed_after(kill_at) if kill_at else nullcontext():
         hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
@@ -261,7 +265,7 @@ def test_sft_killed_and_resumed_equals_uninterrupted(tmp_path, dtype):
         _sft_run(tmp_path, "cut", kill_at=5, dtype=dtype)
     assert (tmp_path / "cut" / training.SFT_STATE / "state.safetensors").exists()
     again, resumed = _sft_run(tmp_path, "cut", resume=True, dtype=dtype)
-    assert again == losses and len(losses) == 15  # 36 pairs, 8 per step, 3 epochs
+    assert again == losses and len(losses) == 18  # 12 listwise groups of 4 pairs, 8 per step, 3 epochs
     for k in weights:
         assert torch.equal(resumed[k], weights[k]), k
 
