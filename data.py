@@ -474,18 +474,21 @@ BENCHES = ("virtualhome", "esconv", "psyqa", "saycan", "msmarco")
 
 
 def load_bench(bench: str, data_dir: str | None = None) -> Retrieval:
-    """virtualhome | esconv | psyqa | saycan | msmarco | any BEIR data set name."""
+    """virtualhome | esconv | psyqa | saycan | msmarco | any BEIR data set name; with a dev split wherever the set
+    has a training split (`carve_dev`, a no-op where the loader made one)."""
     if bench == "virtualhome":
-        return load_virtualhome(data_dir)
-    if bench == "esconv":
-        return load_esconv(data_dir)
-    if bench == "psyqa":
-        return load_psyqa_dir(data_dir)
-    if bench == "saycan":
-        return load_saycan(data_dir or download(SAYCAN_URL, cache_dir("saycan") / "saycan_plan_v0_l.tsv"))
-    if bench == "msmarco":
-        return load_msmarco(data_dir)
-    return load_beir_by_name(bench, data_dir)
+        data = load_virtualhome(data_dir)
+    elif bench == "esconv":
+        data = load_esconv(data_dir)
+    elif bench == "psyqa":
+        data = load_psyqa_dir(data_dir)
+    elif bench == "saycan":
+        data = load_saycan(data_dir or download(SAYCAN_URL, cache_dir("saycan") / "saycan_plan_v0_l.tsv"))
+    elif bench == "msmarco":
+        data = load_msmarco(data_dir)
+    else:
+        data = load_beir_by_name(bench, data_dir)
+    return carve_dev(data)
 
 
 def check_split(data: Retrieval, split: str, role: str) -> None:

@@ -232,7 +232,8 @@ class TrainConfig:
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     dtype: str = field("auto", "auto (fp32 CPU, bf16 GPU) | float32 | bfloat16")
     attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
-    batch_size: int = field(8, "pairs per forward (a micro-batch, per process)")
+    batch_size: int = field(8, "pairs per forward (a micro-batch, per process; with --listwise whole groups: rounded "
+                               "down to a multiple of the group size, at least one group)")
     grad_accum: int = field(1, "micro-batches per optimiser step: a global batch of batch_size x grad_accum pairs")
     grad_checkpoint: bool = field(False, "activation checkpointing in the trained blocks (less memory, ~1/3 slower)")
     output_dir: str = field("", "where the checkpoint goes (default runs/teacher-{bench})")
@@ -254,18 +255,18 @@ class TrainConfig:
             raise ValueError("--resume and --overwrite contradict each other: choose one")
         if self.resume and self.neg_self:
             raise ValueError("--resume does not cover --neg-self's second pass yet: rerun with --overwrite")
-        if self.listwise < 0 or self.listwise and (self.neg_self or self.batch_size % self.group_size):
-            raise ValueError(f"--listwise {self.listwise}: needs listwise >= 0, no --neg-self, and --batch-size "
-                             f"{self.batch_size} a multiple of the group size {self.group_size} (a gold and its "
-                             "--neg-bm25 + --neg-random + --neg-frequent negatives), so no group is split")
+        if self.listwise < 0 or self.listwise and self.neg_self:
+            raise ValueError(f"--listwise {self.listwise}: needs listwise >= 0, and --listwise 0 with --neg-self "
+                             "(its second pass adds negatives outside the groups)")
         if not 0 <= self.warmup < 1 or self.lr <= 0:
             raise ValueError(f"--warmup {self.warmup}, --lr {self.lr}: need 0 <= warmup < 1 and lr > 0")
         self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
 
-    @property
-    def group_size(self) -> int:
-        """Pairs per group of (4b): a gold document and the query's negatives."""
-        return 1 + self.neg_bm25 + self.neg_random + self.neg_frequent
+    def group_size(self, data, split: str) -> int:
+        """Pairs per group of (4b): a gold document and the query's --neg-bm25 + --neg-frequent + --neg-random
+        negatives, fewer where the pool is smaller (PsyQA's 7 strategies), the same for every group."""
+        most = max(sum(g > 0 for g in r.values()) for r in data.split(split)[1].values())
+        return max(2, min(1 + self.neg_bm25 + self.neg_random + self.neg_frequent, len(data.corpus) - most + 1))
 
 
 def sft_loss(z: torch.Tensor, labels: torch.Tensor, y_pos: int, y_neg: int) -> torch.Tensor:
@@ -283,8 +284,8 @@ def listwise_loss(s: torch.Tensor) -> torch.Tensor:
 
 def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) -> list[tuple[str, str, int]]:
     """(query text, doc id, label): every gold doc as positive, plus BM25-hard, hub and random negatives per query.
-    With --listwise each gold is followed by the query's negatives (a group of (4b), `cfg.group_size` pairs; a query
-    with several gold documents has one group per gold)."""
+    With --listwise each gold is followed by the query's negatives (a group of (4b), `TrainConfig.group_size` pairs;
+    a query with several gold documents has one group per gold)."""
     queries, qrels = data.split(split)
     qids = subset(list(queries), cfg.max_train_queries, gen)
     doc_ids = list(data.corpus)
@@ -292,19 +293,18 @@ def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) ->
     if cfg.neg_frequent:
         counts = label_prior(data, split)
         hubs = sorted(counts, key=lambda d: (-counts[d], d))
+    size = cfg.group_size(data, split) if cfg.listwise else 0
     pairs = []
     for qid in qids:
         gold = {d for d, g in qrels[qid].items() if g > 0}
         hard = [d for d in bm25.top(queries[qid], cfg.neg_bm25 + len(gold) + 5) if d not in gold][:cfg.neg_bm25]
         if cfg.neg_frequent:
             hard += [d for d in hubs if d not in gold and d not in hard][:cfg.neg_frequent]
-        rand = [doc_ids[i] for i in sample_excluding(len(doc_ids), {row[d] for d in gold | set(hard)},
-                                                     cfg.group_size - 1 - len(hard) if cfg.listwise
-                                                     else cfg.neg_random, gen)]
         if cfg.listwise:
-            if len(hard) + len(rand) != cfg.group_size - 1:
-                raise ValueError(f"--listwise: query {qid!r} has {len(hard) + len(rand)} negatives in a pool of "
-                                 f"{len(doc_ids)} documents, not {cfg.group_size - 1}")
+            hard = hard[:size - 1]
+        rand = [doc_ids[i] for i in sample_excluding(len(doc_ids), {row[d] for d in gold | set(hard)},
+                                                     size - 1 - len(hard) if cfg.listwise else cfg.neg_random, gen)]
+        if cfg.listwise:
             pairs += [(queries[qid], d, int(d == g)) for g in sorted(gold) for d in [g] + hard + rand]
         else:
             pairs += [(queries[qid], d, 1) for d in sorted(gold)]
@@ -320,14 +320,14 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
     gen = torch.Generator().manual_seed(cfg.seed + (0 if pairs is None else 2))
     pairs = sft_pairs(data, split, cfg, bm25, gen) if pairs is None else pairs
     seqs = [teacher.prompt.teacher(q, data.doc_text(d)) for q, d, _ in pairs]
-    size = cfg.group_size if cfg.listwise else 1  # --listwise: whole groups per batch and per process
+    size = cfg.group_size(data, split) if cfg.listwise else 1  # --listwise: whole groups per micro-batch and rank
     sft = SFT(teacher, seqs, cfg, size)  # frozen bottom once, trained blocks, torchrun wrapping, fp32 masters, resume
 
     def loss_fn(z: torch.Tensor, rows: list[int]) -> torch.Tensor:
         labels = torch.tensor([pairs[i][2] for i in rows], device=z.device)
         loss = sft_loss(z, labels, teacher.y_pos, teacher.y_neg)
-        if cfg.listwise:  # rows hold whole groups (the batch size is a multiple of the group size)
-            s = (z[:, teacher.y_pos] - z[:, teacher.y_neg]).float().view(-1, cfg.group_size)
+        if cfg.listwise:  # rows hold whole groups, the gold first in each
+            s = (z[:, teacher.y_pos] - z[:, teacher.y_neg]).float().view(-1, size)
             loss = loss + cfg.listwise * listwise_loss(s)
         return loss
 

@@ -105,7 +105,8 @@ class SFT:
                                  next(lm.parameters()).device)
         params = [p for p in lm.parameters() if p.requires_grad]  # FSDP2 replaced them with sharded ones
         self.opt = MasterWeights(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fp32 masters of bf16 weights
-        self.per_step = cfg.batch_size * cfg.grad_accum
+        self.micro = max(1, cfg.batch_size // group) * group  # whole groups: batch_size rounded down (at least one)
+        self.per_step = self.micro * cfg.grad_accum
         self.total = math.ceil(len(seqs) / self.per_step) * cfg.epochs
         self.sched = get_cosine_schedule_with_warmup(self.opt.opt, int(cfg.warmup * self.total), self.total)
         self.fsdp = world > 1 and cfg.train_layers == 0
@@ -116,8 +117,9 @@ class SFT:
             print(f"[teacher] resuming SFT after step {len(self.losses)} of {self.total}")
         lm.train()
         print(f"[teacher] SFT: {len(seqs)} pairs, {self.total} steps; global batch {self.per_step} pairs per step "
-              f"(--batch-size {cfg.batch_size} x --grad-accum {cfg.grad_accum}) over {world} process(es): about "
-              f"{self.per_step / world:.0f} pairs per process per step, in micro-batches of up to {cfg.batch_size}")
+              f"(micro-batches of {self.micro}" + (f", whole listwise groups of {group}" if group > 1 else "") +
+              f"; --batch-size {cfg.batch_size} x --grad-accum {cfg.grad_accum}) over {world} process(es): about "
+              f"{self.per_step / world:.0f} pairs per process per step")
         self.bar = progress(total=self.total, initial=len(self.losses), desc="teacher SFT", quiet=cfg.quiet)
         self.steps_seen = 0
 
@@ -135,7 +137,7 @@ class SFT:
         cfg, world = self.cfg, self.world
         own = [i for i in batch if i in self.owned]
         most = max(sum(1 for i in batch if i // self.group % world == r) for r in range(world))
-        micro = [own[j:j + cfg.batch_size] for j in range(0, max(most, 1), cfg.batch_size)]
+        micro = [own[j:j + self.micro] for j in range(0, max(most, 1), self.micro)]
         total = torch.zeros(())
         for m, idx in enumerate(micro):
             with sync_grads(self.model, m == len(micro) - 1):

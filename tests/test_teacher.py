@@ -285,8 +285,8 @@ def test_listwise_loss_by_hand_float64():
 
 def test_listwise_groups_train_whole(tmp_path, monkeypatch):
     """--listwise: each gold is followed by its query's negatives (BM25-hard, hubs, random; never a gold), one group
-    per gold; every batch holds whole groups, the gold first (seen by the losses' labels); the loss goes down; a batch
-    size that would split a group is refused."""
+    per gold, fewer negatives where the pool is small; every micro-batch holds whole groups, the gold first (seen by
+    the losses' labels); the loss goes down; --neg-self with it is refused."""
     from metrics import BM25
     tok = make_tokenizer()
     t = T.Teacher(make_lm(tok), tok, batch_size=10)
@@ -294,7 +294,8 @@ def test_listwise_groups_train_whole(tmp_path, monkeypatch):
     d.qrels["train"]["q0"] = {"d0": 1, "d3": 1}  # two gold documents: two groups
     cfg = T.TrainConfig(bench="toy", listwise=1.0, neg_bm25=1, neg_frequent=1, neg_random=2, train_layers=1,
                         lr=3e-3, epochs=4, batch_size=10, warmup=0.0, max_train_queries=0, quiet=True)
-    assert cfg.group_size == 5
+    assert cfg.group_size(d, "train") == 5
+    assert T.TrainConfig(bench="toy").group_size(d, "train") == 5  # 8 asked, a pool of 6 with two golds for q0
     bm25 = BM25({k: d.doc_text(k) for k in d.corpus})
     pairs = T.sft_pairs(d, "train", cfg, bm25, torch.Generator().manual_seed(0))
     assert len(pairs) == 13 * 5
@@ -312,5 +313,5 @@ def test_listwise_groups_train_whole(tmp_path, monkeypatch):
     hist = T.train(t, d, "train", cfg, bm25)
     assert seen and all((lab == torch.tensor([1, 0, 0, 0, 0])).all() for lab in seen)
     assert sum(hist["losses"][-3:]) < sum(hist["losses"][:3])
-    with pytest.raises(ValueError, match="multiple of the group size 5"):
-        T.TrainConfig(bench="toy", listwise=1.0, neg_bm25=1, neg_frequent=1, neg_random=2, batch_size=8)
+    with pytest.raises(ValueError, match="--listwise 0 with --neg-self"):
+        T.TrainConfig(bench="toy", neg_self=1)
