@@ -96,8 +96,8 @@ def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000
                     if compiled:
                         p.compiled = True
                         p.scores(h_q, side[:COMPILED_BLOCK], u)  # compile outside the timing
-                        row[f"{a}_compiled_cand_per_s"] = n * b / _median_seconds(lambda s=side: p.scores(h_q, s, u),
-                                                                                   repeats)
+                        seconds = _median_seconds(lambda s=side: p.scores(h_q, s, u), repeats)
+                        row[f"{a}_compiled_cand_per_s"] = n * b / seconds
                         p.compiled = False
             rows.append(row)
             figures = {k[:-len("_cand_per_s")]: v for k, v in row.items() if k.endswith("_cand_per_s")}
@@ -161,6 +161,6 @@ def teacher_bench(args) -> None:
                      "matmul_peak_GFLOP_per_s": peak / 1e9 if peak else None,
                      "share_of_peak": flops / peak if peak else None, "threads": torch.get_num_threads(),
                      "device": str(next(lm.parameters()).device), "model": args.model})
-        print(f"[bench] {length} tokens: {rows[-1]['pairs_per_s']:.2f} pairs/s, {flops / 1e9:.0f} GFLOP/s"
-              + (f" = {flops / peak:.0%} of this machine's float32 matmul peak {peak / 1e9:.0f} GFLOP/s" if peak else ""))
+        bound = f" = {flops / peak:.0%} of this machine's float32 matmul peak {peak / 1e9:.0f} GFLOP/s" if peak else ""
+        print(f"[bench] {length} tokens: {rows[-1]['pairs_per_s']:.2f} pairs/s, {flops / 1e9:.0f} GFLOP/s{bound}")
     write_json(Path(args.output), rows)

@@ -5,7 +5,6 @@ teacher.py and student.py hold the method and reach this module from their `main
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass

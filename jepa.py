@@ -97,9 +97,9 @@ class Predictor(nn.Module):
                block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
         """Factorised s_S for every (query, document): h_q (B, H), doc_side (n, P) in any float dtype (float16 in an
         index), u (H,) -> (B, n) float32. Blocked over documents: one block of (B x chunk x P) float32 activations,
-        about `block_bytes` so that it stays in the CPU cache, gets the add, the activation (in place) and the dot with v
-        before the next block, so the (B x n x P) tensor is never materialised. With autograd on (training, tests
-        of gradients) the same sums run out of place."""
+        about `block_bytes` so that it stays in the CPU cache, gets the add, the activation (in place) and the dot
+        with v before the next block, so the (B x n x P) tensor is never materialised. With autograd on (training,
+        tests of gradients) the same sums run out of place."""
         v = self.W2.weight.T @ u                       # (P,)
         base = (h_q + self.W2.bias) @ u                # (B,)
         a = self.A(h_q)                                # (B, P)

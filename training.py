@@ -134,7 +134,7 @@ class SFT:
         """Gradients of the global batch's mean loss: each rank runs the pairs of `batch` it owns in micro-batches
         (as many as the busiest rank, FSDP2 gathers weights in each; an empty one is a no-op that joins the
         reduction); loss_fn(z (B, V), pair indices) is the mean loss of a micro-batch. Returns the global mean."""
-        cfg, world = self.cfg, self.world
+        world = self.world
         own = [i for i in batch if i in self.owned]
         most = max(sum(1 for i in batch if i // self.group % world == r) for r in range(world))
         micro = [own[j:j + self.micro] for j in range(0, max(most, 1), self.micro)]

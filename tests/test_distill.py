@@ -238,8 +238,8 @@ def test_hub_correction_row(env):
 
 
 def test_quick_runs_execute_every_function_method_names(env):
-    """A --quick listwise teacher and three --quick runs from it (with the listwise term and the hub correction; --sampling softmax with the forward KL;
-    --policy off), traced: every function and class METHOD.md names for an equation or a Step was executed, so the
+    """A --quick listwise teacher and three --quick runs from it (with the listwise term and the hub correction;
+    --sampling softmax with the forward KL; --policy off), traced: every function and class METHOD.md names for an equation or a Step was executed, so the
     functions a reader follows from the paper are the ones the pipeline runs."""
     import sys
     from pathlib import Path

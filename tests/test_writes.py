@@ -3,11 +3,9 @@ fields of the wrong type, a resume through another path. Each test makes the cas
 or the right result, and that every earlier file is byte-identical afterwards."""
 import json
 import os
-from pathlib import Path
 
 import pytest
 
-import common
 import data
 import distill
 import evaluate as E
@@ -136,7 +134,8 @@ def test_teacher_of_another_bench_is_named(env, capsys, tmp_path):
     capsys.readouterr()
     distill.main(_distill(tmp, root, "run2"))
     out = capsys.readouterr().out
-    assert "was trained on esconv (its sidecar says so)" in out and out.index("trained on esconv") < out.index("[distill] round")
+    assert "was trained on esconv (its sidecar says so)" in out
+    assert out.index("trained on esconv") < out.index("[distill] round")
 
 
 # ---------------------------------------------------------------------------- 3. valid or ordinary input never crashes
@@ -151,8 +150,9 @@ def test_loader_fields_of_the_wrong_type_and_layout(tmp_path):
         data.load_beir(folder)
     es = tmp_path / "es"
     es.mkdir()
-    (es / "ESConv.json").write_text(json.dumps([{"dialog": [
-        {"speaker": "seeker", "content": "hi"}, {"speaker": "supporter", "content": "hello", "annotation": "Question"}]}]))
+    turns = [{"speaker": "seeker", "content": "hi"},
+             {"speaker": "supporter", "content": "hello", "annotation": "Question"}]
+    (es / "ESConv.json").write_text(json.dumps([{"dialog": turns}]))
     with pytest.raises(data.DataError, match=r"conversation 0, turn 1: field 'annotation' is str, not an object"):
         data.load_esconv(str(es))
     bom = write_beir(tmp_path / "bom")
