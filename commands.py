@@ -19,7 +19,7 @@ from common import (add_dataclass_args, atomic_write, cache_dir, check_finite, c
                     config_from_args, field, folder_owner, load_tensors, prepare_output, read_json, resolve_device,
                     set_seed, subset, writable_folder, write_json)
 from data import BEIR_13
-from evaluate import eval_queries, run_systems, split_sizes, timed
+from evaluate import eval_queries, run_systems, splits_of, timed
 from index import Index, corpus_changes
 from jepa import INDEX_DTYPE
 from llm import ATTENTION, DEFAULT_MODEL, fingerprint, load_llm
@@ -401,7 +401,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")
     beir_format = name not in ("esconv", "psyqa", "saycan", "virtualhome")
-    extra = {"splits": split_sizes(data)} | ({"truncated": teacher.prompt.cut_counts()} if teacher else {})
+    extra = {"splits": splits_of(data)} | ({"truncated": teacher.prompt.cut_counts()} if teacher else {})
     return report(out, name, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k), header,
                   ignore_identical=cfg.ignore_identical and beir_format, extra=extra, seed=cfg.seed,
                   pool_size=len(doc_ids))

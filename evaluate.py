@@ -296,12 +296,12 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
                           hub=(cfg.hub_correction, h_train) if cfg.hub_correction != "none" else None)
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
-                  header, extra={"truncated": teacher.prompt.cut_counts(), "splits": split_sizes(data),
+                  header, extra={"truncated": teacher.prompt.cut_counts(), "splits": splits_of(data),
                                  "step6_teacher_pairs": scores.this_run if scores else {}},
                   seed=cfg.seed, pool_size=len(doc_ids))
 
 
-def split_sizes(data) -> dict[str, dict]:
+def splits_of(data) -> dict[str, dict]:
     """Queries per split of a data set and where they come from (results.json names the split it reports, and
     these)."""
     return {s: {"queries": len(q), "from": data.origin.get(s, "")} for s, q in data.queries.items()}
