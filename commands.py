@@ -36,7 +36,8 @@ class TeacherRun:
     trained teacher."""
 
     def __init__(self, cfg):
-        from data import check_split, load_bench
+        from data import load_bench
+        from files import check_split
         from training import DevSet, split_point
 
         set_seed(cfg.seed)
@@ -408,7 +409,8 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
 
 
 def evaluate_run(cfg: EvalConfig) -> dict:
-    from data import check_split, load_bench
+    from data import load_bench
+    from files import check_split
 
     set_seed(cfg.seed)
     resolve_device(cfg.device)  # inputs and settings are checked before anything is written
@@ -456,7 +458,8 @@ def distill_start(cfg):
     """Inputs and settings checked before anything is written, then the output folder: (data, output folder). Steps
     0-5 read the train split only; Step 6 evaluates cfg.eval_split (dev to choose, test to report)."""
     from common import check_teacher_folder
-    from data import check_split, load_bench
+    from data import load_bench
+    from files import check_split
 
     resolve_device(cfg.device)
     with parallel.main_first():  # a download or unpacking happens once

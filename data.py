@@ -11,9 +11,8 @@ project.
 Choices not fixed by the paper:
 - ESConv: query = the last `ESCONV_TURNS` utterances before a supporter turn ("Seeker: ..." / "Supporter: ..."),
   earlier strategy labels removed so the query is dialogue text only; documents = the 8 strategies, each its name
-  plus a one-sentence description written for this project. The JSON corpus is split 80/10/10 by conversation; of
-  the split files, the local copy has no train file: the official dev file is the training split, less a dev split
-  of whole conversations carved from it (query ids keep naming the file: `dev-12` is line 12 of the dev file).
+  plus a one-sentence description written for this project. ESConv.json is split 80/10/10 by conversation; without
+  a train file the official dev file trains, less a dev split of its conversations (`dev-12`: line 12 of that file).
 - PsyQA: query = question + description + the last PSYQA_SPANS spans of the answer before a labelled span;
   documents = the 7 strategies, each its name plus a one-sentence description written for this project; questions
   split 80/10/10 by question.
@@ -489,17 +488,6 @@ def load_bench(bench: str, data_dir: str | None = None) -> Retrieval:
     else:
         data = load_beir_by_name(bench, data_dir)
     return carve_dev(data)
-
-
-def check_split(data: Retrieval, split: str, role: str) -> None:
-    """A split a script trains, chooses or evaluates on must exist and hold a query with a relevant document; checked
-    before any compute."""
-    if split not in data.queries:
-        raise DataError(f"{data.name}: no '{split}' split for the {role} queries (has: {', '.join(data.queries)})")
-    queries, qrels = data.split(split)
-    if not any(any(g > 0 for g in qrels.get(q, {}).values()) for q in queries):
-        raise DataError(f"{data.name}: {role} split '{split}' has no query with a relevant document "
-                        f"({len(queries)} queries): nothing to {'train on' if role == 'training' else 'evaluate'}")
 
 
 def main(argv=None) -> None:

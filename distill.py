@@ -14,16 +14,13 @@ distillation", Steps 0-7, equations (8)-(11)).
       Step 4  teacher targets h_T (1) for pairs not seen yet (cached by pair; z_T = W h_T (2) once per round)
       Step 5  train the predictor E epochs on all pairs so far with the objective (10): L_JEPA + lmbda L_RKL
               [+ mu the listwise KL (10b)] [+ nu the pool term (11) over more training queries: ours]
-    Step 6  evaluate on the test split (--eval-split dev to choose a recipe): over the whole pool (the paper's
-            protocol) and on C(q) (evaluate.py)
+    Step 6  evaluate on test (--eval-split dev to choose): the whole pool (the paper's protocol) and C(q)
     Step 7  save the predictor (safetensors + JSON sidecar) and the results
 
 Shapes: N pairs, B queries, n documents, H hidden, V vocabulary, P predictor width.
 
 Choices not fixed by the paper: the whole procedure above (rounds, k, the round-0 policy, top-k picks, the pair
-cache), the pool term (11) and its queries, a fresh AdamW per round, every random draw seeded from (seed, round).
-`--resume` continues from the last finished round and from every finished chunk of teacher targets, and ends with
-the same numbers.
+cache), the pool term (11), a fresh AdamW per round, seeded draws. `--resume` ends with the same numbers.
 """
 from __future__ import annotations
 

@@ -171,6 +171,17 @@ def check_qrels(data: Retrieval) -> Retrieval:
     return data
 
 
+def check_split(data: Retrieval, split: str, role: str) -> None:
+    """A split a script trains, chooses or evaluates on must exist and hold a query with a relevant document; checked
+    before any compute."""
+    if split not in data.queries:
+        raise DataError(f"{data.name}: no '{split}' split for the {role} queries (has: {', '.join(data.queries)})")
+    queries, qrels = data.split(split)
+    if not any(any(g > 0 for g in qrels.get(q, {}).values()) for q in queries):
+        raise DataError(f"{data.name}: {role} split '{split}' has no query with a relevant document "
+                        f"({len(queries)} queries): nothing to {'train on' if role == 'training' else 'evaluate'}")
+
+
 def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
     """A BEIR corpus.jsonl ({_id, title, text} per line), or the BEIR folder holding it: doc id -> {title, text}."""
     path = Path(path)

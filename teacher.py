@@ -1,7 +1,7 @@
 """The teacher: an LLM generative reranker that reads the document first, then the query, and scores relevance by the
 log-probabilities of "yes" / "no" (METHOD.md equations (1)-(4); the paper's teacher is LaHoRe, arXiv 2412.16615).
 
-    python teacher.py train --bench virtualhome                          # SFT (4) + dev metric, ~2.5 min on 2 CPU cores
+    python teacher.py train --bench virtualhome                          # SFT (4) + (4b) + dev metric, ~7 min on 2 CPU cores
     python teacher.py train --bench esconv --data-dir DIR
     python teacher.py score --query "I feel so alone" --doc "Reflection of feelings" [--checkpoint runs/teacher-esconv]
     python teacher.py bench                                               # pairs/s at total lengths 128 and 512
@@ -9,14 +9,10 @@ log-probabilities of "yes" / "no" (METHOD.md equations (1)-(4); the paper's teac
 Shapes: B pairs, T tokens, H hidden, V vocabulary.
 
 Choices not fixed by the paper:
-- exact prompt wording, rendered with the model's chat template (plain text + "Answer:" when it has none); the
-  question is each bench's own by default (`--instruction task`), or METHOD.md's generic one (`generic`), or a text;
-- score s_T = z_T[yes] - z_T[no] (3), which ranks like p(yes | {yes, no});
-- length policy: `--max-doc-tokens`, then the model's window (`Prompt`);
-- SFT negatives: per query `--neg-bm25` hard negatives from BM25's top ranks plus `--neg-random` from the pool, and
-  optionally (`--neg-self`) the teacher's own best-scored wrong documents, then a second pass;
-- `--train-layers N` (default 2) trains only the last N blocks and the final norm; 0 = the full fine-tune the paper
-  reports. The frozen bottom runs once per pair (training.py, with DDP / FSDP2, fp32 masters and resume).
+- prompt wording, with the chat template; each bench's own question by default (`--instruction task | generic | TEXT`);
+- score s_T = z_T[yes] - z_T[no] (3); length policy `--max-doc-tokens`, then the model's window (`Prompt`);
+- SFT: (4) + the listwise (4b) over groups of BM25-hard, hub and random negatives (`--neg-bm25` etc.; `--listwise`);
+- `--train-layers N` (2) trains the last N blocks + final norm, the bottom run once (training.py); 0 = full fine-tune.
 """
 from __future__ import annotations
 
@@ -25,9 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import check_finite, check_sizes, cli, field, subset
+from common import cli, field, subset
 from llm import ATTENTION, DEFAULT_MODEL, last_hidden_shared
-from metrics import label_prior, ranked, sample_excluding, to_run
+from metrics import label_prior, sample_excluding, to_run
 
 
 YES, NO = "yes", "no"
@@ -247,19 +243,8 @@ class TrainConfig:
     QUICK = {"max_train_queries": 16, "epochs": 2, "max_dev_queries": 8, "rerank_k": 4}
 
     def __post_init__(self):
-        check_finite(self)
-        check_sizes(self, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens", "mine_k"), 1)
-        check_sizes(self, ("train_layers", "neg_bm25", "neg_random", "neg_frequent", "neg_self", "max_train_queries",
-                           "max_dev_queries", "save_every"), 0)
-        if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite contradict each other: choose one")
-        if self.resume and self.neg_self:
-            raise ValueError("--resume does not cover --neg-self's second pass yet: rerun with --overwrite")
-        if self.listwise < 0 or self.listwise and self.neg_self:
-            raise ValueError(f"--listwise {self.listwise}: needs listwise >= 0, and --listwise 0 with --neg-self "
-                             "(its second pass adds negatives outside the groups)")
-        if not 0 <= self.warmup < 1 or self.lr <= 0:
-            raise ValueError(f"--warmup {self.warmup}, --lr {self.lr}: need 0 <= warmup < 1 and lr > 0")
+        from training import check_train_config  # sizes, finite numbers, flags that contradict each other
+        check_train_config(self)
         self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
 
     def group_size(self, data, split: str) -> int:
@@ -338,35 +323,12 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
     return sft.finish() | {"pair_list": pairs}
 
 
-def mine_negatives(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25,
-                   pairs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    """Self-mined negatives [ours]: for each query of `pairs`, the teacher trained so far scores a first stage (BM25's
-    top --mine-k and the --mine-k documents most often gold in the training split, the hubs a retriever meets), and
-    its --neg-self best-scored documents that are neither gold nor already paired with the query become new
-    negatives: the mistakes it would make when reranking a pool."""
-    queries, qrels = data.split(split)
-    gold_of: dict[str, set[str]] = {}  # by query text: queries with the same text share their gold documents
-    for q, t in queries.items():
-        gold_of.setdefault(t, set()).update(d for d, g in qrels[q].items() if g > 0)
-    counts = label_prior(data, split)
-    frequent = sorted(counts, key=lambda d: (-counts[d], d))[:cfg.mine_k]
-    used: dict[str, set[str]] = {}
-    for q, d, _ in pairs:
-        used.setdefault(q, set()).add(d)
-    cands = {}
-    for q, seen in used.items():
-        first = dict.fromkeys(bm25.top(q, cfg.mine_k) + frequent)
-        cands[q] = [d for d in first if d not in gold_of[q] and d not in seen]
-    run = teacher_run(teacher, {q: q for q in cands}, {q: c for q, c in cands.items() if c}, data.doc_text,
-                      "teacher SFT: mining negatives")
-    return [(q, d, 0) for q in cands for d in ranked(run.get(q, {}))[:cfg.neg_self]]
-
-
 # ---------------------------------------------------------------------------- python teacher.py train
 def train_teacher(cfg: TrainConfig) -> dict:
     """SFT (4) of the base model on the bench's training split, a second pass with its own mistakes (--neg-self),
     the checkpoint saved; the dev metric before and after (`commands.TeacherRun` holds the machinery around it)."""
     from commands import TeacherRun
+    from training import mine_negatives
 
     run = TeacherRun(cfg)  # data, BM25, base model, output folder, dev metric of the untrained teacher
     hist = train(run.teacher, run.data, run.train_split, cfg, run.bm25)

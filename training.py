@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 import parallel
-from common import load_tensors, progress, read_json, save_tensors, subset, write_json
+from common import (check_finite, check_sizes, load_tensors, progress, read_json, save_tensors, subset,
+                    write_json)
 from llm import can_split, forget_fingerprint, last_logits, top_last, trunk_states
-from metrics import candidate_sets, describe_protocol, evaluate_run, label_prior, to_run
+from metrics import candidate_sets, describe_protocol, evaluate_run, label_prior, ranked, to_run
 
 SFT_STATE = "sft_state"  # the resumable state of an SFT run, inside its output folder, removed once it is saved
 
@@ -350,3 +351,48 @@ def resume_or_restart(folder: str | Path) -> dict:
         return {"resume": True}
     print(f"[distill] Step 0: {folder} holds a teacher run stopped before its first saved state: starting it again")
     return {"overwrite": True}
+
+
+# ---------------------------------------------------------------------------- --neg-self
+def mine_negatives(teacher, data, split: str, cfg, bm25,
+                   pairs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Self-mined negatives [ours]: for each query of `pairs`, the teacher trained so far scores a first stage (BM25's
+    top --mine-k and the --mine-k documents most often gold in the training split, the hubs a retriever meets), and
+    its --neg-self best-scored documents that are neither gold nor already paired with the query become new
+    negatives: the mistakes it would make when reranking a pool."""
+    queries, qrels = data.split(split)
+    gold_of: dict[str, set[str]] = {}  # by query text: queries with the same text share their gold documents
+    for q, t in queries.items():
+        gold_of.setdefault(t, set()).update(d for d, g in qrels[q].items() if g > 0)
+    counts = label_prior(data, split)
+    frequent = sorted(counts, key=lambda d: (-counts[d], d))[:cfg.mine_k]
+    used: dict[str, set[str]] = {}
+    for q, d, _ in pairs:
+        used.setdefault(q, set()).add(d)
+    cands = {}
+    for q, seen in used.items():
+        first = dict.fromkeys(bm25.top(q, cfg.mine_k) + frequent)
+        cands[q] = [d for d in first if d not in gold_of[q] and d not in seen]
+    from teacher import teacher_run
+
+    run = teacher_run(teacher, {q: q for q in cands}, {q: c for q, c in cands.items() if c}, data.doc_text,
+                      "teacher SFT: mining negatives")
+    return [(q, d, 0) for q in cands for d in ranked(run.get(q, {}))[:cfg.neg_self]]
+
+
+# ---------------------------------------------------------------------------- teacher.TrainConfig's checks
+def check_train_config(cfg) -> None:
+    """Every value of a teacher.TrainConfig checked before anything runs: sizes, finite numbers, contradictions."""
+    check_finite(cfg)
+    check_sizes(cfg, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens", "mine_k"), 1)
+    check_sizes(cfg, ("train_layers", "neg_bm25", "neg_random", "neg_frequent", "neg_self", "max_train_queries",
+                       "max_dev_queries", "save_every"), 0)
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: choose one")
+    if cfg.resume and cfg.neg_self:
+        raise ValueError("--resume does not cover --neg-self's second pass yet: rerun with --overwrite")
+    if cfg.listwise < 0 or cfg.listwise and cfg.neg_self:
+        raise ValueError(f"--listwise {cfg.listwise}: needs listwise >= 0, and --listwise 0 with --neg-self "
+                         "(its second pass adds negatives outside the groups)")
+    if not 0 <= cfg.warmup < 1 or cfg.lr <= 0:
+        raise ValueError(f"--warmup {cfg.warmup}, --lr {cfg.lr}: need 0 <= warmup < 1 and lr > 0")

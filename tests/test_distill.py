@@ -321,6 +321,7 @@ def test_no_choice_reads_the_test_split(env, monkeypatch):
     query or judgement; a reported run reads them in Step 6 only (and in the check that the split has a judged
     query, before any compute); unsealed outside Step 6, the run fails, so the seal is effective."""
     import data
+    import files
     tmp, root = env
     load = data.load_bench
 
@@ -338,7 +339,7 @@ def test_no_choice_reads_the_test_split(env, monkeypatch):
                 Sealed.open = False
         return call
     monkeypatch.setattr(data, "load_bench", sealed_load)
-    monkeypatch.setattr(data, "check_split", opening(data.check_split))  # the guard before any compute: a judged query
+    monkeypatch.setattr(files, "check_split", opening(files.check_split))  # the guard before any compute: a judged query
     Sealed.open = False
     res = distill.main(_args(tmp, root, "dev", "--eval-split", "dev"))  # trains the teacher (Step 0) as well
     assert res["split"] == "dev" and json.loads((tmp / "teacher" / "teacher_metrics.json").read_text())[

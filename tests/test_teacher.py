@@ -188,7 +188,7 @@ def test_self_mined_negatives(tmp_path, monkeypatch):
                         neg_bm25=1, neg_random=1, neg_frequent=0)
     bm25 = BM25({k: d.doc_text(k) for k in d.corpus})
     pairs = T.sft_pairs(d, "train", cfg, bm25, torch.Generator().manual_seed(0))
-    mined = T.mine_negatives(t, d, "train", cfg, bm25, pairs)
+    mined = training.mine_negatives(t, d, "train", cfg, bm25, pairs)
     queries, qrels = d.split("train")
     by_text = {txt: q for q, txt in queries.items()}
     counts = T.label_prior(d, "train")

@@ -10,17 +10,8 @@ import data
 import distill
 import evaluate as E
 import metrics
-from conftest import make_lm, make_tokenizer, patch_llm, write_virtualhome
 from test_data import write_beir
-from test_guards import _distill, _index, run_cli, snapshot
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
-    tok = make_tokenizer()
-    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
-    return tmp_path, write_virtualhome(tmp_path, n_programs=10)
+from test_guards import _distill, _index, env, run_cli, snapshot  # noqa: F401 (env: the fixture)
 
 
 # ---------------------------------------------------------------------------- 1. never write over what is not ours
