@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from common import check_result_file, write_json
-from jepa import ACTS, COMPILED_BLOCK, INDEX_DTYPE, Predictor
+from jepa import ACTS, INDEX_DTYPE, Predictor
 from llm import last_hidden, load_llm
 
 
@@ -30,11 +30,16 @@ def read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     return nbytes / _median_seconds(x.sum, repeats)
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 FLOP/s of a square matmul on this machine: the compute bound the teacher's passes meet."""
+def matmul_peak(size: int = 2048, repeats: int = 5, bf16: bool = False) -> float:
+    """Measured FLOP/s of a square float32 matmul on this machine (under bfloat16 autocast with `bf16`): the compute
+    bound the teacher's passes meet."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    return 2 * size ** 3 / _median_seconds(lambda: a @ b, repeats)
+
+    def product():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return a @ b
+    product()
+    return 2 * size ** 3 / _median_seconds(product, repeats)
 
 
 def pass_flops(lm, length: int) -> float:
@@ -95,7 +100,7 @@ def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000
                     row[f"{a}_cand_per_s"] = n * b / _median_seconds(lambda s=side: p.scores(h_q, s, u), repeats)
                     if compiled:
                         p.compiled = True
-                        p.scores(h_q, side[:COMPILED_BLOCK], u)  # compile outside the timing
+                        p.scores(h_q, side[:4096], u)  # compile outside the timing
                         seconds = _median_seconds(lambda s=side: p.scores(h_q, s, u), repeats)
                         row[f"{a}_compiled_cand_per_s"] = n * b / seconds
                         p.compiled = False
@@ -146,8 +151,9 @@ def teacher_bench(args) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be >= 1")
     check_result_file(args.output, "--output", "pairs_per_s")
-    lm, tok = load_llm(args.model, args.device)
-    peak = matmul_peak() if next(lm.parameters()).device.type == "cpu" else None
+    lm, tok = load_llm(args.model, args.device, args.dtype)
+    compute = getattr(lm, "rab_compute", "")
+    peak = matmul_peak(bf16=compute == "bf16-autocast") if next(lm.parameters()).device.type == "cpu" else None
     rows = []
     for length in (128, 512):
         seqs = torch.randint(100, lm.config.vocab_size - 100, (args.pairs, length)).tolist()
@@ -160,7 +166,8 @@ def teacher_bench(args) -> None:
                      "pairs_per_s": args.pairs / dt, "GFLOP_per_s": flops / 1e9,
                      "matmul_peak_GFLOP_per_s": peak / 1e9 if peak else None,
                      "share_of_peak": flops / peak if peak else None, "threads": torch.get_num_threads(),
-                     "device": str(next(lm.parameters()).device), "model": args.model})
-        bound = f" = {flops / peak:.0%} of this machine's float32 matmul peak {peak / 1e9:.0f} GFLOP/s" if peak else ""
+                     "device": str(next(lm.parameters()).device), "model": args.model, "compute": compute})
+        bound = f" = {flops / peak:.0%} of this machine's {compute} matmul peak {peak / 1e9:.0f} GFLOP/s" \
+            if peak else ""
         print(f"[bench] {length} tokens: {rows[-1]['pairs_per_s']:.2f} pairs/s, {flops / 1e9:.0f} GFLOP/s{bound}")
     write_json(Path(args.output), rows)

@@ -1,6 +1,7 @@
 """What the teacher computed in a run, kept on disk so that it is never computed twice: the teacher targets h_T (1)
 of distillation's pairs (`PairCache`, Step 4) and the teacher's scores s_T (3) of evaluation's pairs
-(`TeacherScores`, shared by every run of the same teacher). Both are keyed by the teacher's fingerprint.
+(`TeacherScores`, shared by every run of the same teacher). Both are keyed by the teacher's fingerprint and
+how its passes compute (`llm.compute_id`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import parallel
 from common import IntegrityError, cache_dir, load_tensors, progress, save_tensors
 from index import prompt_pieces
-from llm import fingerprint
+from llm import compute_id
 
 CHUNK = 64  # teacher targets are computed and saved in chunks of at least this many pairs (2 batches per rank)
 
@@ -116,4 +117,4 @@ def teacher_scores_cache(teacher, bench: str) -> TeacherScores:
     $RABTRIEVER_CACHE/teacher-scores."""
     prompt = hashlib.blake2b(json.dumps(prompt_pieces(teacher.prompt), sort_keys=True).encode(),
                              digest_size=6).hexdigest()
-    return TeacherScores(cache_dir("teacher-scores", f"{bench}-{fingerprint(teacher.lm)}-{prompt}"))
+    return TeacherScores(cache_dir("teacher-scores", f"{bench}-{compute_id(teacher.lm)}-{prompt}"))

@@ -121,7 +121,7 @@ def load_predictor(student: Student, path: str | Path, teacher_fingerprint: str)
 
 
 def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, batch_size: int = 8,
-                 attn: str = "sdpa") -> Student:
+                 attn: str = "sdpa", dtype: str = "auto") -> Student:
     """A distill.py output folder (predictor.safetensors + sidecar) -> the Student: its teacher checkpoint, frozen,
     with the trained predictor."""
     path = Path(folder) / "predictor.safetensors"
@@ -134,7 +134,7 @@ def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, 
     tries = [Path(meta.get("teacher_checkpoint_abs", "")), Path(meta["teacher_checkpoint"]),
              Path(folder).resolve().parent.parent / meta["teacher_checkpoint"]]
     ckpt = next((t for t in tries if t.name and t.exists()), tries[1])
-    teacher, _ = load_teacher(ckpt.parent, device=device, batch_size=batch_size, quiet=quiet, attn=attn)
+    teacher, _ = load_teacher(ckpt.parent, device=device, batch_size=batch_size, quiet=quiet, attn=attn, dtype=dtype)
     student = Student(teacher)
     load_predictor(student, path, fingerprint(teacher.lm))
     student.folder, student.teacher_dir = str(Path(folder).resolve()), str(ckpt.parent.resolve())

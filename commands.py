@@ -22,7 +22,7 @@ from data import BEIR_13
 from evaluate import eval_queries, run_systems, splits_of, timed
 from index import Index, corpus_changes
 from jepa import INDEX_DTYPE
-from llm import ATTENTION, DEFAULT_MODEL, fingerprint, load_llm
+from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, compute_id, fingerprint, load_llm
 from metrics import BM25, candidate_sets, check_trec_ids, describe_protocol
 from reporting import beir_summary, report
 from teacher import Teacher, instruction_for
@@ -113,6 +113,7 @@ def add_teacher_commands(sub) -> None:
     b = sub.add_parser("bench", help="teacher throughput")
     b.add_argument("--model", default=DEFAULT_MODEL)
     b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     b.add_argument("--batch-size", type=int, default=8)
     b.add_argument("--pairs", type=int, default=32)
     b.add_argument("--output", default="results/teacher_throughput.json")
@@ -304,6 +305,7 @@ class EvalConfig:
     instruction: str = field("task", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
                              "brings its own")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    dtype: str = field("auto", DTYPE_HELP)
     attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
     output_dir: str = field("", "outputs (default runs/eval-{bench})")
@@ -359,20 +361,22 @@ def load_models(cfg: EvalConfig, bench: str):
         return None, None
     if "student" in cfg.system_list:
         student = load_student(cfg.student or f"runs/distill-{bench}", cfg.device, cfg.quiet,
-                               attn=cfg.attn_implementation)
+                               attn=cfg.attn_implementation, dtype=cfg.dtype)
         if cfg.teacher and Path(cfg.teacher).resolve() != Path(student.teacher_dir).resolve():
             raise ValueError(f"--teacher {cfg.teacher} is not the teacher of the student {student.folder} "
                              f"({student.teacher_dir}): drop --teacher, or 'student' from --systems")
         return student.teacher, student
     teacher_dir = cfg.teacher or f"runs/teacher-{bench}"
     if cfg.teacher != "zero-shot" and Path(teacher_dir, "teacher.safetensors").exists():
-        teacher, _ = load_teacher(teacher_dir, device=cfg.device, quiet=cfg.quiet, attn=cfg.attn_implementation)
+        teacher, _ = load_teacher(teacher_dir, device=cfg.device, quiet=cfg.quiet, attn=cfg.attn_implementation,
+                                  dtype=cfg.dtype)
     else:
         if cfg.teacher not in ("", "zero-shot"):
             raise FileNotFoundError(f"--teacher {cfg.teacher}: no teacher.safetensors there")
         if "teacher" in cfg.system_list:
             print(f"[evaluate] no teacher checkpoint at {teacher_dir}: 'teacher' is the zero-shot {cfg.model}")
         teacher, _ = load_teacher(None, cfg.model, cfg.device, quiet=cfg.quiet, attn=cfg.attn_implementation,
+                                  dtype=cfg.dtype,
                                   instruction=instruction_for(cfg.instruction, bench))
     return teacher, Student(teacher)
 
@@ -392,7 +396,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
     cands = candidate_sets(list(queries), queries, qrels, doc_ids, bm25, cfg.rerank_k,
                            torch.Generator().manual_seed(cfg.seed + 11))
-    doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}-f16") if student else None
+    doc_cache = cache_dir("docemb", f"{name}-{compute_id(student.lm)}-{len(doc_ids)}-f16") if student else None
     results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
                           train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
                           index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list,
@@ -402,7 +406,8 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")
     beir_format = name not in ("esconv", "psyqa", "saycan", "virtualhome")
-    extra = {"splits": splits_of(data)} | ({"truncated": teacher.prompt.cut_counts()} if teacher else {})
+    extra = {"splits": splits_of(data)} | ({"truncated": teacher.prompt.cut_counts(),
+                                            "compute": getattr(teacher.lm, "rab_compute", "")} if teacher else {})
     return report(out, name, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k), header,
                   ignore_identical=cfg.ignore_identical and beir_format, extra=extra, seed=cfg.seed,
                   pool_size=len(doc_ids))

@@ -38,7 +38,8 @@ from batching import PoolBatches, batches, pool_queries
 from caches import PairCache
 from common import (add_dataclass_args, cache_dir, check_finite, check_sizes, cli, config_from_args, field, progress,
                     save_tensors, subset, write_json)
-from llm import ATTENTION, DEFAULT_MODEL, fingerprint
+from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, compute_id, fingerprint
+from jepa import ACTS
 from losses import Weights, total_loss
 from policy import pick_top, sample_fixed, sample_policy, softmax_scores
 from student import Student
@@ -75,7 +76,7 @@ class DistillConfig:
     nce_negatives: int = field(1024, "pool documents per step as negatives of (11) (the whole pool when smaller)")
     nce_tau: float = field(1.0, "temperature of (11)")
     width: int = field(256, "predictor width P")
-    act: str = field("gelu", "the predictor's activation (7) (ours)", choices=["gelu", "relu", "silu", "gelu_tanh"])
+    act: str = field("relu", "the predictor's activation (7), ours: relu chosen on dev", choices=list(ACTS))
     epochs: int = field(30, "predictor epochs E per round over all pairs so far")
     lr: float = field(1e-3, "AdamW learning rate of the predictor")
     batch_size: int = field(32, "pairs per predictor step")
@@ -84,6 +85,7 @@ class DistillConfig:
     data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    dtype: str = field("auto", DTYPE_HELP)
     attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     max_train_queries: int = field(128, "training queries (0 = all)")
     eval_split: str = field("test", "the split Step 6 evaluates: test for a reported run, dev to choose a recipe",
@@ -143,13 +145,13 @@ def step0_teacher(cfg: DistillConfig):
 
     if not Path(cfg.teacher, "teacher.safetensors").exists():
         print(f"[distill] Step 0: no teacher at {cfg.teacher}: training one")
-        train_teacher(TrainConfig(bench=cfg.bench, data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
-                                  output_dir=cfg.teacher, seed=cfg.seed, quiet=cfg.quiet, batch_size=cfg.teacher_batch,
-                                  instruction=cfg.instruction, attn_implementation=cfg.attn_implementation,
+        same = {k: getattr(cfg, k) for k in ("bench", "data_dir", "model", "device", "dtype", "seed", "quiet",
+                                             "instruction", "attn_implementation")}
+        train_teacher(TrainConfig(**same, output_dir=cfg.teacher, batch_size=cfg.teacher_batch,
                                   **(TrainConfig.QUICK | {"quick": True} if cfg.quick else {}),
                                   **resume_or_restart(cfg.teacher)))
     teacher, meta = load_teacher(cfg.teacher, device=cfg.device, batch_size=cfg.teacher_batch, quiet=cfg.quiet,
-                                 attn=cfg.attn_implementation,
+                                 attn=cfg.attn_implementation, dtype=cfg.dtype,
                                  instruction=instruction_for(cfg.instruction, cfg.bench))
     if meta.get("base_model") != cfg.model:
         raise ValueError(f"{cfg.teacher}: teacher was trained from '{meta.get('base_model')}', but --model is "
@@ -169,7 +171,7 @@ def step1_student(cfg: DistillConfig, data, teacher, train_q: dict[str, str], qi
     student.predictor.compiled = cfg.compile
     doc_ids = list(data.corpus)
     h_d = encode_corpus(student, doc_ids, [data.doc_text(d) for d in doc_ids],
-                        cache_dir("docemb", f"{cfg.bench}-{fingerprint(teacher.lm)}-f16"), cfg.refresh_cache)
+                        cache_dir("docemb", f"{cfg.bench}-{compute_id(teacher.lm)}-f16"), cfg.refresh_cache)
     timings["1_encode_docs"] = time.time() - t0
     t0 = time.time()
     h_q = encode_corpus(student, qids, [train_q[q] for q in qids], out / "train_queries", kind="queries")
@@ -293,7 +295,7 @@ def distill(cfg: DistillConfig) -> dict:
     teacher, tmeta = step0_teacher(cfg)
     timings["0_teacher"] = time.time() - t0
     student, h_d, h_q = step1_student(cfg, data, teacher, train_q, qids, out, timings)
-    cache = PairCache(out / "pairs", fingerprint(teacher.lm), cfg.refresh_cache)
+    cache = PairCache(out / "pairs", compute_id(teacher.lm), cfg.refresh_cache)
     first_round, log, pairs = distill_resume(cfg, out, student)  # --resume: after the last round
     if pairs:  # every pair so far has its target (a chunk --refresh-cache deleted as damaged is computed again)
         step4_teacher_targets(cache, pairs, teacher, train_q, data.doc_text, first_round - 1, cfg.quiet)
@@ -330,8 +332,7 @@ def distill(cfg: DistillConfig) -> dict:
     t0 = time.time()
     res = step6_evaluate(cfg, data, cfg.eval_split, teacher, student, h_d, timings["1_encode_docs"],
                          pool[0] if pool is not None else h_q)
-    timings["6_evaluate"] = time.time() - t0
-    timings["total"] = time.time() - t_start
+    timings |= {"6_evaluate": time.time() - t0, "total": time.time() - t_start}
     res |= {"timings_s": timings, "teacher_calls": len(cache.h)}
     step7_save(student, out, meta, res)
     print(f"[distill] cut to fit (--max-doc-tokens / the model's window): {res['truncated']}")

@@ -20,7 +20,7 @@ import torch
 import parallel
 from common import IntegrityError, file_digest, load_tensors, progress, read_json, save_tensors, write_json
 from jepa import INDEX_DTYPE
-from llm import fingerprint
+from llm import compute_id, fingerprint
 from metrics import topk_blocked
 
 SHARD = 512
@@ -47,7 +47,7 @@ def cache_key(student, doc_ids: list[str], texts: list[str], kind: str) -> dict:
         h.update(d.encode() + b"\0" + t.encode() + b"\1")
     pieces = ("pre", "max_doc_tokens") if kind == "docs" else ("pre_q", "post_q")
     prompt = {k: v for k, v in prompt_pieces(student.prompt).items() if k in pieces}
-    return {"model_fingerprint": fingerprint(student.lm), "prompt": prompt, "kind": kind,
+    return {"model_fingerprint": compute_id(student.lm), "prompt": prompt, "kind": kind,
             "corpus": h.hexdigest(), "n_docs": len(doc_ids)}
 
 

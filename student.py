@@ -29,7 +29,7 @@ from teacher import Teacher
 class Student:
     """Frozen teacher trunk + head, with a trainable `predictor` between them."""
 
-    def __init__(self, teacher: Teacher, width: int = 256, act: str = "gelu"):
+    def __init__(self, teacher: Teacher, width: int = 256, act: str = "relu"):
         self.teacher = teacher
         self.lm = teacher.lm                     # shared, not copied
         self.lm.eval().requires_grad_(False)

@@ -52,3 +52,27 @@ def test_last_logits_equal_each_sequence_alone(arch):
         want = lm(input_ids=torch.tensor([s])).logits[0, -1]
         assert torch.allclose(got[i], want, atol=1e-5), i
     assert got.shape == (3, lm.config.vocab_size)
+
+
+def test_bf16_autocast_is_its_own_cache_key(monkeypatch):
+    """--dtype bf16-autocast keeps the float32 weights (same fingerprint: checkpoints load either way) and runs the
+    trunk's matrix products in bfloat16: scores within bfloat16 rounding of float32's, not identical, and a cache
+    key of their own (`compute_id`), so no cache mixes the two. `auto` picks it only on a CPU with native bfloat16."""
+    from conftest import make_lm, make_tokenizer
+    tok = make_tokenizer()
+    lm, fast = make_lm(tok), make_lm(tok)
+    fast.load_state_dict(lm.state_dict())
+    llm.bf16_autocast(fast)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18]])
+    with torch.inference_mode():
+        want, got = lm.model(input_ids=ids).last_hidden_state, fast.model(input_ids=ids).last_hidden_state
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    assert torch.allclose(got, want, atol=0.1, rtol=0.05)
+    assert llm.fingerprint(fast) == llm.fingerprint(lm) and llm.compute_id(fast) != llm.compute_id(lm)
+    assert fast.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    for native, mode in ((False, "float32"), (True, "bf16-autocast")):
+        monkeypatch.setattr(llm, "native_bf16", lambda native=native: native)
+        assert llm.resolve_dtype("auto", "cpu") == mode and llm.resolve_dtype("auto", "cuda") == "bfloat16"
+    assert llm.resolve_dtype("float32", "cpu") == "float32"
+    with pytest.raises(ValueError, match="--dtype 'float64'"):
+        llm.resolve_dtype("float64", "cpu")
