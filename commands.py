@@ -22,7 +22,7 @@ from data import BEIR_13
 from evaluate import eval_queries, run_systems, splits_of, timed
 from index import Index, corpus_changes
 from jepa import INDEX_DTYPE
-from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, compute_id, fingerprint, load_llm
+from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, compute_id, fingerprint, load_llm
 from metrics import BM25, candidate_sets, check_trec_ids, describe_protocol
 from reporting import beir_summary, report
 from teacher import Teacher, instruction_for
@@ -113,7 +113,7 @@ def add_teacher_commands(sub) -> None:
     b = sub.add_parser("bench", help="teacher throughput")
     b.add_argument("--model", default=DEFAULT_MODEL)
     b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+    b.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=DTYPE_HELP)
     b.add_argument("--batch-size", type=int, default=8)
     b.add_argument("--pairs", type=int, default=32)
     b.add_argument("--output", default="results/teacher_throughput.json")
@@ -305,7 +305,7 @@ class EvalConfig:
     instruction: str = field("task", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
                              "brings its own")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
-    dtype: str = field("auto", DTYPE_HELP)
+    dtype: str = field("auto", DTYPE_HELP, choices=["auto", *DTYPES])
     attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
     output_dir: str = field("", "outputs (default runs/eval-{bench})")

@@ -38,7 +38,7 @@ from batching import PoolBatches, batches, pool_queries
 from caches import PairCache
 from common import (add_dataclass_args, cache_dir, check_finite, check_sizes, cli, config_from_args, field, progress,
                     save_tensors, subset, write_json)
-from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, compute_id, fingerprint
+from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, compute_id, fingerprint
 from jepa import ACTS
 from losses import Weights, total_loss
 from policy import pick_top, sample_fixed, sample_policy, softmax_scores
@@ -85,7 +85,7 @@ class DistillConfig:
     data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
-    dtype: str = field("auto", DTYPE_HELP)
+    dtype: str = field("auto", DTYPE_HELP, choices=["auto", *DTYPES])
     attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     max_train_queries: int = field(128, "training queries (0 = all)")
     eval_split: str = field("test", "the split Step 6 evaluates: test for a reported run, dev to choose a recipe",

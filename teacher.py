@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from common import cli, field, subset
-from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, last_hidden_shared
+from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, last_hidden_shared
 from metrics import label_prior, sample_excluding, to_run
 
 
@@ -226,7 +226,7 @@ class TrainConfig:
     # the run: data, devices, batching, outputs
     data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
-    dtype: str = field("auto", DTYPE_HELP)
+    dtype: str = field("auto", DTYPE_HELP, choices=["auto", *DTYPES])
     attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     batch_size: int = field(8, "pairs per forward (a micro-batch, per process; with --listwise whole groups: rounded "
                                "down to a multiple of the group size, at least one group)")
