@@ -11,7 +11,7 @@ import torch
 
 from common import check_result_file, write_json
 from jepa import ACTS, INDEX_DTYPE, Predictor
-from llm import last_hidden, load_llm
+from llm import compute_mode, last_hidden, load_llm
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -152,7 +152,7 @@ def teacher_bench(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be >= 1")
     check_result_file(args.output, "--output", "pairs_per_s")
     lm, tok = load_llm(args.model, args.device, args.dtype)
-    compute = getattr(lm, "rab_compute", "")
+    compute = compute_mode(lm)
     peak = matmul_peak(bf16=compute == "bf16-autocast") if next(lm.parameters()).device.type == "cpu" else None
     rows = []
     for length in (128, 512):

@@ -22,7 +22,8 @@ from data import BEIR_13
 from evaluate import eval_queries, run_systems, splits_of, timed
 from index import Index, corpus_changes
 from jepa import INDEX_DTYPE
-from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, compute_id, fingerprint, load_llm
+from llm import (ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, compute_id, compute_mode, fingerprint,
+                 load_llm)
 from metrics import BM25, candidate_sets, check_trec_ids, describe_protocol
 from reporting import beir_summary, report
 from teacher import Teacher, instruction_for
@@ -407,7 +408,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
               f"{' (subset)' if cfg.max_docs else ''}")
     beir_format = name not in ("esconv", "psyqa", "saycan", "virtualhome")
     extra = {"splits": splits_of(data)} | ({"truncated": teacher.prompt.cut_counts(),
-                                            "compute": getattr(teacher.lm, "rab_compute", "")} if teacher else {})
+                                            "compute": compute_mode(teacher.lm)} if teacher else {})
     return report(out, name, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k), header,
                   ignore_identical=cfg.ignore_identical and beir_format, extra=extra, seed=cfg.seed,
                   pool_size=len(doc_ids))

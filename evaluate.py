@@ -34,6 +34,7 @@ import torch
 
 from caches import TeacherScores
 from common import cli, progress, subset
+from llm import compute_mode
 from metrics import BM25, TOP, label_prior, ranked, topk_blocked
 
 
@@ -297,7 +298,7 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
                   header, extra={"truncated": teacher.prompt.cut_counts(), "splits": splits_of(data),
-                                 "compute": getattr(teacher.lm, "rab_compute", ""),
+                                 "compute": compute_mode(teacher.lm),
                                  "step6_teacher_pairs": scores.this_run if scores else {}},
                   seed=cfg.seed, pool_size=len(doc_ids))
 

@@ -190,11 +190,15 @@ def fingerprint(module: torch.nn.Module) -> str:
     return weights_fingerprint(module)
 
 
+def compute_mode(lm) -> str:
+    """How the model's passes compute: the `--dtype` it was loaded with (resolved), "" for a model built otherwise."""
+    return getattr(lm, "rab_compute", "")
+
+
 def compute_id(lm) -> str:
     """What a cache of the model's outputs depends on: the weights' fingerprint and how the passes compute (the same
     weights give other float rounding under bf16-autocast)."""
-    mode = getattr(lm, "rab_compute", "")
-    return fingerprint(lm) + ("-bf16ac" if mode == "bf16-autocast" else "")
+    return fingerprint(lm) + ("-bf16ac" if compute_mode(lm) == "bf16-autocast" else "")
 
 
 def forget_fingerprint(module: torch.nn.Module) -> None:
