@@ -10,7 +10,7 @@ Choices not fixed by the paper:
 - the embedded default model (the paper uses Qwen2-7B-Instruct);
 - compute (`--dtype`, `auto` by default): bfloat16 weights on a GPU; on a CPU float32 weights, with the matrix products
   in bfloat16 (torch.autocast, `bf16-autocast`) where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX:
-  1.65x faster teacher scoring, RESULTS.md), plain float32 elsewhere;
+  1.65-1.85x faster teacher scoring, RESULTS.md), plain float32 elsewhere;
 - right padding, the embedding read at each row's last real token (causal attention: pads after it change nothing).
 """
 from __future__ import annotations
@@ -171,7 +171,7 @@ def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "aut
 def bf16_autocast(lm) -> None:
     """Every pass of the trunk from now on runs under torch.autocast to bfloat16: the matrix products in bfloat16,
     the weights, norms, softmax and residual stream in float32 (the head's rows are applied in float32 by the
-    callers). Measured on the trained VirtualHome teacher (RESULTS.md): 1.65x the pairs/s, agree@1 0.94 with float32."""
+    callers). Measured on the trained VirtualHome teacher (RESULTS.md): 1.65-1.85x the pairs/s, agree@1 0.94 with float32."""
     trunk, device = lm.model.forward, next(lm.parameters()).device.type
 
     def forward(*args, **kwargs):
