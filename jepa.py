@@ -22,7 +22,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 BLOCK_BYTES = 1 << 20  # activations alive at once while scoring a corpus: small enough to stay in the L2 cache
-INDEX_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}  # dtypes of B h_d
 
 
 # the predictor's activation (`--act`, ours): out of place (training), in place (the blocked scorer)
@@ -46,7 +45,7 @@ def compiled_scores(a: torch.Tensor, side: torch.Tensor, v: torch.Tensor, act: s
     compiler there). The numbers of documents and of queries are symbolic: one kernel serves every corpus and batch
     (plus the specialisations for one query or one document, and one per dtype of B h_d), with no padding."""
     if act not in _compiled:
-        import torch._dynamo.config as dynamo
+        import torch._dynamo.config as dynamo  # on first use: torch._dynamo takes seconds to import
         # the activations share one code object: up to 12 kernels each (one or more queries, one or more documents,
         # 3 dtypes of B h_d); past the limit dynamo would run fused_scores eagerly, an (n, B, P) tensor in memory
         dynamo.recompile_limit = max(dynamo.recompile_limit, 12 * len(ACTS))
@@ -119,13 +118,3 @@ def naive_scores(predictor: Predictor, h_q: torch.Tensor, h_d: torch.Tensor, hea
     h_hat = predictor(h_q[:, None, :].expand(b, n, -1), h_d[None, :, :].expand(b, n, -1))  # (B, n, H)
     z = h_hat @ head.T                                                                      # (B, n, V)
     return z[..., y_pos] - z[..., y_neg]
-
-
-def main(argv=None) -> list[dict]:
-    from bench import predictor_main  # python jepa.py bench: the scorer's throughput against a dot product
-    return predictor_main(argv)
-
-
-if __name__ == "__main__":
-    from common import cli
-    cli(main)

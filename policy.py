@@ -15,6 +15,9 @@ import math
 
 import torch
 
+from runtime.index import Index
+from runtime.metrics import topk_blocked
+
 
 def sample_policy(scores: torch.Tensor, exclude: list[set[int]], k: int, tau_s: float,
                   gen: torch.Generator) -> list[list[int]]:
@@ -48,8 +51,6 @@ def pick_top(cfg, r: int, student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
     student's own (7) from round 1 on, its top k + |exclude| kept a block of documents at a time; in round 0, where
     the untrained student scores every document the same, the --round0 policy [ours]: BM25 (one query's scores at a
     time) or the frozen bi-encoder (cosine of h_q (5) and h_d (6), blocked). Never a queries x pool matrix."""
-    from metrics import topk_blocked
-
     if r == 0 and cfg.round0 == "bm25":
         return [sample_top(torch.from_numpy(bm25.scores(t))[None], [e], cfg.k)[0] for t, e in zip(texts, exclude)]
     n = min(h_d.shape[0], cfg.k + max(map(len, exclude)))
@@ -74,7 +75,6 @@ def softmax_scores(cfg, r: int, student, h_q: torch.Tensor, h_d: torch.Tensor, b
 
 def pool_index(student, h_d: torch.Tensor):
     """The pool as the student scores it, B h_d (n, P) in float32 (index.Index): s_S (7) of every document."""
-    from index import Index
     return Index.from_h_d(student, [str(i) for i in range(h_d.shape[0])], h_d, "float32")
 
 

@@ -19,11 +19,16 @@ in float16 in an index (`--dtype`).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from jepa import Predictor
-from llm import last_hidden
-from teacher import Teacher
+from runtime import search
+from runtime.checkpoints import load_predictor_tensors, student_files
+from runtime.common import cli
+from runtime.llm import fingerprint, last_hidden
+from teacher import Teacher, load_teacher
 
 
 class Student:
@@ -62,13 +67,22 @@ class Student:
         return h_hat, z, z[:, self.y_pos] - z[:, self.y_neg]
 
 
-def main(argv=None) -> None:
-    from commands import student_index, student_parser, student_search
+def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, batch_size: int = 8,
+                 attn: str = "sdpa", dtype: str = "auto") -> Student:
+    """A distill.py output folder (predictor.safetensors + sidecar) -> the Student: its teacher checkpoint, frozen,
+    with the trained predictor (its width and activation from the checkpoint; the teacher's fingerprint checked)."""
+    path, teacher_dir = student_files(folder)
+    teacher, _ = load_teacher(teacher_dir, device=device, batch_size=batch_size, quiet=quiet, attn=attn, dtype=dtype)
+    tensors, meta = load_predictor_tensors(path, fingerprint(teacher.lm))
+    student = Student(teacher, tensors["A.weight"].shape[0], meta.get("act", "gelu"))  # saved before --act: GELU
+    student.predictor.load_state_dict(tensors)
+    student.folder, student.teacher_dir = str(Path(folder).resolve()), str(teacher_dir.resolve())
+    return student
 
-    args = student_parser().parse_args(argv)
-    student_index(args) if args.cmd == "index" else student_search(args)
+
+def main(argv=None) -> None:
+    search.main(argv, __doc__, load_student)  # python student.py index | search: the Index of runtime/index.py
 
 
 if __name__ == "__main__":
-    from common import cli
     cli(main, again="rerun the same command (an index build continues from its finished shards)")

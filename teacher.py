@@ -4,7 +4,7 @@ log-probabilities of "yes" / "no" (METHOD.md equations (1)-(4); the paper's teac
     python teacher.py train --bench virtualhome                          # SFT (4) + (4b) + dev metric, ~7 min on 2 CPU cores
     python teacher.py train --bench esconv --data-dir DIR
     python teacher.py score --query "I feel so alone" --doc "Reflection of feelings" [--checkpoint runs/teacher-esconv]
-    python teacher.py bench                                               # pairs/s at total lengths 128 and 512
+    python -m benchmarks.throughput teacher                               # pairs/s at total lengths 128 and 512
 
 Shapes: B pairs, T tokens, H hidden, V vocabulary.
 
@@ -16,14 +16,24 @@ Choices not fixed by the paper:
 """
 from __future__ import annotations
 
+import argparse
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from common import cli, field, subset
-from llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, last_hidden_shared
-from metrics import label_prior, sample_excluding, to_run
+from data import load_bench
+from runtime import parallel
+from runtime.checkpoints import load_teacher_lm
+from runtime.common import (add_dataclass_args, cli, config_from_args, field, prepare_output, resolve_device,
+                            set_seed, subset)
+from runtime.files import check_split
+from runtime.llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, fingerprint, last_hidden_shared, load_llm
+from runtime.metrics import BM25, label_prior, sample_excluding, to_run
+from runtime.training import (SFT, DevSet, check_train_config, mine_negatives, report_trained, save_trained,
+                              sft_dtype, split_point)
 
 
 YES, NO = "yes", "no"
@@ -187,12 +197,21 @@ class Teacher:
         w = self.lm.lm_head.weight
         return (w[self.y_pos].float() - w[self.y_neg].float()).cpu()
 
+    def rerank(self, queries: dict[str, str], candidates: dict[str, list[str]], doc_text,
+               desc: str = "teacher") -> dict[str, dict[str, float]]:
+        """The teacher as a reranker: s_T (3) of every (query, candidate), as a run {qid: {doc id: s_T}}."""
+        flat = [(q, d) for q, ds in candidates.items() for d in ds]
+        return to_run(flat, self.score([queries[q] for q, _ in flat], [doc_text(d) for _, d in flat], desc))
 
-def teacher_run(teacher: Teacher, queries: dict[str, str], candidates: dict[str, list[str]], doc_text,
-                desc: str = "teacher") -> dict[str, dict[str, float]]:
-    """The teacher as a reranker: s_T (3) of every (query, candidate), as a run {qid: {doc id: s_T}}."""
-    flat = [(q, d) for q, ds in candidates.items() for d in ds]
-    return to_run(flat, teacher.score([queries[q] for q, _ in flat], [doc_text(d) for _, d in flat], desc))
+
+def load_teacher(checkpoint: str | Path | None = None, model: str | None = None, device: str = "auto",
+                 dtype: str = "auto", batch_size: int = 8, quiet: bool = False,
+                 instruction: str | None = None, attn: str = "sdpa") -> tuple[Teacher, dict]:
+    """The teacher of `checkpoint` (a teacher.py train folder: base model + trained tensors, checked by
+    `runtime.checkpoints.load_teacher_lm`), or the zero-shot `model` asked `instruction` without one: (teacher, sidecar)."""
+    lm, tok, meta = load_teacher_lm(checkpoint, model, device, dtype, attn, instruction, INSTRUCTION)
+    return Teacher(lm, tok, meta.get("max_doc_tokens", 256), batch_size, quiet,
+                   instruction=meta.get("instruction", instruction or INSTRUCTION)), meta
 
 
 # ---------------------------------------------------------------------------- training (4)
@@ -243,8 +262,7 @@ class TrainConfig:
     QUICK = {"max_train_queries": 16, "epochs": 2, "max_dev_queries": 8, "rerank_k": 4}
 
     def __post_init__(self):
-        from training import check_train_config  # sizes, finite numbers, flags that contradict each other
-        check_train_config(self)
+        check_train_config(self)  # sizes, finite numbers, flags that contradict each other
         self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
 
     def group_size(self, data, split: str) -> int:
@@ -300,8 +318,6 @@ def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) ->
 def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: list | None = None) -> dict:
     """SFT (4) on `sft_pairs` or on the given (query text, doc id, label) `pairs`: AdamW, warmup + cosine, gradient
     accumulation and clipping (the runtime: `training.SFT`). Returns the loss history."""
-    from training import SFT
-
     gen = torch.Generator().manual_seed(cfg.seed + (0 if pairs is None else 2))
     pairs = sft_pairs(data, split, cfg, bm25, gen) if pairs is None else pairs
     seqs = [teacher.prompt.teacher(q, data.doc_text(d)) for q, d, _ in pairs]
@@ -325,25 +341,68 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
 
 # ---------------------------------------------------------------------------- python teacher.py train
 def train_teacher(cfg: TrainConfig) -> dict:
-    """SFT (4) of the base model on the bench's training split, a second pass with its own mistakes (--neg-self),
-    the checkpoint saved; the dev metric before and after (`commands.TeacherRun` holds the machinery around it)."""
-    from commands import TeacherRun
-    from training import mine_negatives
+    """SFT (4) of the base model on the bench's training split (chosen on dev; the test split is never read), a
+    second pass with its own mistakes (--neg-self), the checkpoint saved; the dev metric before and after."""
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.device)  # inputs and settings are checked before anything is written
+    if cfg.neg_self and parallel.world() > 1:
+        raise ValueError("--neg-self runs in one process (its second pass would wrap the model for DDP / FSDP2 "
+                         "twice): run `python teacher.py train ...` without torchrun")
+    with parallel.main_first():  # a download or unpacking happens once
+        data = load_bench(cfg.bench, cfg.data_dir or None)
+    check_split(data, "train", "training")
+    check_split(data, "dev", "dev")
+    prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite, script="teacher", can_resume=True,
+                   same=("resume", "overwrite", "quiet", "save_every"))
+    bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
+    lm, tok = load_llm(cfg.model, cfg.device, sft_dtype(cfg, device), cfg.attn_implementation)
+    base_fp = fingerprint(lm)
+    teacher = Teacher(lm, tok, cfg.max_doc_tokens, cfg.batch_size, cfg.quiet,
+                      instruction=instruction_for(cfg.instruction, cfg.bench))
+    dev = DevSet(teacher, data, "dev", bm25, cfg, split_point(lm, cfg.train_layers), "train")
+    before = dev.before(teacher, Path(cfg.output_dir) / "dev_before.json", cfg.resume)  # kept for --resume
 
-    run = TeacherRun(cfg)  # data, BM25, base model, output folder, dev metric of the untrained teacher
-    hist = train(run.teacher, run.data, run.train_split, cfg, run.bm25)
+    hist = train(teacher, data, "train", cfg, bm25)
     if cfg.neg_self:  # a second pass over the pairs and the teacher's own mistakes
-        mined = mine_negatives(run.teacher, run.data, run.train_split, cfg, run.bm25, hist["pair_list"])
+        mined = mine_negatives(teacher, data, "train", cfg, bm25, hist["pair_list"])
         print(f"[teacher] mined {len(mined)} negatives (its own top-ranked wrong documents); training again")
-        second = train(run.teacher, run.data, run.train_split, cfg, run.bm25, hist["pair_list"] + mined)
+        second = train(teacher, data, "train", cfg, bm25, hist["pair_list"] + mined)
         hist = second | {"losses": hist["losses"] + second["losses"], "steps": hist["steps"] + second["steps"],
                          "seconds": hist["seconds"] + second["seconds"]}
-    return run.finish(hist)  # checkpoint, dev metric of the trained teacher
+
+    path, meta = save_trained(teacher, cfg, base_fp, before, hist)  # the checkpoint, then the resumable state dropped
+    if hist["fsdp"]:  # the sharded model is done: every rank reloads the gathered checkpoint for the dev metric
+        teacher, _ = load_teacher(cfg.output_dir, device=cfg.device, batch_size=cfg.batch_size, quiet=cfg.quiet,
+                                  attn=cfg.attn_implementation)
+        dev = DevSet(teacher, data, "dev", bm25, cfg, 0, "train")
+    return report_trained(path, cfg, meta, dev.metric(teacher, "dev (trained)"), hist)
+
+
+# ---------------------------------------------------------------------------- python teacher.py score
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_dataclass_args(sub.add_parser("train", help="SFT (4) and save a checkpoint"), TrainConfig)
+    s = sub.add_parser("score", help="score one (query, document) pair")
+    s.add_argument("--query", required=True)
+    s.add_argument("--doc", required=True)
+    s.add_argument("--checkpoint", default=None)
+    s.add_argument("--model", default=None, help=f"base model without --checkpoint (default {DEFAULT_MODEL})")
+    s.add_argument("--device", default="auto")
+    return p
 
 
 def main(argv=None) -> None:
-    from commands import teacher_main  # train (train_teacher), score, bench
-    teacher_main(argv)
+    args = parser().parse_args(argv)
+    if args.cmd == "train":
+        train_teacher(config_from_args(TrainConfig, args))
+        return
+    for flag, text in (("--query", args.query), ("--doc", args.doc)):
+        if not text.strip():
+            raise ValueError(f"{flag} is empty or only whitespace")
+    teacher, _ = load_teacher(args.checkpoint, args.model, args.device)
+    s = teacher.score([args.query], [args.doc]).item()  # (3)
+    print(f"s_T = {s:.4f}   p(yes | yes, no) = {1 / (1 + math.exp(-s)):.4f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import teacher  # noqa: E402
+from runtime import checkpoints, training  # noqa: E402
+
 torch.set_num_threads(1)  # tiny models: thread start-up costs more than it saves
 
 WORDS = ("Document Query Does Answer user assistant system Task Steps Seeker Supporter yes no document query does the fit answer or a an and to of in on with walk find grab put switch turn "
@@ -55,7 +58,6 @@ def make_qwen2(tok, seed=0, layers=2, hidden=32):
 @contextmanager
 def killed_after(steps: int, exc=KeyboardInterrupt):
     """Within the `with`, teacher SFT dies (raises `exc`) right after its optimiser step number `steps`: a kill."""
-    import training
     orig = training.MasterWeights.step
 
     def step(self):
@@ -72,10 +74,8 @@ def killed_after(steps: int, exc=KeyboardInterrupt):
 
 def patch_llm(monkeypatch, load) -> None:
     """Every place that loads the base LLM (a checkpoint's base model, a new teacher's) loads `load()` instead."""
-    import checkpoints
-    import commands
     monkeypatch.setattr(checkpoints, "load_llm", load)
-    monkeypatch.setattr(commands, "load_llm", load)
+    monkeypatch.setattr(teacher, "load_llm", load)
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import teacher as T
-from caches import PairCache
+from runtime.caches import PairCache
 from conftest import make_lm, make_tokenizer
-from metrics import BM25, RANDPERM_MAX, candidate_sets, ranked, sample_excluding
+from runtime.metrics import BM25, RANDPERM_MAX, candidate_sets, ranked, sample_excluding
 
 
 def test_bf16_gradient_is_clipped_before_the_step():
@@ -17,7 +17,7 @@ def test_bf16_gradient_is_clipped_before_the_step():
     tiny model whose gradient norm is far above --clip, AdamW's first moment is (1 - beta1) x the clipped gradient,
     norm (1 - beta1) x clip (before the fix the step gathered the unclipped gradient again)."""
     from test_teacher import _toy_data
-    from training import SFT
+    from runtime.training import SFT
 
     tok = make_tokenizer()
     lm = make_lm(tok).to(torch.bfloat16)
@@ -62,7 +62,7 @@ def test_u_is_subtracted_in_float32():
 def test_a_round_resumed_inside_its_teacher_targets_keeps_every_chunk(tmp_path, monkeypatch):
     """Step 4 killed after its first chunk, then run again (a resume inside the round): the chunks left on disk hold
     every pair once, and a fresh cache reads them all back (before the fix the second run overwrote chunk 0)."""
-    import caches
+    from runtime import caches
     monkeypatch.setattr(caches, "CHUNK", 4)
 
     class Teacher:

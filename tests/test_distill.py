@@ -134,7 +134,7 @@ def test_flags_parse():
     """Boolean flags mean what they say: --no-jepa sets no_jepa, --no-eval-teacher clears eval_teacher."""
     import argparse
 
-    from common import add_dataclass_args, config_from_args
+    from runtime.common import add_dataclass_args, config_from_args
     p = argparse.ArgumentParser()
     add_dataclass_args(p, distill.DistillConfig)
     cfg = config_from_args(distill.DistillConfig, p.parse_args(["--no-jepa", "--no-eval-teacher", "--lmbda", "2"]))
@@ -155,7 +155,7 @@ def test_sample_top_takes_the_best_unscored():
 def test_round0_not_uniform_and_no_pair_twice(env, monkeypatch):
     """Round 0 picks BM25's top documents (--round0 bm25), not uniform draws; over the rounds no (query, document)
     pair is sent to the teacher twice; every query keeps its gold pairs."""
-    import metrics
+    from runtime import metrics
     tmp, root = env
     picked = []
     orig = distill.pick_top
@@ -244,7 +244,7 @@ def test_quick_runs_execute_every_function_method_names(env):
     import sys
     from pathlib import Path
 
-    from test_docs import named_functions
+    from test_docs import named_functions, resolve, split_name
     tmp, root = env
     called: set[tuple[str, str]] = set()
 
@@ -262,15 +262,12 @@ def test_quick_runs_execute_every_function_method_names(env):
     finally:
         sys.setprofile(None)
     import dataclasses
-    import importlib
     reference_only = {"jepa.naive_scores"}  # the plain computation the factorised scorer is tested against
     missing = []
     for name in sorted(named_functions() - reference_only):
-        module, *attrs = name.split(".")
-        qual = ".".join(attrs)
-        obj = importlib.import_module(module)
-        for a in attrs:
-            obj = getattr(obj, a)
+        module, qual = split_name(name)
+        obj = resolve(name)
+        module = module.split(".")[-1]  # the traced file's stem
         if dataclasses.is_dataclass(obj):  # generated __init__: its instances are made by a function that ran
             assert ("distill", "DistillConfig.weights") in called or obj.__name__ != "Weights"
             continue
@@ -321,7 +318,7 @@ def test_no_choice_reads_the_test_split(env, monkeypatch):
     query or judgement; a reported run reads them in Step 6 only (and in the check that the split has a judged
     query, before any compute); unsealed outside Step 6, the run fails, so the seal is effective."""
     import data
-    import files
+    from runtime import files, runs
     tmp, root = env
     load = data.load_bench
 
@@ -338,8 +335,10 @@ def test_no_choice_reads_the_test_split(env, monkeypatch):
             finally:
                 Sealed.open = False
         return call
-    monkeypatch.setattr(data, "load_bench", sealed_load)
-    monkeypatch.setattr(files, "check_split", opening(files.check_split))  # the guard before any compute: a judged query
+    for module in (distill, teacher):  # every script that loads a bench, where it looks the loader up
+        monkeypatch.setattr(module, "load_bench", sealed_load)
+    for module in (runs, teacher):  # the guard before any compute (a judged query), where each script calls it
+        monkeypatch.setattr(module, "check_split", opening(files.check_split))
     Sealed.open = False
     res = distill.main(_args(tmp, root, "dev", "--eval-split", "dev"))  # trains the teacher (Step 0) as well
     assert res["split"] == "dev" and json.loads((tmp / "teacher" / "teacher_metrics.json").read_text())[

@@ -3,7 +3,9 @@ in METHOD.md, each equation names functions that exist and cite it back, and eve
 is one its script accepts."""
 import importlib
 import io
+import json
 import re
+import shlex
 import subprocess
 import sys
 import tokenize
@@ -30,7 +32,7 @@ def _docs() -> list[Path]:
 
 
 def _sources() -> list[Path]:
-    return sorted(ROOT.glob("*.py"))
+    return sorted([*ROOT.glob("*.py"), *ROOT.glob("runtime/*.py"), *ROOT.glob("benchmarks/*.py")])
 
 
 def _prose(path: Path) -> str:
@@ -68,11 +70,8 @@ def _names_resolve_and_first_cites(body: str, label: str) -> None:
     names = FUNC.findall(body)
     assert names, f"{label} names no function"
     for i, name in enumerate(names):
-        module, *attrs = name.split(".")
-        obj = importlib.import_module(module)
-        for a in attrs:
-            obj = getattr(obj, a, None)
-            assert obj is not None, f"{label} names {name}, which does not exist"
+        obj = resolve(name)
+        assert obj is not None, f"{label} names {name}, which does not exist"
         if i == 0:
             assert label in (obj.__doc__ or ""), f"{name} does not cite {label} in its docstring"
 
@@ -97,9 +96,31 @@ def test_each_step_names_its_functions():
         _names_resolve_and_first_cites(body, f"Step {n}")
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """('runtime.index', 'Index.build') of 'runtime.index.Index.build': the longest importable module, then the rest."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:i])
+        if (ROOT / (module.replace(".", "/") + ".py")).exists():
+            return module, ".".join(parts[i:])
+    raise LookupError(f"{name}: no module of the project")
+
+
+def resolve(name: str):
+    """The object a `module.function` name of the docs stands for, or None."""
+    try:
+        module, qual = split_name(name)
+    except LookupError:
+        return None
+    obj = importlib.import_module(module)
+    for a in qual.split("."):
+        obj = getattr(obj, a, None)
+    return obj
+
+
 def named_functions() -> set[str]:
     """Every `module.function` METHOD.md names, in equations and Steps alike (the functions a reader follows)."""
-    modules = {p.stem for p in _sources()}
+    modules = {p.stem for p in ROOT.glob("*.py")} | {"runtime"}
     return {n for n in FUNC.findall(_method()) if n.split(".")[0] in modules and not n.endswith(".py")}
 
 
@@ -118,8 +139,9 @@ def test_every_reference_resolves():
     assert not bad, bad
 
 
-SCRIPTS = {"distill.py": None, "evaluate.py": None, "complexity.py": None, "teacher.py": {"train", "score", "bench"},
-           "student.py": {"index", "search"}, "jepa.py": {"bench"}, "data.py": {"stats"}, "parallel.py": {"memory"}}
+SCRIPTS = {"distill.py": None, "evaluate.py": None, "complexity.py": None, "teacher.py": {"train", "score"},
+           "student.py": {"index", "search"}, "data.py": {"stats"}, "benchmarks/throughput.py": {"predictor", "teacher"},
+           "benchmarks/scale.py": None, "benchmarks/gpu_memory.py": None}
 
 
 def _commands() -> dict[tuple[str, str], set[str]]:
@@ -128,7 +150,8 @@ def _commands() -> dict[tuple[str, str], set[str]]:
     for path in _docs():
         text = re.sub(r"\\\n\s*", " ", path.read_text(encoding="utf-8"))
         for line in text.splitlines():
-            for m in re.finditer(r"\b(\w+\.py)((?:\s+[^\s`|;]+)*)", line):
+            line = re.sub(r"python -m (benchmarks)\.(\w+)", r"python \1/\2.py", line)
+            for m in re.finditer(r"\b((?:benchmarks/)?\w+\.py)((?:\s+[^\s`|;]+)*)", line):
                 script, rest = m.group(1), m.group(2).split()
                 if script not in SCRIPTS or not re.search(r"(python|torchrun)[^`]*\b" + re.escape(script), line):
                     continue
@@ -144,7 +167,8 @@ def test_every_flag_in_the_docs_exists():
     assert ("distill.py", "") in commands and ("evaluate.py", "") in commands
     missing = []
     for (script, sub), flags in sorted(commands.items()):
-        help_text = subprocess.run([sys.executable, str(ROOT / script), *([sub] if sub else []), "--help"],
+        module = ["-m", script[:-3].replace("/", ".")] if "/" in script else [str(ROOT / script)]
+        help_text = subprocess.run([sys.executable, *module, *([sub] if sub else []), "--help"],
                                    capture_output=True, text=True, cwd=ROOT, timeout=120).stdout
         missing += [f"{script} {sub} {f}".replace("  ", " ") for f in flags if f not in help_text]
     assert not missing, missing
@@ -154,3 +178,77 @@ def test_every_flag_in_the_docs_exists():
 def test_readme_is_a_page(path):
     """The README stays a page a newcomer reads (measurements live in RESULTS.md)."""
     assert len((ROOT / path).read_text(encoding="utf-8").splitlines()) <= 250
+
+
+# ---------------------------------------------------------------------------- the docs' code snippets, run
+def _blocks(lang: str) -> list[tuple[str, str]]:
+    """(document name, code) of every ```lang block in README.md and METHOD.md."""
+    out = []
+    for path in (ROOT / "README.md", ROOT / "METHOD.md"):
+        out += [(path.name, m.group(1)) for m in re.finditer(rf"```{lang}\n(.*?)```", path.read_text(encoding="utf-8"),
+                                                              re.S)]
+    return out
+
+
+def _command_lines() -> list[tuple[str, list[str]]]:
+    """(script, argv) of every `python ...` line of the docs' bash blocks (comments dropped)."""
+    out = []
+    for _, block in _blocks("bash"):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] != ["python"]:
+                continue
+            if words[1] == "-m":
+                out.append((words[2], words[3:]))
+            else:
+                out.append((words[1][:-3], words[2:]))
+    return out
+
+
+def test_every_shell_snippet_parses():
+    """Every `python ...` line of README.md's and METHOD.md's bash blocks is a literal command its script accepts:
+    parsed by the script's own parser and, for the scripts configured by a dataclass, its values checked by that
+    config (`__post_init__`), as the command would before doing any work."""
+    import runtime.common as common
+    from runtime import search
+    lines = _command_lines()
+    assert len(lines) >= 15 and {s for s, _ in lines} >= {"distill", "evaluate", "teacher", "student", "complexity"}
+    for script, argv in lines:
+        module = importlib.import_module(script.replace("/", "."))
+        p = search.parser(module.__doc__) if script == "student" else module.parser()
+        try:
+            args = p.parse_args(argv)
+        except SystemExit as e:
+            raise AssertionError(f"python {script} {' '.join(argv)}: refused by its parser") from e
+        config = {"distill": "DistillConfig", "evaluate": "EvalConfig", "complexity": "ComplexityConfig"}.get(script)
+        if script == "teacher" and args.cmd == "train":
+            config = "TrainConfig"
+        if config:
+            common.config_from_args(getattr(module, config), args, argv)
+
+
+def test_every_python_snippet_runs(tmp_path, monkeypatch, capsys):
+    """Every ```python block of README.md and METHOD.md runs as written, in a folder where its paths exist: a student
+    distilled from a tiny random model at runs/distill-virtualhome, a BEIR corpus at DIR/corpus.jsonl."""
+    import distill
+    from conftest import make_lm, make_tokenizer, patch_llm, write_virtualhome
+    from data import load_virtualhome
+    blocks = _blocks("python")
+    assert blocks, "the README shows the Python API"
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
+    tok = make_tokenizer()
+    patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
+    root = write_virtualhome(tmp_path, n_programs=10)
+    monkeypatch.chdir(tmp_path)
+    distill.main(["--data-dir", str(root), "--teacher", "runs/teacher-virtualhome", "--output-dir",
+                  "runs/distill-virtualhome", "--rounds", "1", "--k", "2", "--epochs", "2", "--width", "8",
+                  "--max-train-queries", "8", "--max-test-queries", "8", "--rerank-k", "4", "--quiet"])
+    (tmp_path / "DIR").mkdir()
+    corpus = load_virtualhome(root).corpus
+    (tmp_path / "DIR" / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": v["text"]}) + "\n"
+                                                         for d, v in corpus.items()))
+    capsys.readouterr()
+    for name, code in blocks:
+        exec(compile(code, name, "exec"), {"__name__": "__snippet__"})
+    out = capsys.readouterr().out
+    assert out.count("(") >= 10 and any(d in out for d in corpus)  # ten (doc id, score) hits of the corpus

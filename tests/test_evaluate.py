@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import evaluate as E
-import metrics as M
-
-
+import student as S
+from runtime import baselines
+from runtime import metrics as M
 def _random_case(seed):
     rng = random.Random(seed)
     qrels, run = {}, {}
@@ -96,7 +96,7 @@ def test_offline_message(tmp_path, monkeypatch, capsys):
     import data
     monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path))
     monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
-    from common import cli
+    from runtime.common import cli
     with pytest.raises(SystemExit) as e:
         cli(E.main, ["--bench", "beir", "--datasets", "scifact", "--systems", "bm25", "--output-dir",
                      str(tmp_path / "o")])
@@ -200,7 +200,7 @@ def test_prior_ranks_by_training_gold_counts():
     data = Retrieval("toy", corpus, queries, qrels)
     assert M.label_prior(data, "train") == {"c": 2, "a": 1, "b": 0}
     cands = {q: list(corpus) for q in queries["test"]}
-    res = E.system_prior(data, queries["test"], cands, "train")
+    res = baselines.system_prior(data, queries["test"], cands, "train")
     for run in (res.cand_run, res.full_run):
         assert [M.ranked(run[q]) for q in ("q1", "q2")] == [["c", "a", "d", "b"]] * 2  # ties by id, descending
     m = M.evaluate_run(res.cand_run, qrels["test"])
@@ -250,14 +250,13 @@ def _read_trec(path):
 
 def test_student_of_another_teacher_is_refused(tmp_path, monkeypatch):
     """load_student checks the predictor's teacher fingerprint against the teacher it loads."""
-    from checkpoints import load_student
     _, folder = _distilled(tmp_path, monkeypatch)
-    assert load_student(folder).predictor is not None
+    assert S.load_student(folder).predictor is not None
     side = folder / "predictor.safetensors.json"
     meta = json.loads(side.read_text())
     side.write_text(json.dumps(meta | {"teacher_fingerprint": "0" * 24}))
     with pytest.raises(ValueError, match="teacher_fingerprint"):
-        load_student(folder)
+        S.load_student(folder)
 
 
 def test_teacher_at_k_reranks_the_first_stage_union(tmp_path, monkeypatch):
@@ -273,11 +272,11 @@ def test_teacher_at_k_reranks_the_first_stage_union(tmp_path, monkeypatch):
     data = load_virtualhome(write_virtualhome(tmp_path, 10))
     queries = dict(list(data.split("test")[0].items())[:3])
     pool = list(data.corpus)
-    first = {"x": E.SystemResult(None, 0.0, full_run={q: {d: -i for i, d in enumerate(pool)} for q in queries}),
-             "y": E.SystemResult(None, 0.0, full_run={q: {d: i for i, d in enumerate(pool)} for q in queries})}
+    first = {"x": baselines.SystemResult(None, 0.0, full_run={q: {d: -i for i, d in enumerate(pool)} for q in queries}),
+             "y": baselines.SystemResult(None, 0.0, full_run={q: {d: i for i, d in enumerate(pool)} for q in queries})}
     sent = []
-    orig = T.teacher_run
-    monkeypatch.setattr(T, "teacher_run", lambda t, qs, c, *a: sent.append(c) or orig(t, qs, c, *a))
+    orig = T.Teacher.rerank
+    monkeypatch.setattr(T.Teacher, "rerank", lambda t, qs, c, *a: sent.append(c) or orig(t, qs, c, *a))
     scores = E.TeacherScores(tmp_path / "scores")
     c_q = E.system_teacher(teacher, data, queries, {q: [pool[0]] for q in queries}, scores)
     r = E.system_teacher_at_k(teacher, data, queries, first, 2, scores)
@@ -314,7 +313,7 @@ def test_hub_offsets_and_corrected_student_by_hand():
     from types import SimpleNamespace
 
     from jepa import Predictor
-    from index import Index
+    from runtime.index import Index
     torch.manual_seed(0)
     p = Predictor(6, 4)
     with torch.no_grad():

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoints
-import common
+from runtime import checkpoints
+from runtime import common
 import data
 import distill
 import evaluate as E
+import student as S
 import teacher as T
 from conftest import make_lm, make_tokenizer, patch_llm, write_virtualhome
 from test_data import ESCONV_LINE
@@ -144,7 +145,7 @@ def test_prompts_fit_the_window_document_cut_first_then_query_start():
 def test_damaged_and_truncated_tensor_files_are_named(env, tmp_path):
     """Zeros inside a document-cache shard or a teacher checkpoint, or a truncated file, stop with the file and what
     to do; --refresh-cache rebuilds the cache to the same values."""
-    from index import encode_corpus
+    from runtime.index import encode_corpus
     from student import Student
     tmp, _ = env
     tok = make_tokenizer()
@@ -236,7 +237,7 @@ def test_model_contradicting_checkpoint_is_an_error(env):
     meta = json.loads((tmp / "t" / "teacher.safetensors.json").read_text())
     assert "digest" in meta and meta["truncated"] == {"documents": 0, "queries": 0}
     with pytest.raises(ValueError, match="--model other-model contradicts the checkpoint"):
-        checkpoints.load_teacher(tmp / "t", "other-model")
+        T.load_teacher(tmp / "t", "other-model")
 
 
 # ---------------------------------------------------------------------------- 6. nothing silently wrong
@@ -332,7 +333,7 @@ def test_disk_full_and_ctrl_c_are_one_line_and_resume_recovers(env, capsys, monk
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return orig(path, *a, **k)
     monkeypatch.setattr(distill, "save_tensors", no_space)
-    monkeypatch.setattr("checkpoints.save_tensors", no_space)
+    monkeypatch.setattr("runtime.checkpoints.save_tensors", no_space)
     err = run_cli(distill.main, _distill(tmp, root, "cut"), capsys)
     assert "predictor.safetensors: no space left on the device; free space, then rerun the command" in err
     monkeypatch.undo()
@@ -391,12 +392,10 @@ def test_non_finite_values_refused(flag, value, capsys, tmp_path):
 
 def test_unwritable_output_found_before_the_model_loads(env, capsys, monkeypatch):
     """student.py index --out under a file (not a folder) is refused before the student is loaded."""
-    import commands
-    import student as S
     tmp, root = env
     _, beir = _index(tmp, root, capsys)
     (tmp / "afile").write_text("x")
-    monkeypatch.setattr(commands, "load_student", lambda *a, **k: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(S, "load_student", lambda *a, **k: pytest.fail("the model was loaded first"))
     err = run_cli(S.main, ["index", "--student", str(tmp / "run"), "--corpus", str(beir), "--out",
                            str(tmp / "afile" / "ix")], capsys)
     assert "--out" in err and "cannot write there" in err

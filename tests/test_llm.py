@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-import llm
+from runtime import llm
 from teacher import Prompt, answer_ids
 
 

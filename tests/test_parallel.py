@@ -12,12 +12,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import checkpoints
-import commands
+from runtime import checkpoints
 import distill
-import parallel
+from runtime import parallel
 import teacher as T
-import training
+from runtime import training
 from conftest import killed_after, make_lm, make_tokenizer, patch_llm, write_virtualhome
 from test_teacher import _toy_data
 
@@ -46,7 +45,7 @@ def spawn(fn, *args, world=2):
 def _run_sft(train_layers: int, kill_at: int = 0, **cfg) -> tuple[list[float], dict]:
     """One SFT run of the tiny model under the current ranks, dying after `kill_at` steps (0: never): its losses and
     its full (gathered) weights."""
-    from metrics import BM25
+    from runtime.metrics import BM25
     parallel.init("cpu")
     tok = make_tokenizer()
     lm = make_lm(tok, layers=3)
@@ -113,7 +112,7 @@ def test_sharded_encodings_equal_one_process(tmp_path):
 def _distill(tmp: str, out: str, root: str, cache: str):
     os.environ["RABTRIEVER_CACHE"] = cache
     tok = make_tokenizer()
-    checkpoints.load_llm = commands.load_llm = lambda *a, **k: (make_lm(tok), tok)
+    checkpoints.load_llm = T.load_llm = lambda *a, **k: (make_lm(tok), tok)
     distill.main(_args(tmp, out, root))
 
 
@@ -161,7 +160,7 @@ def test_distill_two_ranks_equals_one_and_resumes_under_one(tmp_path, vh):
 def _distill_dies(tmp: str, root: str, cache: str):
     os.environ["RABTRIEVER_CACHE"] = cache
     tok = make_tokenizer()
-    checkpoints.load_llm = commands.load_llm = lambda *a, **k: (make_lm(tok), tok)
+    checkpoints.load_llm = T.load_llm = lambda *a, **k: (make_lm(tok), tok)
     orig = distill.step5_train_predictor
 
     def dies(student, pairs, h_q, h_d, cache_, cfg, r, *rest):
@@ -192,8 +191,8 @@ def test_log_lines_on_rank0_only(tmp_path):
 def _sft_qwen2(out: str):
     """FSDP2 full fine-tune of a tiny Qwen2 (untied head) under 2 ranks; the gathered checkpoint written to `out`."""
     from conftest import make_qwen2
-    from llm import fingerprint
-    from metrics import BM25
+    from runtime.llm import fingerprint
+    from runtime.metrics import BM25
     parallel.init("cpu")
     tok = make_tokenizer()
     base_fp = fingerprint(make_qwen2(tok))
@@ -220,7 +219,7 @@ def test_fsdp2_qwen2_untied_head_saves_and_reloads(tmp_path, monkeypatch):
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     tok = make_tokenizer()
     patch_llm(monkeypatch, lambda *args, **kw: (make_qwen2(tok), tok))
-    loaded, _ = checkpoints.load_teacher(tmp_path / "two")
+    loaded, _ = T.load_teacher(tmp_path / "two")
     qs, ds = ["task 1 write"] * 2, ["walk to computer", "find mouse"]
     assert torch.allclose(loaded.score(qs, ds), one.score(qs, ds), atol=1e-4)
 
@@ -252,7 +251,7 @@ def test_sft_killed_under_two_ranks_resumes(tmp_path, train_layers):
 
 
 def _topk(out: str):
-    from metrics import topk_blocked
+    from runtime.metrics import topk_blocked
     parallel.init("cpu")
     m = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
     res = topk_blocked(lambda i, j: m[:, i:j], 50, 6, 9, block=7)
@@ -262,7 +261,7 @@ def _topk(out: str):
 
 def test_topk_blocked_two_ranks_equals_one(tmp_path):
     """Under 2 ranks each scores every other block of documents and the merged top k equals one process's."""
-    from metrics import topk_blocked
+    from runtime.metrics import topk_blocked
     m = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
     one = topk_blocked(lambda i, j: m[:, i:j], 50, 6, 9, block=7)
     spawn(_topk, str(tmp_path / "two.pt"))

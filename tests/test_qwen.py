@@ -5,8 +5,8 @@ import importlib.util
 import pytest
 import torch
 
-import checkpoints
-import llm
+from runtime import checkpoints
+from runtime import llm
 import teacher as T
 from conftest import make_qwen2, make_tokenizer, patch_llm
 
@@ -18,8 +18,8 @@ needs_qwen = pytest.mark.skipif(not HAVE_QWEN, reason="requirements-qwen.txt is 
 def test_tiny_qwen2_untied_head_checkpoint_round_trip(tmp_path, monkeypatch):
     """A full fine-tune of a Qwen2 with an untied head saves lm_head.weight apart from the embeddings and loads back
     to the same scores; the student reads the score direction from lm_head, not from the embeddings."""
-    from llm import fingerprint
-    from metrics import BM25
+    from runtime.llm import fingerprint
+    from runtime.metrics import BM25
     from student import Student
     from test_teacher import _toy_data
     tok = make_tokenizer()
@@ -36,7 +36,7 @@ def test_tiny_qwen2_untied_head_checkpoint_round_trip(tmp_path, monkeypatch):
     saved = load_file(path)
     assert "lm_head.weight" in saved and not torch.equal(saved["lm_head.weight"], saved["model.embed_tokens.weight"])
     patch_llm(monkeypatch, lambda *a, **k: (make_qwen2(tok), tok))
-    loaded, _ = checkpoints.load_teacher(tmp_path)
+    loaded, _ = T.load_teacher(tmp_path)
     qs, ds = ["task 1 write"] * 2, ["walk to computer", "find mouse"]
     assert torch.allclose(loaded.score(qs, ds), t.score(qs, ds), atol=1e-6)
     s = Student(loaded, 8)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import make_lm
-from index import Index, StaleCacheError, encode_corpus
+from runtime.index import Index, StaleCacheError, encode_corpus
 from jepa import ACTS, Predictor, naive_scores
 from losses import Weights, total_loss
 from student import Student
@@ -94,7 +94,7 @@ def test_index_scores_equal_forward(tiny):
 def test_doc_cache_round_trip_resume_and_stale(tiny, tmp_path, monkeypatch):
     """The cache returns h_d in float16 (within its rounding of the float32 encodings), memory-mapped from one
     joined file; a run killed while encoding resumes after its last finished shard; a changed model is refused."""
-    import index as IX
+    from runtime import index as IX
     monkeypatch.setattr(IX, "SHARD", 2)
     lm, tok = tiny
     s = Student(Teacher(lm, tok), width=8)
@@ -198,35 +198,3 @@ def test_compiled_scorer_equals_blocked():
             got = p.scores(h_q, side[:n], u)
         assert got.shape == (b, n) and torch.allclose(got, ref, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == 2
-
-
-def test_scale_benchmark_writes_its_figures(tmp_path):
-    """scale.py runs every whole-pool stage on a small synthetic pool and writes time and peak memory per stage."""
-    import json
-
-    import scale
-    out = tmp_path / "scale.json"
-    res = scale.main(["--docs", "3000", "--hidden", "16", "--width", "8", "--queries", "4", "--doc-words", "6",
-                      "--output", str(out)])
-    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
-    stages = {s["stage"].split(":")[0]: s for s in res["stages"]}
-    assert len(res["stages"]) == 7 and all(s["seconds"] >= 0 and s["peak_rss_GiB"] > 0 for s in res["stages"])
-    assert stages["Steps 2-3"]["picked"] == 8
-    bm25 = next(s for s in res["stages"] if s["stage"].startswith("BM25 index"))
-    assert 3000 <= bm25["postings"] <= 3000 * 6 and bm25["terms"] > 1
-
-
-def test_predictor_bench_writes_figures_with_their_bound(tmp_path, capsys):
-    """`python jepa.py bench` writes each activation's candidates/s beside the dot product's and the memory bound
-    measured in the same run, and prints each as a share of that bound."""
-    import json
-
-    import jepa
-    out = tmp_path / "p.json"
-    rows = jepa.main(["bench", "--sizes", "3000", "--queries", "1,2", "--hidden", "16", "--width", "8",
-                      "--acts", "gelu,relu", "--no-compile", "--read-mb", "64", "--output", str(out)])
-    assert json.loads(out.read_text()) == rows and len(rows) == 2
-    for r in rows:
-        assert {"dot_cand_per_s", "gelu_cand_per_s", "relu_cand_per_s", "bandwidth_bound_cand_per_s"} <= set(r)
-        assert all(v > 0 for k, v in r.items() if k.endswith("_per_s"))
-    assert "of bound" in capsys.readouterr().out

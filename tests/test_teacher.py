@@ -4,10 +4,10 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-import checkpoints
-import parallel
+from runtime import checkpoints
+from runtime import parallel
 import teacher as T
-import training
+from runtime import training
 from conftest import killed_after, make_lm, make_tokenizer, patch_llm
 
 
@@ -76,7 +76,7 @@ def _toy_data():
 def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path, monkeypatch):
     """A few SFT steps (4) lower the loss; saving and loading the trained tensors gives identical scores; a
     checkpoint on another base model is refused."""
-    from metrics import BM25
+    from runtime.metrics import BM25
     tok = make_tokenizer()
     lm = make_lm(tok)
     t = T.Teacher(lm, tok, batch_size=8)
@@ -87,16 +87,16 @@ def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path, monkeypatch):
     hist = T.train(t, d, "train", cfg, BM25({k: d.doc_text(k) for k in d.corpus}))
     first, last = sum(hist["losses"][:3]) / 3, sum(hist["losses"][-3:]) / 3
     assert last < first
-    from llm import fingerprint
+    from runtime.llm import fingerprint
     base_fp = fingerprint(make_lm(tok))
     path, _ = checkpoints.save_teacher(t, tmp_path, cfg, base_fp, {"step": hist["steps"]})
     qs, ds = ["task 1 write"] * 3, ["walk to computer", "find mouse", "grab cup"]
     patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
-    loaded, meta = checkpoints.load_teacher(tmp_path)
+    loaded, meta = T.load_teacher(tmp_path)
     assert torch.equal(loaded.score(qs, ds), t.score(qs, ds)) and meta["step"] == hist["steps"]
     patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok, seed=1), tok))
     with pytest.raises(ValueError, match="base_fingerprint"):
-        checkpoints.load_teacher(path)
+        T.load_teacher(path)
 
 
 def test_prefix_cache_equals_uncached(tiny):
@@ -115,7 +115,7 @@ def test_prefix_cache_equals_uncached(tiny):
 def test_frozen_bottom_states_equal_full_forward(tiny):
     """--train-layers N: top blocks run on stored bottom states (llm.trunk_states + llm.top_last) give the same
     last-position states as the full forward, and the same gradients for the trained top block."""
-    from llm import forward_last, top_last, trunk_states
+    from runtime.llm import forward_last, top_last, trunk_states
     tok = make_tokenizer()
     lm = make_lm(tok, layers=3)
     prompt = T.Prompt(tok)
@@ -152,10 +152,10 @@ def test_task_instruction_in_prompt_and_checkpoint(tmp_path, monkeypatch):
     checkpoints.save_teacher(t, tmp_path, cfg, "fp", {})
     patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
     monkeypatch.setattr(checkpoints, "fingerprint", lambda lm: "fp")
-    loaded, meta = checkpoints.load_teacher(tmp_path)
+    loaded, meta = T.load_teacher(tmp_path)
     assert meta["instruction"] == task and loaded.prompt.instruction == task
     with pytest.raises(ValueError, match="contradicts the checkpoint"):
-        checkpoints.load_teacher(tmp_path, instruction=T.INSTRUCTION)
+        T.load_teacher(tmp_path, instruction=T.INSTRUCTION)
 
 
 def test_full_fine_tune_checkpoint_with_tied_head(tmp_path, monkeypatch):
@@ -172,7 +172,7 @@ def test_full_fine_tune_checkpoint_with_tied_head(tmp_path, monkeypatch):
     assert "lm_head.weight" not in load_file(path) and "model.embed_tokens.weight" in load_file(path)
     patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok), tok))
     monkeypatch.setattr(checkpoints, "fingerprint", lambda lm: "fp")
-    loaded, _ = checkpoints.load_teacher(tmp_path)
+    loaded, _ = T.load_teacher(tmp_path)
     qs, ds = ["task 1 write"] * 2, ["walk to computer", "grab cup"]
     assert torch.allclose(loaded.score(qs, ds), t.score(qs, ds), atol=1e-6)
 
@@ -180,7 +180,7 @@ def test_full_fine_tune_checkpoint_with_tied_head(tmp_path, monkeypatch):
 def test_self_mined_negatives(tmp_path, monkeypatch):
     """--neg-self: the teacher's own best-scored documents among BM25's and the frequent ones' first stage, never a
     gold document nor one already paired with the query, at most N per query, ranked by its score (3)."""
-    from metrics import BM25, ranked
+    from runtime.metrics import BM25, ranked
     tok = make_tokenizer()
     t = T.Teacher(make_lm(tok), tok, batch_size=8)
     d = _toy_data()
@@ -211,7 +211,7 @@ def test_bf16_training_keeps_fp32_master_weights():
     """SFT (4) of bfloat16 weights at lr 1e-6: AdamW on the bf16 weights themselves leaves almost every weight where
     it was (the update is below bf16's resolution), while the fp32 masters move as a float32 run's weights do and the
     model's weights are their bf16 rounding."""
-    from metrics import BM25
+    from runtime.metrics import BM25
     d = _toy_data()
     bm25 = BM25({k: d.doc_text(k) for k in d.corpus})
     tok = make_tokenizer()
@@ -243,7 +243,7 @@ def test_bf16_training_keeps_fp32_master_weights():
 
 def _sft_run(tmp_path, out, kill_at=None, resume=False, dtype=torch.float32):
     """SFT of the top block of a tiny model saving its state every 2 steps; `kill_at`: die after that many steps."""
-    from metrics import BM25
+    from runtime.metrics import BM25
     tok = make_tokenizer()
     lm = make_lm(tok).to(dtype)
     t = T.Teacher(lm, tok, batch_size=4)
@@ -287,7 +287,7 @@ def test_listwise_groups_train_whole(tmp_path, monkeypatch):
     """--listwise: each gold is followed by its query's negatives (BM25-hard, hubs, random; never a gold), one group
     per gold, fewer negatives where the pool is small; every micro-batch holds whole groups, the gold first (seen by
     the losses' labels); the loss goes down; --neg-self with it is refused."""
-    from metrics import BM25
+    from runtime.metrics import BM25
     tok = make_tokenizer()
     t = T.Teacher(make_lm(tok), tok, batch_size=10)
     d = _toy_data()

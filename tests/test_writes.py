@@ -9,7 +9,7 @@ import pytest
 import data
 import distill
 import evaluate as E
-import metrics
+from runtime import metrics
 from test_data import write_beir
 from test_guards import _distill, _index, env, run_cli, snapshot  # noqa: F401 (env: the fixture)
 

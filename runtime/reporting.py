@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_write, write_json
-from metrics import (N_BOOT, drop_identical, fidelity, hubness, judged, per_query, pool_fidelity, summarize,
-                     write_trec)
+from runtime.common import atomic_write, write_json
+from runtime.metrics import (N_BOOT, drop_identical, fidelity, hubness, judged, per_query, pool_fidelity, summarize,
+                             write_trec)
 
 
 POOL_HEAD = ("R@1", "MRR@10", "nDCG@10", "R@10")
@@ -157,9 +157,9 @@ def write_outputs(out: Path, rows: list[dict], summary: dict, cfg, device: str) 
 
 def plot(path: Path, rows: list[dict], lengths: list[int]) -> None:
     try:
-        import matplotlib
+        import matplotlib  # optional (requirements-test.txt): without it, no plot
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional, as above
     except ImportError:
         print("[complexity] matplotlib not installed: no plot (pip install matplotlib)")
         return

@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import cache_dir
+from runtime.common import cache_dir
 
 
 class DataError(ValueError):

@@ -19,6 +19,7 @@ Choices not fixed by the paper:
 from __future__ import annotations
 
 import math
+from array import array
 import re
 from collections import Counter
 from pathlib import Path
@@ -26,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_write, progress
-from files import DataError
+from runtime import parallel
+from runtime.common import atomic_write, progress
+from runtime.files import DataError
 
 KS = (1, 3, 5, 10, 100)
 TOP = 100
@@ -95,8 +97,6 @@ def topk_blocked(score_block, n: int, rows: int, k: int, block: int = 1 << 16) -
     columns at a time by score_block(i, j) -> (rows, j - i) float32: a running top-k, so the rows x n matrix never
     exists. Under torchrun rank r scores blocks r, r + N, ... and the ranks' top k are merged, the same on every
     rank."""
-    import parallel
-
     k = min(k, n)
     vals = torch.full((rows, k), -math.inf)
     idx = torch.zeros((rows, k), dtype=torch.long)
@@ -229,7 +229,6 @@ class BM25:
         """The postings in compressed sparse rows: term t's documents are rows[offsets[t]:offsets[t + 1]] (ascending)
         with their BM25 weights alongside. Built from flat int32 arrays, not per-term Python lists: about 45 bytes
         per (document, distinct term) at the peak, for corpora of millions (scale.py measures it)."""
-        from array import array
         self.ids = list(docs)
         self.vocab: dict[str, int] = {}
         terms, rows, tfs = array("i"), array("i"), array("i")  # one entry per (document, distinct term)

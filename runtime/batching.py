@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from common import cache_dir, subset
-from llm import compute_id
+from runtime.common import cache_dir, subset
+from runtime.index import encode_corpus, ids_digest
+from runtime.llm import compute_id
 
 
 def batches(qi: torch.Tensor, batch_size: int, gen: torch.Generator, by_query: bool) -> list[torch.Tensor]:
@@ -62,8 +63,6 @@ def pool_queries(cfg, student, train_q: dict[str, str], train_rel: dict, qids: l
     """The queries of the pool term (11): the teacher's training queries (all of them), then more training queries
     up to --nce-queries (a seeded subset; they cost the query pass (5) only, no teacher call, and are cached under
     $RABTRIEVER_CACHE/queryemb for every run of the same teacher), with their gold rows."""
-    from index import encode_corpus, ids_digest
-
     rest = [q for q in train_q if q not in set(qids)]
     n_extra = len(rest) if cfg.nce_queries == 0 else max(0, cfg.nce_queries - len(qids))
     extra = subset(rest, n_extra, torch.Generator().manual_seed(cfg.seed + 1)) if n_extra else []

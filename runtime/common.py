@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-import parallel
-
+from runtime import parallel
 CITATION = ("Chen et al., Efficient Rationale-based Retrieval: On-policy Distillation from Generative Rerankers "
             "based on JEPA (Rabtriever), arXiv 2604.23336, ICMR 2026")
 
@@ -138,8 +139,6 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
     """One checkpoint = `path` (safetensors) + `path.json` (sidecar with config, step, metrics, fingerprints and the
     blake2b digest of the tensor file). Both written atomically; the sidecar last, so a sidecar always describes a
     complete tensor file. Returns the digest."""
-    from safetensors.torch import save
-
     path = Path(path)
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     atomic_write(path, data)
@@ -173,9 +172,6 @@ def check_tensors(path: str | Path, expect: dict[str, Any] | None = None,
 def load_tensors(path: str | Path, expect: dict[str, Any] | None = None,
                  fix: str = "delete it and run again") -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, sidecar) of a checkpoint written by save_tensors, checked by `check_tensors`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     meta = check_tensors(path, expect, fix)
     try:
         return load_file(str(path)), meta

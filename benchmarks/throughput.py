@@ -1,17 +1,21 @@
-"""Benchmarks: throughput of the factorised scorer (7) against a dot product (`python jepa.py bench`) and of the
-teacher's joint passes (`python teacher.py bench`), with the machine's measured bounds beside them. Figures are
-written to results/; nothing here is asserted by a test.
+"""Benchmarks: throughput of the factorised scorer (7) against a dot product and of the teacher's joint passes, with
+the machine's measured bounds beside them. Figures are written to results/; nothing here is asserted by a test.
+
+    python -m benchmarks.throughput predictor [--sizes 1000000 --queries 1,64 --acts gelu,relu]
+    python -m benchmarks.throughput teacher [--dtype float32]     # pairs/s at total lengths 128 and 512
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 import torch
 
-from common import check_result_file, write_json
-from jepa import ACTS, INDEX_DTYPE, Predictor
-from llm import compute_mode, last_hidden, load_llm
+from jepa import ACTS, Predictor
+from runtime.common import check_result_file, cli, write_json
+from runtime.index import INDEX_DTYPE
+from runtime.llm import DEFAULT_MODEL, DTYPE_HELP, DTYPES, compute_mode, last_hidden, load_llm
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -114,10 +118,10 @@ def bench(hidden: int = 576, width: int = 256, sizes=(10_000, 100_000, 1_000_000
     return rows
 
 
-def predictor_main(argv=None) -> list[dict]:
-    import argparse
-    ap = argparse.ArgumentParser(description="python jepa.py bench: factorised scoring throughput vs a dot product")
-    ap.add_argument("cmd", choices=["bench"])
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ap = sub.add_parser("predictor", help="the factorised scorer's throughput against a dot product")
     ap.add_argument("--hidden", type=int, default=576, help="H (576 = SmolLM2-135M, 3584 = Qwen2-7B)")
     ap.add_argument("--width", type=int, default=256, help="predictor width P")
     ap.add_argument("--sizes", default="10000,100000,1000000,8841823", help="corpus sizes n")
@@ -128,7 +132,22 @@ def predictor_main(argv=None) -> list[dict]:
     ap.add_argument("--no-compile", action="store_true", help="time the eager scorer only (no C++ compiler)")
     ap.add_argument("--read-mb", type=int, default=1024, help="MiB streamed to measure the read bandwidth")
     ap.add_argument("--output", default="results/predictor_throughput.json")
-    a = ap.parse_args(argv)
+    b = sub.add_parser("teacher", help="the teacher's pairs/s")
+    b.add_argument("--model", default=DEFAULT_MODEL)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=DTYPE_HELP)
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--pairs", type=int, default=32)
+    b.add_argument("--output", default="results/teacher_throughput.json")
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    return predictor_bench(a) if a.cmd == "predictor" else teacher_bench(a)
+
+
+def predictor_bench(a) -> list[dict]:
     try:
         sizes, queries = [int(x) for x in a.sizes.split(",")], [int(x) for x in a.queries.split(",")]
     except ValueError as e:
@@ -171,3 +190,7 @@ def teacher_bench(args) -> None:
             if peak else ""
         print(f"[bench] {length} tokens: {rows[-1]['pairs_per_s']:.2f} pairs/s, {flops / 1e9:.0f} GFLOP/s{bound}")
     write_json(Path(args.output), rows)
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,21 +1,17 @@
 """The teacher's scores under two `--dtype`s on the dev split's C(q) pairs: speed, its dev metric under each, and how
 far they agree (max and mean |s_T difference|, agree@1, Kendall tau per query). RESULTS.md, "Precision".
 
-    python docs/compare_dtypes.py --teacher runs/teacher-virtualhome [--bench virtualhome] [--queries 128]
+    python -m benchmarks.compare_dtypes --teacher runs/teacher-virtualhome [--bench virtualhome] [--queries 128]
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoints import load_teacher  # noqa: E402
-from common import subset  # noqa: E402
-from data import load_bench  # noqa: E402
-from metrics import BM25, agree_at_1, candidate_sets, evaluate_run, kendall_tau  # noqa: E402
-from teacher import teacher_run  # noqa: E402
+from data import load_bench
+from runtime.common import subset
+from runtime.metrics import BM25, agree_at_1, candidate_sets, evaluate_run, kendall_tau
+from teacher import load_teacher
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--teacher", required=True)
@@ -33,9 +29,9 @@ cands = candidate_sets(qids, queries, qrels, list(data.corpus), BM25({d: data.do
 runs = {}
 for dtype in a.dtypes.split(","):
     teacher, _ = load_teacher(a.teacher, dtype=dtype, quiet=True)
-    teacher_run(teacher, queries, {q: cands[q] for q in list(cands)[:2]}, data.doc_text, "warm-up")
+    teacher.rerank(queries, {q: cands[q] for q in list(cands)[:2]}, data.doc_text, "warm-up")
     t0 = time.perf_counter()
-    runs[dtype] = teacher_run(teacher, queries, cands, data.doc_text, dtype)
+    runs[dtype] = teacher.rerank(queries, cands, data.doc_text, dtype)
     seconds = time.perf_counter() - t0
     m = evaluate_run(runs[dtype], {q: qrels[q] for q in cands})
     pairs = sum(len(c) for c in cands.values())

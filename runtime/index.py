@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 
-import parallel
-from common import IntegrityError, file_digest, load_tensors, progress, read_json, save_tensors, write_json
-from jepa import INDEX_DTYPE
-from llm import compute_id, fingerprint
-from metrics import topk_blocked
+from runtime import parallel
+from runtime.common import IntegrityError, file_digest, load_tensors, progress, read_json, save_tensors, write_json
+from runtime.checkpoints import predictor_digest
+from runtime.files import doc_text
+from runtime.llm import compute_id, fingerprint
+from runtime.metrics import topk_blocked
 
+INDEX_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}  # dtypes of B h_d
 SHARD = 512
 
 
@@ -134,8 +136,6 @@ def text_digests(texts: list[str]) -> torch.Tensor:
 
 def corpus_changes(index: "Index", corpus: dict[str, dict[str, str]]) -> str:
     """'' when `corpus` is the one the index was built from, else what differs, in words."""
-    from files import doc_text
-
     row = {d: i for i, d in enumerate(index.ids)}
     added = [d for d in corpus if d not in row]
     removed = [d for d in index.ids if d not in corpus]
@@ -176,9 +176,6 @@ class Index:
               refresh: bool = False, corpus_path: str = "") -> "Index":
         """Encode a corpus (6) into `folder` (the fingerprinted, resumable, sharded cache of `encode_corpus` under
         folder/h_d), then save B h_d and the ids as folder/index.safetensors (+ sidecar) and folder/ids.json."""
-        from checkpoints import predictor_digest
-        from files import doc_text
-
         folder = Path(folder)
         ids = list(corpus)
         texts = [doc_text(corpus[d]) for d in ids]
@@ -197,7 +194,6 @@ class Index:
     def load(cls, folder: str | Path, student=None) -> "Index":
         """An index saved by `build`; with `student`, an index made by another student (other predictor or teacher)
         is refused."""
-        from checkpoints import predictor_digest
 
         folder = Path(folder)
         path = folder / "index.safetensors"

@@ -20,11 +20,14 @@ from pathlib import Path
 
 import torch
 
-import parallel
-from common import (check_finite, check_sizes, load_tensors, progress, read_json, save_tensors, subset,
-                    write_json)
-from llm import can_split, forget_fingerprint, last_logits, top_last, trunk_states
-from metrics import candidate_sets, describe_protocol, evaluate_run, label_prior, ranked, to_run
+from transformers import get_cosine_schedule_with_warmup
+
+from runtime import parallel
+from runtime.common import (check_finite, check_sizes, load_tensors, progress, read_json, save_tensors, subset,
+                            write_json)
+from runtime.checkpoints import save_teacher, teacher_identity
+from runtime.llm import can_split, forget_fingerprint, last_logits, top_last, trunk_states
+from runtime.metrics import candidate_sets, describe_protocol, evaluate_run, label_prior, ranked, to_run
 
 SFT_STATE = "sft_state"  # the resumable state of an SFT run, inside its output folder, removed once it is saved
 
@@ -67,9 +70,9 @@ def parallelize(lm, head: LastLogits, train_layers: int, device: torch.device):
     if parallel.world() == 1:
         return head
     if train_layers > 0:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        from torch.nn.parallel import DistributedDataParallel as DDP  # under torchrun only
         return DDP(head, device_ids=[device.index] if device.type == "cuda" else None)
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # under torchrun only
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
         else MixedPrecisionPolicy()
     for block in lm.model.layers:
@@ -84,8 +87,6 @@ class SFT:
     killed run put back with `cfg.resume`. The loop calls `batches`, `backward` and `step`; `finish` ends it."""
 
     def __init__(self, teacher, seqs: list[list[int]], cfg, group: int = 1):
-        from transformers import get_cosine_schedule_with_warmup
-
         if len(seqs) < parallel.world() * group:
             raise ValueError(f"teacher SFT: {len(seqs)} pairs for {parallel.world()} processes")
         self.cfg, self.t0, self.n_pairs = cfg, time.time(), len(seqs)
@@ -187,8 +188,8 @@ def save_sft_state(folder: Path, lm, opt: "MasterWeights", sched, losses: list[f
     so no full copy is ever gathered. The sidecar is written last and names the complete state."""
     meta = {"kind": "sft-state", "step": len(losses), "losses": losses, "sched": sched.state_dict()}
     if fsdp:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        import torch.distributed.checkpoint as dcp  # FSDP2 (torchrun) only
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict  # FSDP2
         where = folder / f"dcp-{len(losses):07d}"
         dcp.save({"model": get_model_state_dict(lm), "optim": get_optimizer_state_dict(lm, opt.opt)},
                  checkpoint_id=str(where))
@@ -218,8 +219,8 @@ def load_sft_state(folder: Path, lm, opt: "MasterWeights", sched, fsdp: bool) ->
     if fsdp:
         if not (folder / "state.json").exists():
             return []
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+        import torch.distributed.checkpoint as dcp  # FSDP2 (torchrun) only
+        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,  # FSDP2
                                                              set_model_state_dict, set_optimizer_state_dict)
         meta = read_json(folder / "state.json", "rerun with --overwrite")
         state = {"model": get_model_state_dict(lm), "optim": get_optimizer_state_dict(lm, opt.opt)}
@@ -317,8 +318,7 @@ class DevSet:
 
     def metric(self, teacher, desc: str) -> dict:
         if self.states is None:
-            from teacher import teacher_run
-            run = teacher_run(teacher, self.queries, self.cands, self.data.doc_text, desc)
+            run = teacher.rerank(self.queries, self.cands, self.data.doc_text, desc)
         else:
             order = sorted(parallel.shard(len(self.flat)), key=lambda i: len(self.states[i]))
             h = torch.zeros(len(self.flat), teacher.lm.config.hidden_size)
@@ -330,6 +330,15 @@ class DevSet:
         m = evaluate_run(run, self.qrels)
         return {"R@1": m["R@1"], "MRR@10": m["MRR@10"], "n_queries": len(self.cands), "protocol": self.protocol,
                 "split": self.split, "majority_R@1": majority_r1(self.data, self.majority_from, self.qrels)}
+
+
+    def before(self, teacher, path: Path, resume: bool) -> dict:
+        """The dev metric of the untrained teacher, kept in `path` (dev_before.json) and read back on --resume."""
+        before = read_json(path) if resume and path.exists() else self.metric(teacher, "dev (zero-shot)")
+        write_json(path, before)
+        print(f"[teacher] zero-shot {self.split}: R@1 {before['R@1']:.4f} MRR@10 {before['MRR@10']:.4f} "
+              f"({before['n_queries']} queries, {before['protocol']}; majority R@1 {before['majority_R@1']:.4f})")
+        return before
 
 
 def majority_r1(data, split: str, qrels: dict) -> float:
@@ -353,6 +362,42 @@ def resume_or_restart(folder: str | Path) -> dict:
     return {"overwrite": True}
 
 
+# ---------------------------------------------------------------------------- the trained teacher: saved, measured
+def sft_dtype(cfg, device: torch.device) -> str:
+    """The precision the base model is loaded in for SFT: float32 master weights for a full fine-tune under FSDP2 on
+    GPUs (--dtype auto), else --dtype."""
+    fsdp_gpu = cfg.train_layers == 0 and parallel.world() > 1 and device.type == "cuda"
+    return "float32" if fsdp_gpu and cfg.dtype == "auto" else cfg.dtype
+
+
+def save_trained(teacher, cfg, base_fp: str, before: dict, hist: dict) -> tuple[Path, dict]:
+    """Save the checkpoint (`checkpoints.save_teacher`) and drop the resumable state: (path, sidecar fields). The
+    saved teacher's model takes the checkpoint's identity (fingerprint), as a loaded one would have."""
+    meta = {"step": hist["steps"], "train_split": "train", "dev_before": before, "train_seconds": hist["seconds"],
+            "loss_first": hist["losses"][0], "loss_last": hist["losses"][-1], "truncated": teacher.prompt.cut_counts()}
+    path, digest = save_teacher(teacher, cfg.output_dir, cfg, base_fp, meta, hist["fsdp"])
+    parallel.barrier()
+    if parallel.is_main():  # the checkpoint is complete: the resumable state is not needed any more
+        shutil.rmtree(Path(cfg.output_dir) / SFT_STATE, ignore_errors=True)
+    if not hist["fsdp"]:
+        teacher.lm.rab_fingerprint = teacher_identity(base_fp, digest)
+    return path, meta
+
+
+def report_trained(path: Path, cfg, meta: dict, after: dict, hist: dict) -> dict:
+    """Print the trained teacher's dev metric, add it to the checkpoint's sidecar and write teacher_metrics.json."""
+    print(f"[teacher] trained   dev: R@1 {after['R@1']:.4f} MRR@10 {after['MRR@10']:.4f} ({hist['pairs']} SFT pairs on "
+          f"train, {hist['steps']} steps, {hist['seconds']:.0f}s)")
+    print(f"[teacher] cut to fit (--max-doc-tokens / the model's window): {meta['truncated']}")
+    meta["dev_after"] = after
+    sidecar = read_json(str(path) + ".json") if parallel.is_main() else {}
+    write_json(str(path) + ".json", sidecar | {"dev_after": after})  # the same tensors: the sidecar gains a field
+    write_json(Path(cfg.output_dir) / "teacher_metrics.json", meta | {"losses": hist["losses"]})
+    parallel.barrier()
+    print(f"[teacher] saved {path}")
+    return meta
+
+
 # ---------------------------------------------------------------------------- --neg-self
 def mine_negatives(teacher, data, split: str, cfg, bm25,
                    pairs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
@@ -373,10 +418,8 @@ def mine_negatives(teacher, data, split: str, cfg, bm25,
     for q, seen in used.items():
         first = dict.fromkeys(bm25.top(q, cfg.mine_k) + frequent)
         cands[q] = [d for d in first if d not in gold_of[q] and d not in seen]
-    from teacher import teacher_run
-
-    run = teacher_run(teacher, {q: q for q in cands}, {q: c for q, c in cands.items() if c}, data.doc_text,
-                      "teacher SFT: mining negatives")
+    run = teacher.rerank({q: q for q in cands}, {q: c for q, c in cands.items() if c}, data.doc_text,
+                         "teacher SFT: mining negatives")
     return [(q, d, 0) for q in cands for d in ranked(run.get(q, {}))[:cfg.neg_self]]
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-import parallel
-from common import IntegrityError, cache_dir, load_tensors, progress, save_tensors
-from index import prompt_pieces
-from llm import compute_id
+from runtime import parallel
+from runtime.common import IntegrityError, cache_dir, load_tensors, progress, save_tensors
+from runtime.index import prompt_pieces
+from runtime.llm import compute_id
 
 CHUNK = 64  # teacher targets are computed and saved in chunks of at least this many pairs (2 batches per rank)
 
@@ -86,8 +86,6 @@ class TeacherScores:
     def run(self, teacher, queries: dict[str, str], cands: dict[str, list[str]], doc_text,
             desc: str = "teacher") -> tuple[dict[str, dict[str, float]], float]:
         """(run {qid: {doc id: s_T}} over `cands`, seconds those pairs cost the teacher)."""
-        from teacher import teacher_run
-
         keys = {(q, d): self.key(queries[q], doc_text(d)) for q, ds in cands.items() for d in ds}
         todo: dict[str, list[str]] = {}
         for (q, d), k in keys.items():
@@ -98,7 +96,7 @@ class TeacherScores:
         self.this_run["from_cache"] += len(keys) - n_todo
         if todo:
             t0 = time.perf_counter()
-            new = teacher_run(teacher, queries, todo, doc_text, desc)
+            new = teacher.rerank(queries, todo, doc_text, desc)
             dt = time.perf_counter() - t0
             for q, ds in new.items():
                 for d, v in ds.items():

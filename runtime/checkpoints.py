@@ -2,8 +2,8 @@
 safetensors file with a JSON sidecar (config, base model id, fingerprints, metrics; `common.save_tensors`), and the
 identities that tie a student, an index or a score cache to the exact teacher it was made with.
 
-    teacher = load_teacher("runs/teacher-virtualhome")[0]          # base model + trained tensors, checked
-    student = load_student("runs/distill-virtualhome")              # its teacher, frozen, + the trained predictor
+The paper's files assemble their objects from these: `teacher.load_teacher` (base model + trained tensors, checked)
+and `student.load_student` (its teacher, frozen, + the trained predictor).
 """
 from __future__ import annotations
 
@@ -12,24 +12,23 @@ import hashlib
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
-import parallel
-from common import check_tensors, load_tensors, read_json, save_tensors
-from jepa import Predictor
-from llm import DEFAULT_MODEL, fingerprint, load_llm
-from student import Student
-from teacher import INSTRUCTION, Teacher
+from runtime import parallel
+from runtime.common import check_tensors, load_tensors, read_json, save_tensors
+from runtime.llm import DEFAULT_MODEL, fingerprint, load_llm
 
 
 # ---------------------------------------------------------------------------- the teacher
-def save_teacher(teacher: Teacher, out_dir: str | Path, cfg, base_fp: str, meta: dict,
+def save_teacher(teacher, out_dir: str | Path, cfg, base_fp: str, meta: dict,
                  fsdp: bool = False) -> tuple[Path, str]:
     """Only the trained tensors (all of them for a full fine-tune) + sidecar with base model id and fingerprint.
     Under FSDP2 the full state dict is gathered to rank 0, which writes the one-process format. Returns the path and
     the file's digest (the same on every rank)."""
     lm = teacher.lm
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,  # only under FSDP2: torch.distributed
+                                                             get_model_state_dict)
         sd = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
         sd = lm.state_dict()
@@ -52,12 +51,11 @@ def teacher_identity(base_fp: str, digest: str) -> str:
     return hashlib.blake2b(f"{base_fp}+{digest}".encode(), digest_size=12).hexdigest()
 
 
-def load_teacher(checkpoint: str | Path | None = None, model: str | None = None, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 8, quiet: bool = False,
-                 instruction: str | None = None, attn: str = "sdpa") -> tuple[Teacher, dict]:
-    """Base model (+ trained tensors from `checkpoint`, a folder or .safetensors file). The base model and the
-    prompt's instruction are the checkpoint's; a different `model` alongside a checkpoint is an error, not ignored.
-    `instruction` (a text) is used without a checkpoint (zero-shot)."""
+def load_teacher_lm(checkpoint: str | Path | None, model: str | None, device: str, dtype: str, attn: str,
+                    instruction: str | None, default_instruction: str):
+    """(lm, tok, sidecar) of a teacher: the base model, with the trained tensors of `checkpoint` (a folder or
+    .safetensors file) copied in and checked. The base model and the prompt's instruction are the checkpoint's; a
+    different `model` or `instruction` alongside a checkpoint is an error, not ignored."""
     meta: dict = {}
     if checkpoint:
         path = Path(checkpoint)
@@ -70,9 +68,10 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
         if model and model != meta.get("base_model"):
             raise ValueError(f"--model {model} contradicts the checkpoint {path}, trained from "
                              f"'{meta.get('base_model')}': drop --model (the checkpoint brings its base model)")
-        if instruction and instruction != meta.get("instruction", INSTRUCTION):
+        trained_with = meta.get("instruction", default_instruction)
+        if instruction and instruction != trained_with:
             raise ValueError(f"instruction {instruction!r} contradicts the checkpoint {path}, trained with "
-                             f"{meta.get('instruction', INSTRUCTION)!r}: train a teacher with it (another --teacher)")
+                             f"{trained_with!r}: train a teacher with it (another --teacher)")
         model = meta["base_model"]
     lm, tok = load_llm(model or DEFAULT_MODEL, device, dtype, attn)
     if checkpoint:
@@ -85,15 +84,12 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
         copy_into(lm, path, model)
         lm.tie_weights()
         lm.rab_fingerprint = teacher_identity(base_fp, meta["digest"])
-    return Teacher(lm, tok, meta.get("max_doc_tokens", 256), batch_size, quiet,
-                   instruction=meta.get("instruction", instruction or INSTRUCTION)), meta
+    return lm, tok, meta
 
 
 def copy_into(lm, path: Path, model: str) -> None:
     """The trained tensors of a checkpoint copied into the loaded model one at a time, on the model's device: host
     memory holds one tensor at once, never the whole checkpoint (a 7B full fine-tune is 30 GB in float32)."""
-    from safetensors import safe_open
-
     params = lm.state_dict()
     with safe_open(str(path), framework="pt") as f:
         missing = [k for k in f.keys() if k not in params]
@@ -105,43 +101,31 @@ def copy_into(lm, path: Path, model: str) -> None:
 
 
 # ---------------------------------------------------------------------------- the student's predictor
-def save_predictor(student: Student, path: str | Path, meta: dict) -> None:
+def save_predictor(student, path: str | Path, meta: dict) -> None:
     save_tensors(path, student.predictor.state_dict(), {"kind": "predictor", "act": student.predictor.act_name, **meta})
 
 
-def load_predictor(student: Student, path: str | Path, teacher_fingerprint: str) -> dict:
-    """Load predictor weights; the sidecar's teacher fingerprint must match the loaded teacher."""
-    tensors, meta = load_tensors(path, {"kind": "predictor", "teacher_fingerprint": teacher_fingerprint},
-                                 fix="run distill.py again")
-    width, act = tensors["A.weight"].shape[0], meta.get("act", "gelu")  # a predictor saved before --act: GELU
-    if width != student.predictor.A.out_features or act != student.predictor.act_name:
-        student.predictor = Predictor(student.lm.config.hidden_size, width, act).to(student.u.device)
-    student.predictor.load_state_dict(tensors)
-    return meta
+def load_predictor_tensors(path: str | Path, teacher_fingerprint: str) -> tuple[dict, dict]:
+    """(tensors, sidecar) of a predictor checkpoint; its teacher fingerprint must be the loaded teacher's."""
+    return load_tensors(path, {"kind": "predictor", "teacher_fingerprint": teacher_fingerprint},
+                        fix="run distill.py again")
 
 
-def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, batch_size: int = 8,
-                 attn: str = "sdpa", dtype: str = "auto") -> Student:
-    """A distill.py output folder (predictor.safetensors + sidecar) -> the Student: its teacher checkpoint, frozen,
-    with the trained predictor."""
+def student_files(folder: str | Path) -> tuple[Path, Path]:
+    """(predictor checkpoint, its teacher's folder) of a distill.py output folder. The teacher is looked for where
+    distill.py saw it (absolute), else relative to this working folder, else next to the student folder
+    (runs/distill-x beside runs/teacher-x); the fingerprint check of `load_predictor_tensors` refuses a wrong one."""
     path = Path(folder) / "predictor.safetensors"
     side = Path(str(path) + ".json")
     if not path.exists() or not side.exists():
         raise FileNotFoundError(f"{path}: no student checkpoint; run `python distill.py` or pass --student DIR")
     meta = read_json(side, "run distill.py again")
-    # the teacher where distill.py saw it (absolute), else relative to this working folder, else next to the student
-    # folder (runs/distill-x beside runs/teacher-x); the fingerprint check below refuses a wrong one
     tries = [Path(meta.get("teacher_checkpoint_abs", "")), Path(meta["teacher_checkpoint"]),
              Path(folder).resolve().parent.parent / meta["teacher_checkpoint"]]
-    ckpt = next((t for t in tries if t.name and t.exists()), tries[1])
-    teacher, _ = load_teacher(ckpt.parent, device=device, batch_size=batch_size, quiet=quiet, attn=attn, dtype=dtype)
-    student = Student(teacher)
-    load_predictor(student, path, fingerprint(teacher.lm))
-    student.folder, student.teacher_dir = str(Path(folder).resolve()), str(ckpt.parent.resolve())
-    return student
+    return path, next((t for t in tries if t.name and t.exists()), tries[1]).parent
 
 
-def predictor_digest(student: Student) -> str:
+def predictor_digest(student) -> str:
     """Identity of the trained predictor (an index holds B h_d, which only this predictor can score)."""
     h = hashlib.blake2b(digest_size=12)
     for name, t in student.predictor.state_dict().items():
