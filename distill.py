@@ -37,15 +37,16 @@ from data import load_bench
 from evaluate import evaluate_distilled
 from jepa import ACTS
 from losses import Weights, total_loss
-from policy import pick_top, sample_fixed, sample_policy, softmax_scores
+from policy import pick_top, sample_fixed, sample_softmax, policy_scores
 from runtime import parallel
 from runtime.batching import PoolBatches, batches, pool_queries
 from runtime.caches import PairCache
 from runtime.checkpoints import save_predictor
 from runtime.common import (add_dataclass_args, cache_dir, check_finite, check_sizes, cli, config_from_args, field,
                             progress, resolve_device, save_tensors, subset, write_json)
+from runtime.config import RunConfig
 from runtime.index import encode_corpus
-from runtime.llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, compute_id, fingerprint
+from runtime.llm import DEFAULT_MODEL, compute_id, fingerprint
 from runtime.metrics import BM25
 from runtime.reporting import write_log
 from runtime.runs import resume_distill, start_distill
@@ -57,7 +58,7 @@ Z_T_BYTES = 1 << 30  # z_T of all pairs is computed once per round when it fits 
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(RunConfig):
     # the paper's: the objective (10) and its ablations, on- or off-policy
     bench: str = field("virtualhome", "virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
     model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder (for a new teacher)")
@@ -89,13 +90,8 @@ class DistillConfig:
     epochs: int = field(30, "predictor epochs E per round over all pairs so far")
     lr: float = field(1e-3, "AdamW learning rate of the predictor")
     batch_size: int = field(32, "pairs per predictor step")
-    seed: int = field(0, "seed of every random draw")
     # the run: data, models, devices, evaluation, outputs
-    data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")
-    device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
-    dtype: str = field("auto", DTYPE_HELP, choices=["auto", *DTYPES])
-    attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     max_train_queries: int = field(128, "training queries (0 = all)")
     eval_split: str = field("test", "the split Step 6 evaluates: test for a reported run, dev to choose a recipe",
                             choices=["test", "dev"])
@@ -107,12 +103,9 @@ class DistillConfig:
     hub_correction: str = field("none", "Step 6 diagnostic (ours): also the student with hub offsets removed (12)",
                                 choices=["none", "center", "csls"])
     eval_teacher: bool = field(True, "score the teacher in Step 6 (ablations can skip it: it does not change)")
-    output_dir: str = field("", "outputs (default runs/distill-{bench}[-quick])")
     resume: bool = field(False, "continue a killed run in output_dir (with the same settings)")
-    overwrite: bool = field(False, "replace the run in output_dir (the folder is emptied first)")
     refresh_cache: bool = field(False, "rebuild the document cache (and recompute damaged teacher-target chunks)")
     quick: bool = field(False, "small CPU run: fewer queries, rounds and epochs (QUICK; the teacher: TrainConfig's)")
-    quiet: bool = field(False, "no progress bars")
 
     # --quick (common.config_from_args): these caps, on every field the user did not set
     QUICK = {"max_train_queries": 16, "max_test_queries": 16, "rounds": 2, "k": 1, "epochs": 20, "rerank_k": 4,
@@ -186,8 +179,8 @@ def step1_student(cfg: DistillConfig, data, teacher, train_q: dict[str, str], qi
 def step3_pick(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
                texts: list[str], gold: list[set[int]], pairs: list, bm25_top) -> list[list[int]]:
     """Step 3 of round r, with the scores of Step 2: each training query's k new documents. On-policy, the policy
-    scores every document (Step 2: `pick_top` / `softmax_scores`) and k documents not sent to the teacher yet are
-    picked (the k best-ranked with --sampling top, `sample_top`; k drawn with --sampling softmax, `sample_policy`);
+    scores every document (Step 2: `pick_top` / `policy_scores`) and k documents not sent to the teacher yet are
+    picked (the k best-ranked with --sampling top, `top_k_unscored`; k drawn with --sampling softmax, `sample_softmax`);
     rank 0 picks for every rank. Off-policy (--policy off): the next k of a fixed BM25 + random list."""
     if cfg.policy == "off":
         fixed = torch.Generator().manual_seed(cfg.seed)  # the same lists every round; round r takes slice r
@@ -199,7 +192,7 @@ def step3_pick(cfg: DistillConfig, r: int, student: Student, h_q: torch.Tensor, 
         pick = pick_top(cfg, r, student, h_q, h_d, bm25, texts, seen)
     else:  # softmax over every document: full rows of scores (the round-0 policy's in round 0)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
-        pick = sample_policy(softmax_scores(cfg, r, student, h_q, h_d, bm25, texts), seen, cfg.k, cfg.tau_s, gen)
+        pick = sample_softmax(policy_scores(cfg, r, student, h_q, h_d, bm25, texts), seen, cfg.k, cfg.tau_s, gen)
     return parallel.broadcast(pick)
 
 

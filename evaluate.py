@@ -40,9 +40,10 @@ from runtime.baselines import (SystemResult, runs_from_top, system_biencoder, sy
 from runtime.caches import TeacherScores, teacher_scores_cache
 from runtime.common import (add_dataclass_args, atomic_write, cache_dir, check_finite, check_sizes, cli,
                             config_from_args, field, prepare_output, resolve_device, set_seed, subset, write_json)
+from runtime.config import RunConfig
 from runtime.files import check_split
 from runtime.index import Index, encode_corpus
-from runtime.llm import ATTENTION, DTYPE_HELP, DTYPES, compute_id, compute_mode
+from runtime.llm import compute_id, compute_mode
 from runtime.metrics import BM25, TOP, candidate_sets, check_trec_ids, describe_protocol, ranked, topk_blocked
 from runtime.reporting import beir_summary, report
 from student import Student, load_student
@@ -222,11 +223,10 @@ def splits_of(data) -> dict[str, dict]:
 
 # ---------------------------------------------------------------------------- python evaluate.py
 @dataclass
-class EvalConfig:
+class EvalConfig(RunConfig):
     bench: str = field("virtualhome", "beir | msmarco | esconv | psyqa | saycan | virtualhome | a single BEIR name")
     datasets: str = field(",".join(BEIR_13), "BEIR names for --bench beir (default: the 13 public sets such papers "
                           "average; each downloaded only when asked, or read from --data-dir)")
-    data_dir: str = field("", "local copy (for beir: a folder holding one sub-folder per data set, or the set)")
     systems: str = field("prior,bm25,llm-biencoder,minilm,teacher,student",
                          "comma-separated systems to compare (prior: needs a training split)")
     split: str = field("", "split to evaluate: test (the default), dev (to choose a recipe) or train")
@@ -244,16 +244,9 @@ class EvalConfig:
     model: str = field("smollm2-135m", "LLM for llm-biencoder when no teacher checkpoint exists")
     instruction: str = field("task", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
                              "brings its own")
-    device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
-    dtype: str = field("auto", DTYPE_HELP, choices=["auto", *DTYPES])
-    attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
-    output_dir: str = field("", "outputs (default runs/eval-{bench})")
-    overwrite: bool = field(False, "replace the results in output_dir (only a folder made by evaluate.py)")
     refresh_cache: bool = field(False, "rebuild the student's document cache from scratch (a damaged or stale one)")
     compile: bool = field(False, "score the pool through torch.compile's fused kernel (jepa.fused_scores)")
-    seed: int = field(0, "seed of the query / document subsets")
-    quiet: bool = field(False, "no progress bars")
 
     def __post_init__(self):
         check_finite(self)

@@ -19,8 +19,8 @@ from runtime.index import Index
 from runtime.metrics import topk_blocked
 
 
-def sample_policy(scores: torch.Tensor, exclude: list[set[int]], k: int, tau_s: float,
-                  gen: torch.Generator) -> list[list[int]]:
+def sample_softmax(scores: torch.Tensor, exclude: list[set[int]], k: int, tau_s: float,
+                   gen: torch.Generator) -> list[list[int]]:
     """Step 3 with --sampling softmax: k documents per query without replacement from softmax(s_S / tau_s) over the
     documents not excluded (gold, or already sent to the teacher): every round costs the same teacher calls."""
     out = []
@@ -33,7 +33,7 @@ def sample_policy(scores: torch.Tensor, exclude: list[set[int]], k: int, tau_s: 
     return out
 
 
-def sample_top(scores: torch.Tensor, exclude: list[set[int]], k: int) -> list[list[int]]:
+def top_k_unscored(scores: torch.Tensor, exclude: list[set[int]], k: int) -> list[list[int]]:
     """Step 3 [ours]: the k best-ranked documents of each query that are not excluded (gold, or already sent to the
     teacher): the student's own hard negatives, refreshed every round (as ANCE mines them); ties in topk's order."""
     out = []
@@ -52,7 +52,7 @@ def pick_top(cfg, r: int, student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
     the untrained student scores every document the same, the --round0 policy [ours]: BM25 (one query's scores at a
     time) or the frozen bi-encoder (cosine of h_q (5) and h_d (6), blocked). Never a queries x pool matrix."""
     if r == 0 and cfg.round0 == "bm25":
-        return [sample_top(torch.from_numpy(bm25.scores(t))[None], [e], cfg.k)[0] for t, e in zip(texts, exclude)]
+        return [top_k_unscored(torch.from_numpy(bm25.scores(t))[None], [e], cfg.k)[0] for t, e in zip(texts, exclude)]
     n = min(h_d.shape[0], cfg.k + max(map(len, exclude)))
     if r == 0:
         _, top = topk_blocked(lambda i, j: cosine(h_q, h_d[i:j]), h_d.shape[0], h_q.shape[0], n)
@@ -61,8 +61,8 @@ def pick_top(cfg, r: int, student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
     return [[d for d in row if d not in e][:cfg.k] for row, e in zip(top.tolist(), exclude)]
 
 
-def softmax_scores(cfg, r: int, student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
-                   texts: list[str]) -> torch.Tensor:
+def policy_scores(cfg, r: int, student, h_q: torch.Tensor, h_d: torch.Tensor, bm25,
+                  texts: list[str]) -> torch.Tensor:
     """Step 2 for --sampling softmax, which draws from a distribution over every document: the (Q, n) scores, the
     student's own (7) from round 1 on (and in round 0 with --round0 uniform), else the round-0 policy's (BM25 or the
     frozen bi-encoder's cosine). A full row per query: meant for pools of up to a few hundred thousand documents."""

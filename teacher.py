@@ -29,8 +29,9 @@ from runtime import parallel
 from runtime.checkpoints import load_teacher_lm
 from runtime.common import (add_dataclass_args, cli, config_from_args, field, prepare_output, resolve_device,
                             set_seed, subset)
+from runtime.config import RunConfig
 from runtime.files import check_split
-from runtime.llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES, fingerprint, last_hidden_shared, load_llm
+from runtime.llm import DEFAULT_MODEL, fingerprint, last_hidden_shared, load_llm
 from runtime.metrics import BM25, label_prior, sample_excluding, to_run
 from runtime.training import (SFT, DevSet, check_train_config, mine_negatives, report_trained, save_trained,
                               sft_dtype, split_point)
@@ -216,7 +217,7 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
 
 # ---------------------------------------------------------------------------- training (4)
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     # the paper's: SFT of the reranker (4)
     bench: str = field("virtualhome", "virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
     model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder")
@@ -241,22 +242,14 @@ class TrainConfig:
     max_train_queries: int = field(96, "training queries used (0 = all)")
     max_dev_queries: int = field(64, "dev-split queries for the dev metric (0 = all)")
     rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
-    seed: int = field(0, "seed for sampling and shuffling")
     # the run: data, devices, batching, outputs
-    data_dir: str = field("", "local copy of the data set (default: embedded or official download)")
-    device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
-    dtype: str = field("auto", DTYPE_HELP, choices=["auto", *DTYPES])
-    attn_implementation: str = field("sdpa", "attention kernel of the LLM", choices=list(ATTENTION))
     batch_size: int = field(8, "pairs per forward (a micro-batch, per process; with --listwise whole groups: rounded "
                                "down to a multiple of the group size, at least one group)")
     grad_accum: int = field(1, "micro-batches per optimiser step: a global batch of batch_size x grad_accum pairs")
     grad_checkpoint: bool = field(False, "activation checkpointing in the trained blocks (less memory, ~1/3 slower)")
-    output_dir: str = field("", "where the checkpoint goes (default runs/teacher-{bench})")
     save_every: int = field(50, "save a resumable SFT state every N optimiser steps (0 = never)")
     resume: bool = field(False, "continue an SFT run killed in output_dir from its last saved state")
-    overwrite: bool = field(False, "replace the teacher in output_dir (students distilled from it become unusable)")
     quick: bool = field(False, "small CPU run: fewer queries and epochs (QUICK)")
-    quiet: bool = field(False, "no progress bars")
 
     # --quick (common.config_from_args; distill.py --quick trains its teacher with these): caps on unset fields
     QUICK = {"max_train_queries": 16, "epochs": 2, "max_dev_queries": 8, "rerank_k": 4}

@@ -228,7 +228,7 @@ class BM25:
     def __init__(self, docs: dict[str, str], k1: float = 0.9, b: float = 0.4):
         """The postings in compressed sparse rows: term t's documents are rows[offsets[t]:offsets[t + 1]] (ascending)
         with their BM25 weights alongside. Built from flat int32 arrays, not per-term Python lists: about 45 bytes
-        per (document, distinct term) at the peak, for corpora of millions (scale.py measures it)."""
+        per (document, distinct term) at the peak, for corpora of millions (benchmarks/scale.py measures it)."""
         self.ids = list(docs)
         self.vocab: dict[str, int] = {}
         terms, rows, tfs = array("i"), array("i"), array("i")  # one entry per (document, distinct term)

@@ -12,6 +12,10 @@ from runtime import checkpoints, training  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: thread start-up costs more than it saves
 
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test of over ~15 s on 2 CPU cores (deselect with -m 'not slow')")
+
 WORDS = ("Document Query Does Answer user assistant system Task Steps Seeker Supporter yes no document query does the fit answer or a an and to of in on with walk find grab put switch turn "
          "computer chair mouse keyboard email write cup water drink kitchen office sit open close plate sink "
          "task steps done so far none seeker supporter i feel sad lonely ask question share suggest help you "

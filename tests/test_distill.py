@@ -148,8 +148,8 @@ def test_sample_top_takes_the_best_unscored():
     """Step 3 with --sampling top: each query's k best-ranked documents that are neither gold nor already sent to
     the teacher; fewer when fewer are left."""
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7, 0.3], [5.0, 4.0, 3.0, 2.0, 1.0]])
-    assert policy.sample_top(scores, [{1}, {0, 1, 2, 3}], 2) == [[3, 2], [4]]
-    assert policy.sample_top(scores, [{0, 1, 2, 3, 4}, set()], 1) == [[], [0]]
+    assert policy.top_k_unscored(scores, [{1}, {0, 1, 2, 3}], 2) == [[3, 2], [4]]
+    assert policy.top_k_unscored(scores, [{0, 1, 2, 3, 4}, set()], 1) == [[], [0]]
 
 
 def test_round0_not_uniform_and_no_pair_twice(env, monkeypatch):

@@ -161,6 +161,7 @@ def _commands() -> dict[tuple[str, str], set[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_every_flag_in_the_docs_exists():
     """Each `--flag` shown after a script in README / RESULTS / METHOD / docs appears in that script's --help."""
     commands = _commands()

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from runtime import checkpoints
 from runtime import common
 import data
 import distill

@@ -32,6 +32,7 @@ def test_embedded_model_loads_and_scores(embedded):
     assert torch.isfinite(s).all() and s[0] > s[1]
 
 
+@pytest.mark.slow
 def test_hub_id_offline_message(monkeypatch, tmp_path):
     """A hub id that cannot be fetched fails with a message saying how to pass a local folder."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

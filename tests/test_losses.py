@@ -159,3 +159,45 @@ def test_pool_nce_by_hand_float64():
     loss.backward()
     assert s.grad[0, 2] == 0 and s.grad[0, 0] < 0 and s.grad[1, 2] < 0  # the gold is pushed up, excluded untouched
     assert torch.autograd.gradcheck(lambda x: pool_nce(x, target, exclude, 0.7), (s.detach().requires_grad_(),))
+
+
+def test_sft_loss_by_hand_float64():
+    """(4) written out: for each pair, -log softmax(z)[target] with target y+ for label 1 and y- for label 0, summed in
+    float64 by hand (log-sum-exp over the whole vocabulary), then the mean over the batch."""
+    import teacher as T
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 7, generator=g, dtype=torch.float64)
+    labels = torch.tensor([1, 0, 0, 1])
+    y_pos, y_neg = 5, 2
+    total = 0.0
+    for row, label in zip(z.tolist(), labels.tolist()):
+        m = max(row)
+        log_norm = m + math.log(sum(math.exp(v - m) for v in row))
+        total += log_norm - row[y_pos if label else y_neg]
+    assert T.sft_loss(z, labels, y_pos, y_neg).item() == pytest.approx(total / 4, rel=1e-6)
+    same = torch.zeros(1, 7)  # a uniform distribution: log V whatever the label
+    assert T.sft_loss(same, torch.tensor([1]), y_pos, y_neg).item() == pytest.approx(math.log(7), rel=1e-6)
+
+
+def test_predictor_by_hand_float64():
+    """(7) written out with plain loops, not through Predictor.forward: h_hat_j = h_q_j + b2_j + sum_p W2_jp
+    act(sum_i A_pi h_q_i + b1_p + sum_i B_pi h_d_i), for ReLU and GELU (erf form), and the factorised score
+    s_S = u . h_hat of `Predictor.scores`."""
+    from jepa import Predictor
+    torch.manual_seed(0)
+    acts = {"relu": lambda x: max(x, 0.0), "gelu": lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2)))}
+    for name, act in acts.items():
+        p = Predictor(3, 2, name).double()
+        torch.nn.init.normal_(p.W2.weight)
+        torch.nn.init.normal_(p.W2.bias)
+        h_q, h_d, u = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64), torch.randn(3).double()
+        A, b1, B = p.A.weight.tolist(), p.A.bias.tolist(), p.B.weight.tolist()
+        W2, b2 = p.W2.weight.tolist(), p.W2.bias.tolist()
+        hidden = [act(sum(A[k][i] * h_q[i].item() + B[k][i] * h_d[i].item() for i in range(3)) + b1[k])
+                  for k in range(2)]
+        want = [h_q[j].item() + b2[j] + sum(W2[j][k] * hidden[k] for k in range(2)) for j in range(3)]
+        with torch.no_grad():
+            got = p(h_q[None], h_d[None])[0].tolist()
+            score = p.scores(h_q[None], p.doc_side(h_d[None]), u)[0, 0].item()
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+        assert score == pytest.approx(sum(uj * hj for uj, hj in zip(u.tolist(), want)), rel=1e-9)

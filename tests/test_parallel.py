@@ -1,4 +1,4 @@
-"""Scale-out (parallel.py): 2 processes on the CPU with gloo, spawned here, give what one process gives: SFT with DDP
+"""Scale-out (runtime/parallel.py): 2 processes on the CPU with gloo, spawned here, give what one process gives: SFT with DDP
 and FSDP2, sharded encodings and teacher targets, a distillation end to end, and a run killed under 2 ranks resumed
 under 1. Tolerances: 1e-5 absolute for losses and weights (float reduction order), metrics equal."""
 import json
@@ -72,6 +72,7 @@ def _sft(train_layers: int, out: str | None):
     return losses, sd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_layers", [1, 0], ids=["ddp-top-block", "fsdp2-full"])
 def test_sft_two_ranks_equals_one(tmp_path, train_layers):
     """One SFT run (2 epochs, global batch 6 = 3 x grad_accum 2) under 2 ranks, DDP for the top block or FSDP2 for the
@@ -141,6 +142,7 @@ def vh(tmp_path, monkeypatch):
     return write_virtualhome(tmp_path, n_programs=10)
 
 
+@pytest.mark.slow
 def test_distill_two_ranks_equals_one_and_resumes_under_one(tmp_path, vh):
     """A tiny distillation (teacher SFT with DDP, sharded caches, rank-0 sampling) under 2 ranks writes the
     results.json metrics of one process; a run killed in round 1 under 2 ranks resumes under 1 process to the same
@@ -232,6 +234,7 @@ def _sft_resumable(train_layers: int, out: str, kill_at: int, resume: bool):
         torch.save({"losses": losses, "sd": sd}, Path(out) / "result.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_layers", [1, 0], ids=["ddp-top-block", "fsdp2-dcp"])
 def test_sft_killed_under_two_ranks_resumes(tmp_path, train_layers):
     """An SFT run under 2 ranks killed after step 3 (state saved at step 2: one file for DDP, sharded
