@@ -439,3 +439,6 @@ def check_train_config(cfg) -> None:
                          "(its second pass adds negatives outside the groups)")
     if not 0 <= cfg.warmup < 1 or cfg.lr <= 0:
         raise ValueError(f"--warmup {cfg.warmup}, --lr {cfg.lr}: need 0 <= warmup < 1 and lr > 0")
+    if cfg.clip <= 0:  # a negative norm clips every step to a step uphill; 0 would freeze the teacher
+        raise ValueError(f"--clip {cfg.clip}: the gradient norm clip must be > 0 (a large value, e.g. 1e9, to clip "
+                         "nothing)")

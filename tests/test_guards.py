@@ -190,6 +190,13 @@ def test_empty_splits_stop_before_compute(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- 5. values and data
+@pytest.mark.parametrize("clip", ["-1", "0"])
+def test_teacher_clip_must_be_positive(clip, capsys, tmp_path):
+    """teacher.py train --clip -1 (every step uphill) and --clip 0 (a frozen teacher) are refused up front."""
+    err = run_cli(T.main, ["train", "--clip", clip, "--output-dir", str(tmp_path / "t")], capsys)
+    assert f"--clip {float(clip)}" in err and "> 0" in err and not (tmp_path / "t").exists()
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--max-test-queries", "-1"], "--max-test-queries is -1; it must be >= 0"),
     (["--max-train-queries", "-5", "--quick"], "--max-train-queries is -5"),
