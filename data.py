@@ -38,8 +38,8 @@ import re
 from pathlib import Path
 
 from runtime.common import cache_dir, cli
-from runtime.files import (DataError, Retrieval, check_qrels, download, fetch_beir, load_beir, load_corpus,  # noqa: F401
-                           need, read_lines, read_text, typed)  # load_corpus: a BEIR corpus.jsonl, for the Python API
+from runtime.files import (DataError, Retrieval, assign_groups, check_qrels, download, fetch_beir, load_beir,
+                           load_corpus, need, read_lines, read_text, typed)  # noqa: F401 (load_corpus: the Python API)
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # The 13 public BEIR sets that BEIR-style averages use (MS MARCO is the training set; CQADupStack's 12 forums and
@@ -88,22 +88,6 @@ PSYQA_STRATEGIES = {
 
 
 # ---------------------------------------------------------------------------- splits
-def assign_groups(groups, seed: int, shares: dict[str, float]) -> dict[str, str]:
-    """Each distinct group -> its split: the groups, sorted (so file order does not matter) and shuffled with `seed`,
-    go `shares[s]` of them (at least one) to each split s in turn, the rest to "train"."""
-    order = sorted(set(groups))
-    if len(order) < len(shares) + 1:
-        raise DataError(f"{len(order)} group(s) cannot make the splits train, {', '.join(shares)}: at least "
-                        f"{len(shares) + 1} are needed")
-    random.Random(seed).shuffle(order)
-    out, k = {}, 0
-    for split, share in shares.items():
-        n = max(1, round(share * len(order)))
-        out |= {g: split for g in order[k:k + n]}
-        k += n
-    return out | {g: "train" for g in order[k:]}
-
-
 def carve_dev(data: Retrieval, group_of: dict[str, str] | None = None, seed: int = SPLIT_SEED) -> Retrieval:
     """A set without a dev split gets one: a seeded DEV_SHARE of the training split's groups (`group_of`: query id
     -> group, e.g. its conversation; default each query alone) moves from train to dev. A training split of one group

@@ -60,8 +60,6 @@ Z_T_BYTES = 1 << 30  # z_T of all pairs is computed once per round when it fits 
 @dataclass
 class DistillConfig(RunConfig):
     # the paper's: the objective (10) and its ablations, on- or off-policy
-    bench: str = field("virtualhome", "virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
-    model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder (for a new teacher)")
     lmbda: float = field(1.0, "weight of the reverse KL in (10)")
     tau: float = field(1.0, "temperature of the KL distributions (9)")
     no_jepa: bool = field(False, "ablation: drop L_JEPA (8)")

@@ -39,13 +39,15 @@ from runtime.baselines import (SystemResult, runs_from_top, system_biencoder, sy
                                system_prior, timed)
 from runtime.caches import TeacherScores, teacher_scores_cache
 from runtime.common import (add_dataclass_args, atomic_write, cache_dir, check_finite, check_sizes, cli,
-                            config_from_args, field, prepare_output, resolve_device, set_seed, subset, write_json)
+                            config_from_args, field, prepare_output, resolve_device, set_seed, write_json)
 from runtime.config import RunConfig
 from runtime.files import check_split
 from runtime.index import Index, encode_corpus
 from runtime.llm import compute_id, compute_mode
-from runtime.metrics import BM25, TOP, candidate_sets, check_trec_ids, describe_protocol, ranked, topk_blocked
+from runtime.metrics import (BM25, TOP, candidate_sets, check_trec_ids, describe_protocol, first_stage_union,
+                             topk_blocked)
 from runtime.reporting import beir_summary, report
+from runtime.runs import data_dir_of, eval_queries, eval_split, shrink, splits_of
 from student import Student, load_student
 from teacher import instruction_for, load_teacher
 
@@ -111,17 +113,6 @@ def system_teacher(teacher, data, queries: dict[str, str], cands: dict[str, list
     return SystemResult(run, 1000 * dt / max(1, len(queries)), None, "scores C(q) jointly")
 
 
-def first_stage_union(runs: list[dict[str, dict[str, float]]], qids: list[str], k: int) -> dict[str, list[str]]:
-    """For each query, the union of the top k documents of each first-stage run, in order of first appearance."""
-    out = {}
-    for q in qids:
-        seen: dict[str, None] = {}
-        for run in runs:
-            seen |= dict.fromkeys(ranked(run.get(q, {}))[:k])
-        out[q] = list(seen)
-    return out
-
-
 def system_teacher_at_k(teacher, data, queries: dict[str, str], first: dict[str, SystemResult], k: int,
                         scores: TeacherScores | None = None) -> SystemResult:
     """teacher@k, the teacher's whole-pool reference: it reranks, jointly (1)-(3), the union of the top k documents
@@ -185,11 +176,6 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
     return {k: results[k] for k in order}
 
 
-def eval_queries(queries: dict[str, str], n: int, seed: int) -> list[str]:
-    """The seeded subset of held-out queries evaluated (the same in distill.py and evaluate.py for one seed)."""
-    return subset(list(queries), n, torch.Generator().manual_seed(seed + 7))
-
-
 def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tensor, d_seconds: float,
                        h_train: torch.Tensor) -> dict:
     """distill.py's Step 6: prior, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system
@@ -215,16 +201,9 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
                   seed=cfg.seed, pool_size=len(doc_ids))
 
 
-def splits_of(data) -> dict[str, dict]:
-    """Queries per split of a data set and where they come from (results.json names the split it reports, and
-    these)."""
-    return {s: {"queries": len(q), "from": data.origin.get(s, "")} for s, q in data.queries.items()}
-
-
 # ---------------------------------------------------------------------------- python evaluate.py
 @dataclass
 class EvalConfig(RunConfig):
-    bench: str = field("virtualhome", "beir | msmarco | esconv | psyqa | saycan | virtualhome | a single BEIR name")
     datasets: str = field(",".join(BEIR_13), "BEIR names for --bench beir (default: the 13 public sets such papers "
                           "average; each downloaded only when asked, or read from --data-dir)")
     systems: str = field("prior,bm25,llm-biencoder,minilm,teacher,student",
@@ -241,7 +220,6 @@ class EvalConfig(RunConfig):
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}, or the student's teacher); "
                          "'zero-shot' = the untrained --model")
     student: str = field("", "distill.py output folder with predictor.safetensors (default runs/distill-{bench})")
-    model: str = field("smollm2-135m", "LLM for llm-biencoder when no teacher checkpoint exists")
     instruction: str = field("task", "the zero-shot teacher's question (teacher.py --instruction); a checkpoint "
                              "brings its own")
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
@@ -272,19 +250,6 @@ class EvalConfig(RunConfig):
         return tuple(s.strip() for s in self.first_stage.split(",") if s.strip())
 
 
-def shrink(data, split: str, cfg: EvalConfig):
-    """Seeded subsets of queries and documents (judged documents of the kept queries always stay)."""
-    queries, qrels = data.split(split)
-    qids = eval_queries(queries, cfg.max_queries, cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.max_docs and cfg.max_docs < len(data.corpus):
-        keep = {d for q in qids for d in qrels[q]}
-        rest = [d for d in data.corpus if d not in keep]
-        keep |= set(subset(rest, max(0, cfg.max_docs - len(keep)), gen))
-        data = type(data)(data.name, {d: v for d, v in data.corpus.items() if d in keep}, data.queries, data.qrels)
-    return data, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
-
-
 def load_models(cfg: EvalConfig, bench: str):
     """(teacher or None, student or None). The student brings its own teacher checkpoint; without a student the
     teacher is --teacher, runs/teacher-{bench}, or the zero-shot --model (and the student object only encodes)."""
@@ -310,13 +275,6 @@ def load_models(cfg: EvalConfig, bench: str):
                                   dtype=cfg.dtype,
                                   instruction=instruction_for(cfg.instruction, bench))
     return teacher, Student(teacher)
-
-
-def eval_split(cfg: EvalConfig, data) -> str:
-    """--split, else test (the held-out split), else the only one."""
-    if cfg.split:
-        return cfg.split
-    return "test" if "test" in data.queries or len(data.queries) != 1 else next(iter(data.queries))
 
 
 def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path) -> dict:
@@ -349,7 +307,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     resolve_device(cfg.device)  # inputs and settings are checked before anything is written
     names = [n.strip() for n in cfg.datasets.split(",")] if cfg.bench == "beir" else [cfg.bench]
     with parallel.main_first():  # fail early (offline, bad files, empty splits); a download happens once
-        loaded = {n: load_bench(n, _data_dir(cfg, n)) for n in names}
+        loaded = {n: load_bench(n, data_dir_of(cfg, n)) for n in names}
     for n, d in loaded.items():
         check_split(d, eval_split(cfg, d), "evaluated")
         check_trec_ids(d.corpus, "document", f"{n} corpus")
@@ -367,14 +325,6 @@ def evaluate(cfg: EvalConfig) -> dict:
         print(summary["markdown"])
         return summary
     return per[names[0]]
-
-
-def _data_dir(cfg: EvalConfig, name: str) -> str | None:
-    if not cfg.data_dir:
-        return None
-    if cfg.bench == "beir" and (Path(cfg.data_dir) / name).is_dir():
-        return str(Path(cfg.data_dir) / name)
-    return cfg.data_dir
 
 
 def parser() -> argparse.ArgumentParser:

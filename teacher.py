@@ -4,7 +4,6 @@ log-probabilities of "yes" / "no" (METHOD.md equations (1)-(4); the paper's teac
     python teacher.py train --bench virtualhome                          # SFT (4) + (4b) + dev metric, ~7 min on 2 CPU cores
     python teacher.py train --bench esconv --data-dir DIR
     python teacher.py score --query "I feel so alone" --doc "Reflection of feelings" [--checkpoint runs/teacher-esconv]
-    python -m benchmarks.throughput teacher                               # pairs/s at total lengths 128 and 512
 
 Shapes: B pairs, T tokens, H hidden, V vocabulary.
 
@@ -27,14 +26,13 @@ import torch.nn.functional as F
 from data import load_bench
 from runtime import parallel
 from runtime.checkpoints import load_teacher_lm
-from runtime.common import (add_dataclass_args, cli, config_from_args, field, prepare_output, resolve_device,
-                            set_seed, subset)
-from runtime.config import RunConfig
-from runtime.files import check_split
-from runtime.llm import DEFAULT_MODEL, fingerprint, last_hidden_shared, load_llm
-from runtime.metrics import BM25, label_prior, sample_excluding, to_run
-from runtime.training import (SFT, DevSet, check_train_config, mine_negatives, report_trained, save_trained,
-                              sft_dtype, split_point)
+from runtime.common import add_dataclass_args, cli, config_from_args, field, resolve_device, set_seed, subset
+from runtime.llm import (DEFAULT_MODEL, Float32View, bos_prefix, fingerprint, last_hidden_shared, load_llm,
+                         single_token_ids, user_turn)
+from runtime.metrics import BM25, gold_hubs, sample_excluding, to_run
+from runtime.runs import start_teacher
+from runtime.training import (SFT, DevSet, SFTRunConfig, check_train_config, listwise_group_size, merge_passes,
+                              mine_negatives, report_trained, save_trained, sft_dtype, split_point)
 
 
 YES, NO = "yes", "no"
@@ -74,10 +72,10 @@ class Prompt:
 
     def __init__(self, tok, max_doc_tokens: int = 256, max_len: int | None = None, instruction: str = INSTRUCTION):
         self.tok, self.max_doc_tokens, self.instruction = tok, max_doc_tokens, instruction
-        pre, rest = self.render(f"Document:{_D}\nQuery:{_Q}\n{instruction}").split(_D)
+        pre, rest = user_turn(tok, f"Document:{_D}\nQuery:{_Q}\n{instruction}").split(_D)
         mid, post = rest.split(_Q)
-        pre_q, post_q = self.render(f"Query:{_Q}\n{instruction}").split(_Q)
-        bos = [tok.bos_token_id] if self._adds_bos() else []
+        pre_q, post_q = user_turn(tok, f"Query:{_Q}\n{instruction}").split(_Q)
+        bos = bos_prefix(tok)
         self.pre, self.mid, self.post = bos + self.enc(pre), self.enc(mid), self.enc(post)
         self.pre_q, self.post_q = bos + self.enc(pre_q), self.enc(post_q)
         self.max_len = max_len or 10 ** 9
@@ -86,17 +84,6 @@ class Prompt:
             raise ValueError(f"the prompt template and instruction alone are {fixed} tokens, not under the model's "
                              f"window of {self.max_len} tokens: no document or query can fit")
         self.cut: dict[str, set[int]] = {"documents": set(), "queries": set()}
-
-    def render(self, content: str) -> str:
-        if self.tok.chat_template:
-            return self.tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                add_generation_prompt=True)
-        return content + "\nAnswer:"
-
-    def _adds_bos(self) -> bool:
-        bos = self.tok.bos_token_id
-        ids = self.tok("a").input_ids
-        return bos is not None and len(ids) > 0 and ids[0] == bos and not self.tok.chat_template
 
     def enc(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
@@ -139,15 +126,8 @@ class Prompt:
 
 
 def answer_ids(tok, name: str = "") -> tuple[int, int]:
-    """Token ids of y+ = "yes" and y- = "no"; each must be a single token of this tokenizer."""
-    ids = []
-    for word in (YES, NO):
-        t = tok(word, add_special_tokens=False).input_ids
-        if len(t) != 1:
-            raise ValueError(f"model {name or tok.name_or_path}: answer word {word!r} is {len(t)} tokens {t}, "
-                             "not one; the score (3) needs single-token answers")
-        ids.append(t[0])
-    return ids[0], ids[1]
+    """Token ids of y+ = "yes" and y- = "no": the score (3) needs each to be a single token of this tokenizer."""
+    return single_token_ids(tok, (YES, NO), name, "the score (3) needs single-token answers")
 
 
 # ---------------------------------------------------------------------------- the teacher model
@@ -162,18 +142,12 @@ class Teacher:
         self.batch_size, self.quiet = batch_size, quiet
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.prefix_len = len(self.prompt.pre) if prefix_cache else 0  # shared template head, encoded once per call
-        self._w32: tuple | None = None
+        self._head = Float32View(lm.lm_head)
 
     @property
     def head(self) -> torch.Tensor:
-        """W, the LM head (V, H), in float32 on the model's device: the weight itself for a float32 model, else one
-        float32 copy, made again only when the weight changes."""
-        w = self.lm.lm_head.weight
-        if w.dtype == torch.float32:
-            return w
-        if self._w32 is None or self._w32[0] != (w.data_ptr(), w._version):
-            self._w32 = ((w.data_ptr(), w._version), w.detach().float())
-        return self._w32[1]
+        """W, the LM head (V, H), in float32 on the model's device (one copy for a bfloat16 model)."""
+        return self._head.get()
 
     def encode_pairs(self, queries: list[str], docs: list[str], desc: str = "teacher") -> torch.Tensor:
         """(1) h_T(q, d) = f(prompt(d, q))[last] for each pair, (B, H) float32 on the CPU. Because the document
@@ -208,8 +182,8 @@ class Teacher:
 def load_teacher(checkpoint: str | Path | None = None, model: str | None = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int = 8, quiet: bool = False,
                  instruction: str | None = None, attn: str = "sdpa") -> tuple[Teacher, dict]:
-    """The teacher of `checkpoint` (a teacher.py train folder: base model + trained tensors, checked by
-    `runtime.checkpoints.load_teacher_lm`), or the zero-shot `model` asked `instruction` without one: (teacher, sidecar)."""
+    """(teacher, sidecar) of `checkpoint`, a teacher.py train folder (base model + trained tensors, checked by
+    `runtime.checkpoints.load_teacher_lm`), or the zero-shot `model` asked `instruction` without one."""
     lm, tok, meta = load_teacher_lm(checkpoint, model, device, dtype, attn, instruction, INSTRUCTION)
     return Teacher(lm, tok, meta.get("max_doc_tokens", 256), batch_size, quiet,
                    instruction=meta.get("instruction", instruction or INSTRUCTION)), meta
@@ -217,10 +191,8 @@ def load_teacher(checkpoint: str | Path | None = None, model: str | None = None,
 
 # ---------------------------------------------------------------------------- training (4)
 @dataclass
-class TrainConfig(RunConfig):
+class TrainConfig(SFTRunConfig):  # + the run's settings: data, device, batching, resume, dev metric
     # the paper's: SFT of the reranker (4)
-    bench: str = field("virtualhome", "virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
-    model: str = field(DEFAULT_MODEL, "embedded name, Hugging Face id or local folder")
     lr: float = field(3e-4, "AdamW peak learning rate")
     epochs: int = field(3, "passes over the SFT pairs")
     warmup: float = field(0.1, "fraction of steps with linear warmup, then cosine decay")
@@ -229,26 +201,14 @@ class TrainConfig(RunConfig):
     max_doc_tokens: int = field(256, "document truncation budget in tokens")
     neg_bm25: int = field(3, "hard negatives per query from BM25's top ranks")
     neg_random: int = field(2, "random negatives per query from the pool")
-    neg_frequent: int = field(2, "negatives per query among the documents most often gold in the training split, the "
-                                 "pool's hubs (ours)")
-    neg_self: int = field(0, "self-mined negatives per query (ours): the teacher's own N best-scored wrong documents "
-                             "after a first pass, then a second pass (0 = off)")
-    listwise: float = field(1.0, "weight of the listwise loss (4b) (ours): each gold against its query's negatives; "
-                                 "0 = off (the pointwise (4) alone)")
+    neg_frequent: int = field(2, "negatives per query among the pool's hubs, most often gold in training (ours)")
+    neg_self: int = field(0, "ours: the teacher's own N best-scored wrong documents, a second pass (0 = off)")
+    listwise: float = field(1.0, "weight of the listwise loss (4b) (ours; 0 = the pointwise (4) alone)")
     mine_k: int = field(8, "with --neg-self: documents of BM25's top and of the most frequent gold ones scored")
     train_layers: int = field(2, "train only the last N blocks + final norm; 0 = full fine-tune")
     weight_decay: float = field(0.0, "AdamW weight decay")
     clip: float = field(1.0, "gradient norm clip")
     max_train_queries: int = field(96, "training queries used (0 = all)")
-    max_dev_queries: int = field(64, "dev-split queries for the dev metric (0 = all)")
-    rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
-    # the run: data, devices, batching, outputs
-    batch_size: int = field(8, "pairs per forward (a micro-batch, per process; with --listwise whole groups: rounded "
-                               "down to a multiple of the group size, at least one group)")
-    grad_accum: int = field(1, "micro-batches per optimiser step: a global batch of batch_size x grad_accum pairs")
-    grad_checkpoint: bool = field(False, "activation checkpointing in the trained blocks (less memory, ~1/3 slower)")
-    save_every: int = field(50, "save a resumable SFT state every N optimiser steps (0 = never)")
-    resume: bool = field(False, "continue an SFT run killed in output_dir from its last saved state")
     quick: bool = field(False, "small CPU run: fewer queries and epochs (QUICK)")
 
     # --quick (common.config_from_args; distill.py --quick trains its teacher with these): caps on unset fields
@@ -259,10 +219,8 @@ class TrainConfig(RunConfig):
         self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
 
     def group_size(self, data, split: str) -> int:
-        """Pairs per group of (4b): a gold document and the query's --neg-bm25 + --neg-frequent + --neg-random
-        negatives, fewer where the pool is smaller (PsyQA's 7 strategies), the same for every group."""
-        most = max(sum(g > 0 for g in r.values()) for r in data.split(split)[1].values())
-        return max(2, min(1 + self.neg_bm25 + self.neg_random + self.neg_frequent, len(data.corpus) - most + 1))
+        """Pairs per group of (4b), the same for every group (`runtime.training.listwise_group_size`)."""
+        return listwise_group_size(self, data, split)
 
 
 def sft_loss(z: torch.Tensor, labels: torch.Tensor, y_pos: int, y_neg: int) -> torch.Tensor:
@@ -286,9 +244,7 @@ def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) ->
     qids = subset(list(queries), cfg.max_train_queries, gen)
     doc_ids = list(data.corpus)
     row = {d: i for i, d in enumerate(doc_ids)}
-    if cfg.neg_frequent:
-        counts = label_prior(data, split)
-        hubs = sorted(counts, key=lambda d: (-counts[d], d))
+    hubs = gold_hubs(data, split) if cfg.neg_frequent else []
     size = cfg.group_size(data, split) if cfg.listwise else 0
     pairs = []
     for qid in qids:
@@ -338,15 +294,9 @@ def train_teacher(cfg: TrainConfig) -> dict:
     second pass with its own mistakes (--neg-self), the checkpoint saved; the dev metric before and after."""
     set_seed(cfg.seed)
     device = resolve_device(cfg.device)  # inputs and settings are checked before anything is written
-    if cfg.neg_self and parallel.world() > 1:
-        raise ValueError("--neg-self runs in one process (its second pass would wrap the model for DDP / FSDP2 "
-                         "twice): run `python teacher.py train ...` without torchrun")
     with parallel.main_first():  # a download or unpacking happens once
         data = load_bench(cfg.bench, cfg.data_dir or None)
-    check_split(data, "train", "training")
-    check_split(data, "dev", "dev")
-    prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite, script="teacher", can_resume=True,
-                   same=("resume", "overwrite", "quiet", "save_every"))
+    start_teacher(cfg, data)  # the train and dev splits and the settings checked, then the output folder
     bm25 = BM25({d: data.doc_text(d) for d in data.corpus})
     lm, tok = load_llm(cfg.model, cfg.device, sft_dtype(cfg, device), cfg.attn_implementation)
     base_fp = fingerprint(lm)
@@ -359,9 +309,7 @@ def train_teacher(cfg: TrainConfig) -> dict:
     if cfg.neg_self:  # a second pass over the pairs and the teacher's own mistakes
         mined = mine_negatives(teacher, data, "train", cfg, bm25, hist["pair_list"])
         print(f"[teacher] mined {len(mined)} negatives (its own top-ranked wrong documents); training again")
-        second = train(teacher, data, "train", cfg, bm25, hist["pair_list"] + mined)
-        hist = second | {"losses": hist["losses"] + second["losses"], "steps": hist["steps"] + second["steps"],
-                         "seconds": hist["seconds"] + second["seconds"]}
+        hist = merge_passes(hist, train(teacher, data, "train", cfg, bm25, hist["pair_list"] + mined))
 
     path, meta = save_trained(teacher, cfg, base_fp, before, hist)  # the checkpoint, then the resumable state dropped
     if hist["fsdp"]:  # the sharded model is done: every rank reloads the gathered checkpoint for the dev metric
@@ -377,8 +325,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     add_dataclass_args(sub.add_parser("train", help="SFT (4) and save a checkpoint"), TrainConfig)
     s = sub.add_parser("score", help="score one (query, document) pair")
-    s.add_argument("--query", required=True)
-    s.add_argument("--doc", required=True)
+    for flag in ("--query", "--doc"):
+        s.add_argument(flag, required=True)
     s.add_argument("--checkpoint", default=None)
     s.add_argument("--model", default=None, help=f"base model without --checkpoint (default {DEFAULT_MODEL})")
     s.add_argument("--device", default="auto")

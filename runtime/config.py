@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.common import field
-from runtime.llm import ATTENTION, DTYPE_HELP, DTYPES
+from runtime.llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES
 
 
 @dataclass
 class RunConfig:
+    bench: str = field("virtualhome", "virtualhome | esconv | psyqa | saycan | msmarco | a BEIR name (evaluate.py: "
+                                      "also beir, the 13 public sets)")
+    model: str = field(DEFAULT_MODEL, "the base LLM: embedded name, Hugging Face id or local folder (a teacher "
+                                      "checkpoint brings its own)")
     data_dir: str = field("", "local copy of the data set (default: embedded or official download; for --bench beir "
                               "a folder holding one sub-folder per data set, or the set)")
     device: str = field("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])

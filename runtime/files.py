@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import urllib.error
 import urllib.request
@@ -252,3 +253,20 @@ def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ..
         data.qrels[split] = qrels
         data.origin[split] = f"qrels/{split}.tsv"
     return data
+
+
+# ---------------------------------------------------------------------------- splits by group
+def assign_groups(groups, seed: int, shares: dict[str, float]) -> dict[str, str]:
+    """Each distinct group -> its split: the groups, sorted (so file order does not matter) and shuffled with `seed`,
+    go `shares[s]` of them (at least one) to each split s in turn, the rest to "train"."""
+    order = sorted(set(groups))
+    if len(order) < len(shares) + 1:
+        raise DataError(f"{len(order)} group(s) cannot make the splits train, {', '.join(shares)}: at least "
+                        f"{len(shares) + 1} are needed")
+    random.Random(seed).shuffle(order)
+    out, k = {}, 0
+    for split, share in shares.items():
+        n = max(1, round(share * len(order)))
+        out |= {g: split for g in order[k:k + n]}
+        k += n
+    return out | {g: "train" for g in order[k:]}

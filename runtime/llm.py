@@ -133,6 +133,52 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def user_turn(tok, content: str) -> str:
+    """`content` as one user turn with the generation prompt after it (the tokenizer's chat template), or followed by
+    "Answer:" for a model without one."""
+    if tok.chat_template:
+        return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                       add_generation_prompt=True)
+    return content + "\nAnswer:"
+
+
+def bos_prefix(tok) -> list[int]:
+    """[bos] for a tokenizer without a chat template that puts BOS before a text, else []."""
+    bos = tok.bos_token_id
+    ids = tok("a").input_ids
+    return [bos] if bos is not None and len(ids) > 0 and ids[0] == bos and not tok.chat_template else []
+
+
+def single_token_ids(tok, words: tuple[str, ...], name: str, why: str) -> tuple[int, ...]:
+    """The token id of each word, each of which must be one token of this tokenizer (else an error naming the model,
+    the word and `why`)."""
+    ids = []
+    for word in words:
+        t = tok(word, add_special_tokens=False).input_ids
+        if len(t) != 1:
+            raise ValueError(f"model {name or tok.name_or_path}: answer word {word!r} is {len(t)} tokens {t}, "
+                             f"not one; {why}")
+        ids.append(t[0])
+    return tuple(ids)
+
+
+class Float32View:
+    """A module's weight in float32 on its device: the weight itself when it is float32, else one copy, made again
+    only when the weight changes (its storage or version; read from the module each time, so a re-tied or replaced
+    weight is seen)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self._copy = module, None
+
+    def get(self) -> torch.Tensor:
+        w = self.module.weight
+        if w.dtype == torch.float32:
+            return w
+        if self._copy is None or self._copy[0] != (w.data_ptr(), w._version):
+            self._copy = ((w.data_ptr(), w._version), w.detach().float())
+        return self._copy[1]
+
+
 def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "sdpa"):
     """Return (model, tokenizer) in eval mode on `device`, with the attention kernel `attn` (flash_attention_2 needs
     the flash-attn package and a GPU). A hub id without network fails with a clear message."""

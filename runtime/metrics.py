@@ -42,6 +42,17 @@ def ranked(scores: dict[str, float]) -> list[str]:
     return [d for d, _ in sorted(scores.items(), key=lambda x: (x[1], x[0]), reverse=True)]
 
 
+def first_stage_union(runs: list[dict[str, dict[str, float]]], qids: list[str], k: int) -> dict[str, list[str]]:
+    """For each query, the union of the top k documents of each first-stage run, in order of first appearance."""
+    out = {}
+    for q in qids:
+        seen: dict[str, None] = {}
+        for run in runs:
+            seen |= dict.fromkeys(ranked(run.get(q, {}))[:k])
+        out[q] = list(seen)
+    return out
+
+
 def recall_at(rank: list[str], rel: dict[str, int], k: int) -> float:
     """Fraction of the relevant documents (grade > 0) found in the top k (trec_eval recall_k)."""
     good = {d for d, g in rel.items() if g > 0}
@@ -326,6 +337,12 @@ def label_prior(data, split: str) -> dict[str, int]:
         for d, g in rel.items():
             counts[d] = counts.get(d, 0) + (g > 0)
     return counts
+
+
+def gold_hubs(data, split: str) -> list[str]:
+    """The documents that are gold in `split`, most often gold first (ties by id): the pool's hubs."""
+    counts = label_prior(data, split)
+    return sorted(counts, key=lambda d: (-counts[d], d))
 
 
 RANDPERM_MAX = 1 << 16  # pools up to this size draw from a permutation; larger ones by rejection (sample_excluding)

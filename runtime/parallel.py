@@ -65,6 +65,11 @@ def world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def planned_world() -> int:
+    """The number of processes of this run, known before the process group starts (torchrun's WORLD_SIZE)."""
+    return max(world(), int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -1,14 +1,26 @@
-"""What distill.py does around its loop: the inputs checked and the output folder made before anything runs, and the
-state of the last finished round read back on --resume.
+"""What the scripts do around their loops: the inputs checked and the output folder made before anything runs
+(teacher.py train, distill.py), the state of distill.py's last finished round read back on --resume, and the subsets
+evaluate.py draws.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.common import check_teacher_folder, load_tensors, prepare_output, read_json, set_seed
+import torch
+
+from runtime.common import check_teacher_folder, load_tensors, prepare_output, read_json, set_seed, subset
 from runtime.files import check_split
 from runtime.llm import fingerprint
 from runtime.metrics import check_trec_ids
+
+
+def start_teacher(cfg, data) -> Path:
+    """teacher.py train's inputs and settings checked before anything is written, then its output folder. The
+    teacher is trained on train and chosen on dev: it never reads the test split."""
+    check_split(data, "train", "training")
+    check_split(data, "dev", "dev")
+    return prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite, script="teacher", can_resume=True,
+                          same=("resume", "overwrite", "quiet", "save_every"))
 
 
 def start_distill(cfg, data) -> Path:
@@ -39,3 +51,44 @@ def resume_distill(cfg, out: Path, student) -> tuple[int, list[dict], list]:
     student.predictor.load_state_dict(tensors)
     print(f"[distill] resuming after round {meta['round']}")
     return meta["round"] + 1, meta["log"], [(a, b, tuple(c)) for a, b, c in meta["pairs"]]
+
+
+# ---------------------------------------------------------------------------- evaluate.py: the split, the subsets
+def eval_split(cfg, data) -> str:
+    """--split, else test (the held-out split), else the only one."""
+    if cfg.split:
+        return cfg.split
+    return "test" if "test" in data.queries or len(data.queries) != 1 else next(iter(data.queries))
+
+
+def eval_queries(queries: dict[str, str], n: int, seed: int) -> list[str]:
+    """The seeded subset of held-out queries evaluated (the same in distill.py and evaluate.py for one seed)."""
+    return subset(list(queries), n, torch.Generator().manual_seed(seed + 7))
+
+
+def shrink(data, split: str, cfg):
+    """Seeded subsets of queries and documents (judged documents of the kept queries always stay)."""
+    queries, qrels = data.split(split)
+    qids = eval_queries(queries, cfg.max_queries, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.max_docs and cfg.max_docs < len(data.corpus):
+        keep = {d for q in qids for d in qrels[q]}
+        rest = [d for d in data.corpus if d not in keep]
+        keep |= set(subset(rest, max(0, cfg.max_docs - len(keep)), gen))
+        data = type(data)(data.name, {d: v for d, v in data.corpus.items() if d in keep}, data.queries, data.qrels)
+    return data, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
+
+
+def splits_of(data) -> dict[str, dict]:
+    """Queries per split of a data set and where they come from (results.json names the split it reports, and
+    these)."""
+    return {s: {"queries": len(q), "from": data.origin.get(s, "")} for s, q in data.queries.items()}
+
+
+def data_dir_of(cfg, name: str) -> str | None:
+    """The folder of data set `name` within --data-dir: its sub-folder for --bench beir, else --data-dir itself."""
+    if not cfg.data_dir:
+        return None
+    if cfg.bench == "beir" and (Path(cfg.data_dir) / name).is_dir():
+        return str(Path(cfg.data_dir) / name)
+    return cfg.data_dir

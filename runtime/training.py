@@ -16,20 +16,35 @@ import math
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from transformers import get_cosine_schedule_with_warmup
 
 from runtime import parallel
-from runtime.common import (check_finite, check_sizes, load_tensors, progress, read_json, save_tensors, subset,
-                            write_json)
 from runtime.checkpoints import save_teacher, teacher_identity
+from runtime.common import (check_finite, check_sizes, field, load_tensors, progress, read_json, save_tensors, subset,
+                            write_json)
+from runtime.config import RunConfig
 from runtime.llm import can_split, forget_fingerprint, last_logits, top_last, trunk_states
-from runtime.metrics import candidate_sets, describe_protocol, evaluate_run, label_prior, ranked, to_run
+from runtime.metrics import candidate_sets, describe_protocol, evaluate_run, gold_hubs, label_prior, ranked, to_run
 
 SFT_STATE = "sft_state"  # the resumable state of an SFT run, inside its output folder, removed once it is saved
+
+
+@dataclass
+class SFTRunConfig(RunConfig):
+    """What a teacher SFT run needs beyond the method's settings (teacher.TrainConfig): batching, resuming, the dev
+    metric."""
+    batch_size: int = field(8, "pairs per forward (a micro-batch, per process; with --listwise whole groups: rounded "
+                               "down to a multiple of the group size, at least one group)")
+    grad_accum: int = field(1, "micro-batches per optimiser step: a global batch of batch_size x grad_accum pairs")
+    grad_checkpoint: bool = field(False, "activation checkpointing in the trained blocks (less memory, ~1/3 slower)")
+    save_every: int = field(50, "save a resumable SFT state every N optimiser steps (0 = never)")
+    resume: bool = field(False, "continue an SFT run killed in output_dir from its last saved state")
+    max_dev_queries: int = field(64, "dev-split queries for the dev metric (0 = all)")
+    rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
 
 
 def set_trainable(lm, train_layers: int) -> list[torch.nn.Parameter]:
@@ -398,6 +413,19 @@ def report_trained(path: Path, cfg, meta: dict, after: dict, hist: dict) -> dict
     return meta
 
 
+def listwise_group_size(cfg, data, split: str) -> int:
+    """Pairs per group of (4b): a gold document and the query's --neg-bm25 + --neg-frequent + --neg-random
+    negatives, fewer where the pool is smaller (PsyQA's 7 strategies), the same for every group."""
+    most = max(sum(g > 0 for g in r.values()) for r in data.split(split)[1].values())
+    return max(2, min(1 + cfg.neg_bm25 + cfg.neg_random + cfg.neg_frequent, len(data.corpus) - most + 1))
+
+
+def merge_passes(first: dict, second: dict) -> dict:
+    """The history of two SFT passes (--neg-self) as one: the second's fields, losses, steps and seconds of both."""
+    return second | {"losses": first["losses"] + second["losses"], "steps": first["steps"] + second["steps"],
+                     "seconds": first["seconds"] + second["seconds"]}
+
+
 # ---------------------------------------------------------------------------- --neg-self
 def mine_negatives(teacher, data, split: str, cfg, bm25,
                    pairs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
@@ -409,8 +437,7 @@ def mine_negatives(teacher, data, split: str, cfg, bm25,
     gold_of: dict[str, set[str]] = {}  # by query text: queries with the same text share their gold documents
     for q, t in queries.items():
         gold_of.setdefault(t, set()).update(d for d, g in qrels[q].items() if g > 0)
-    counts = label_prior(data, split)
-    frequent = sorted(counts, key=lambda d: (-counts[d], d))[:cfg.mine_k]
+    frequent = gold_hubs(data, split)[:cfg.mine_k]
     used: dict[str, set[str]] = {}
     for q, d, _ in pairs:
         used.setdefault(q, set()).add(d)
@@ -432,6 +459,9 @@ def check_train_config(cfg) -> None:
                        "max_dev_queries", "save_every"), 0)
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: choose one")
+    if cfg.neg_self and parallel.planned_world() > 1:
+        raise ValueError("--neg-self runs in one process (its second pass would wrap the model for DDP / FSDP2 "
+                         "twice): run `python teacher.py train ...` without torchrun")
     if cfg.resume and cfg.neg_self:
         raise ValueError("--resume does not cover --neg-self's second pass yet: rerun with --overwrite")
     if cfg.listwise < 0 or cfg.listwise and cfg.neg_self:

@@ -6,7 +6,8 @@ from benchmarks import gpu_memory, scale, throughput
 
 
 def test_scale_benchmark_writes_its_figures(tmp_path):
-    """benchmarks/scale.py runs every whole-pool stage on a small synthetic pool and writes time and peak memory per stage."""
+    """benchmarks/scale.py runs every whole-pool stage on a small synthetic pool and writes time and peak memory per
+    stage."""
     out = tmp_path / "scale.json"
     res = scale.main(["--docs", "3000", "--hidden", "16", "--width", "8", "--queries", "4", "--doc-words", "6",
                       "--output", str(out)])
@@ -19,7 +20,8 @@ def test_scale_benchmark_writes_its_figures(tmp_path):
 
 
 def test_predictor_bench_writes_figures_with_their_bound(tmp_path, capsys):
-    """`python -m benchmarks.throughput predictor` writes each activation's candidates/s beside the dot product's and the memory bound
+    """`python -m benchmarks.throughput predictor` writes each activation's candidates/s beside the dot product's and
+    the memory bound
     measured in the same run, and prints each as a share of that bound."""
     out = tmp_path / "p.json"
     rows = throughput.main(["predictor", "--sizes", "3000", "--queries", "1,2", "--hidden", "16", "--width", "8",
@@ -36,6 +38,7 @@ def test_gpu_memory_table_by_hand(capsys):
     p = gpu_memory.param_count(gpu_memory.QWEN2_7B)
     assert abs(p / 1e9 - 7.62) < 0.01
     rows = gpu_memory.memory_table(gpu_memory.QWEN2_7B, 512, 1, gpus=(1, 8))
-    assert abs(rows[0]["weights_GiB"] - 4 * p / 2 ** 30) < 1e-6 and abs(rows[1]["adam_GiB"] - 8 * p / 8 / 2 ** 30) < 1e-6
+    assert abs(rows[0]["weights_GiB"] - 4 * p / 2 ** 30) < 1e-6
+    assert abs(rows[1]["adam_GiB"] - 8 * p / 8 / 2 ** 30) < 1e-6
     gpu_memory.main([])
     assert "| 8 |" in capsys.readouterr().out

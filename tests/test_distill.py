@@ -337,8 +337,7 @@ def test_no_choice_reads_the_test_split(env, monkeypatch):
         return call
     for module in (distill, teacher):  # every script that loads a bench, where it looks the loader up
         monkeypatch.setattr(module, "load_bench", sealed_load)
-    for module in (runs, teacher):  # the guard before any compute (a judged query), where each script calls it
-        monkeypatch.setattr(module, "check_split", opening(files.check_split))
+    monkeypatch.setattr(runs, "check_split", opening(files.check_split))  # the guard before any compute: a judged query
     Sealed.open = False
     res = distill.main(_args(tmp, root, "dev", "--eval-split", "dev"))  # trains the teacher (Step 0) as well
     assert res["split"] == "dev" and json.loads((tmp / "teacher" / "teacher_metrics.json").read_text())[

@@ -140,8 +140,9 @@ def test_every_reference_resolves():
 
 
 SCRIPTS = {"distill.py": None, "evaluate.py": None, "complexity.py": None, "teacher.py": {"train", "score"},
-           "student.py": {"index", "search"}, "data.py": {"stats"}, "benchmarks/throughput.py": {"predictor", "teacher"},
-           "benchmarks/scale.py": None, "benchmarks/gpu_memory.py": None}
+           "student.py": {"index", "search"}, "data.py": {"stats"},
+           "benchmarks/throughput.py": {"predictor", "teacher"}, "benchmarks/scale.py": None,
+           "benchmarks/gpu_memory.py": None}
 
 
 def _commands() -> dict[tuple[str, str], set[str]]:

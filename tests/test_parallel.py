@@ -1,4 +1,5 @@
-"""Scale-out (runtime/parallel.py): 2 processes on the CPU with gloo, spawned here, give what one process gives: SFT with DDP
+"""Scale-out (runtime/parallel.py):
+2 processes on the CPU with gloo, spawned here, give what one process gives: SFT with DDP
 and FSDP2, sharded encodings and teacher targets, a distillation end to end, and a run killed under 2 ranks resumed
 under 1. Tolerances: 1e-5 absolute for losses and weights (float reduction order), metrics equal."""
 import json

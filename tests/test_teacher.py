@@ -191,7 +191,7 @@ def test_self_mined_negatives(tmp_path, monkeypatch):
     mined = training.mine_negatives(t, d, "train", cfg, bm25, pairs)
     queries, qrels = d.split("train")
     by_text = {txt: q for q, txt in queries.items()}
-    counts = T.label_prior(d, "train")
+    counts = training.label_prior(d, "train")
     frequent = sorted(counts, key=lambda x: (-counts[x], x))[:3]
     for q in {p[0] for p in pairs}:
         mine = [doc for qq, doc, label in mined if qq == q]
