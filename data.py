@@ -55,7 +55,7 @@ PSYQA_SPANS = 3  # PsyQA: the query keeps the question, its description and the 
 ESCONV_TURNS = 6
 HISTORY = 6  # next-step tasks: the query keeps the task and the last HISTORY steps done (CPU budget)
 SPLIT_SEED = 0
-SHARES = {"test": 0.2, "dev": 0.1}  # next-step tasks: the share of program groups in each split; train = the rest
+SHARES = {"test": 0.2, "dev": 0.15}  # next-step tasks: the share of title groups in each split; train = the rest
 DEV_SHARE = 0.1  # the share of a training split's groups carved as dev where a set has no dev split
 
 # The 8 ESConv strategies (spelled as in the split files) with descriptions written for this project.
@@ -339,9 +339,16 @@ def load_psyqa_dir(data_dir: str | None = None) -> Retrieval:
 
 
 # ---------------------------------------------------------------------------- next-step tasks: SayCan, VirtualHome
-def _next_step_task(name: str, programs: list[tuple[str, str, list[tuple[str, str]]]], seed: int) -> Retrieval:
-    """programs: (program id, task text, [(step id, step text)]). One query per step: task + steps so far. Programs
-    that share their task text or their steps are one group (union-find); groups are split by `assign_groups`."""
+def task_title(title: str) -> str:
+    """The key programs are grouped by: the title, lower-cased, punctuation and runs of spaces folded."""
+    return " ".join(re.sub(r"[^\w\s]", " ", title.lower()).split())
+
+
+def _next_step_task(name: str, programs: list[tuple[str, str, str, list[tuple[str, str]]]], seed: int) -> Retrieval:
+    """programs: (program id, title, task text, [(step id, step text)]). One query per step: task + steps so far.
+    Programs that share their title (`task_title`) or their steps are one group (union-find), and groups are split by
+    `assign_groups`: no title is in two splits, so a test query's task is never seen in training. Each query's lookup
+    key (`Retrieval.keys`) is its title and history, what the `lookup` baseline matches exactly."""
     parent = list(range(len(programs)))
 
     def root(i):
@@ -351,17 +358,18 @@ def _next_step_task(name: str, programs: list[tuple[str, str, list[tuple[str, st
         return i
 
     first: dict = {}
-    for p, (_, task, steps) in enumerate(programs):
-        for key in (("task", task), ("steps", tuple(text for _, text in steps))):
+    for p, (_, title, _, steps) in enumerate(programs):
+        for key in (("title", task_title(title)), ("steps", tuple(text for _, text in steps))):
             parent[root(p)] = root(first.setdefault(key, p))
     group = [programs[root(p)][0] for p in range(len(programs))]
     if len(set(group)) < len(SHARES) + 1:
         raise DataError(f"{name}: {len(programs)} program(s) form {len(set(group))} group(s) (programs with the same "
-                        "task text or steps are one): the splits train, dev and test need at least 3")
+                        "title or steps are one): the splits train, dev and test need at least 3")
     split_of = assign_groups(group, seed, SHARES)
     corpus = {}
-    data = Retrieval(name, corpus, {s: {} for s in ("train", "dev", "test")}, {s: {} for s in ("train", "dev", "test")})
-    for p, (pid, task, steps) in enumerate(programs):
+    splits = ("train", "dev", "test")
+    data = Retrieval(name, corpus, {s: {} for s in splits}, {s: {} for s in splits})
+    for p, (pid, title, task, steps) in enumerate(programs):
         split = split_of[group[p]]
         for t, (sid, text) in enumerate(steps):
             corpus[sid] = {"title": "", "text": text}
@@ -369,8 +377,9 @@ def _next_step_task(name: str, programs: list[tuple[str, str, list[tuple[str, st
             qid = f"{pid}#{t}"
             data.queries[split][qid] = f"Task: {task}\nSteps done so far: {done}"
             data.qrels[split][qid] = {sid: 1}
+            data.keys[qid] = f"{task_title(title)}\n{done}"
     n = {s: sum(split_of[g] == s for g in set(group)) for s in data.queries}
-    data.origin = {s: f"{n[s]} of {len(set(group))} program groups (same task text or steps), seed {seed}"
+    data.origin = {s: f"{n[s]} of {len(set(group))} program groups (same title or steps), seed {seed}"
                    for s in data.queries}
     return data
 
@@ -394,7 +403,7 @@ def load_saycan(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
         steps = [s.strip().rstrip(",.").strip() for s in re.split(r"(?:^|,)\s*\d+\.\s*", parts[1]) if s.strip()]
         if not steps:
             raise DataError(f"{path}:{n}: field 'OUTPUT' has no numbered steps")
-        programs.append((f"l{n}", instruction, [(s, s) for s in steps]))
+        programs.append((f"l{n}", instruction, instruction, [(s, s) for s in steps]))
     return check_qrels(_next_step_task("saycan", programs, seed))
 
 
@@ -450,7 +459,7 @@ def load_virtualhome(data_dir: str | None = None, seed: int = SPLIT_SEED) -> Ret
         if not steps:
             raise DataError(f"{path}: no steps")
         pid = os.path.relpath(path, root)
-        programs.append((pid, f"{title}. {desc}" if desc else title, steps))
+        programs.append((pid, title, f"{title}. {desc}" if desc else title, steps))
     return check_qrels(_next_step_task("virtualhome", programs, seed))
 
 

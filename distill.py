@@ -252,7 +252,7 @@ def step5_train_predictor(student: Student, pairs: list[tuple[int, int, tuple[st
 # ---------------------------------------------------------------------------- Steps 6-7: evaluate, save
 def step6_evaluate(cfg: DistillConfig, data, split: str, teacher, student: Student, h_d: torch.Tensor,
                    d_seconds: float, h_train: torch.Tensor) -> dict:
-    """Step 6: prior, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system on the same
+    """Step 6: prior, lookup, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system on the same
     C(q), on the held-out split (`evaluate.evaluate_distilled`); with --hub-correction also the corrected student
     (12), its offsets taken over the training queries h_train."""
     return evaluate_distilled(cfg, data, split, teacher, student, h_d, d_seconds, h_train)

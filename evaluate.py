@@ -17,7 +17,9 @@ Choices not fixed by the paper:
   with its hubness); the teacher, which reads each pair jointly, reranks the union of a first stage's top k there
   (teacher@k: `--teacher-k`, `--first-stage`; `--teacher-k 0` scores the whole pool, one call per document and query);
 - `prior` ranks every query's documents by how often each is gold in the training split: the score a retriever
-  gets from the label distribution alone (ESConv's 8 strategies are far from uniform);
+  gets from the label distribution alone (ESConv's 8 strategies are far from uniform); `lookup` ranks first the
+  training golds of training queries with the same key (SayCan / VirtualHome: title and history; else the text),
+  then the prior: the score of memory, which a split that keeps test tasks out of training holds at the prior's;
 - fidelity: the teacher scores a fixed candidate set C(q) per query (`metrics.candidate_sets`, size `--rerank-k`:
   the whole pool when it is smaller, else gold + BM25-hard + random negatives) and every system ranks the same
   C(q); agreement with the teacher and the C(q) metrics ("candidates" in results.json) are computed there;
@@ -35,8 +37,8 @@ import torch
 
 from data import BEIR_13, load_bench
 from runtime import parallel
-from runtime.baselines import (SystemResult, runs_from_top, system_biencoder, system_bm25, system_minilm,
-                               system_prior, timed)
+from runtime.baselines import (SystemResult, runs_from_top, system_biencoder, system_bm25, system_lookup,
+                               system_minilm, system_prior, timed)
 from runtime.caches import TeacherScores, teacher_scores_cache
 from runtime.common import (add_dataclass_args, atomic_write, cache_dir, check_finite, check_sizes, cli,
                             config_from_args, field, prepare_output, resolve_device, set_seed, write_json)
@@ -137,18 +139,21 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
                 d_seconds: float = 0.0, doc_cache: str | Path | None = None, quiet: bool = False,
                 index_dtype: str = "float32", teacher_k: int = 8,
                 first_stage: tuple[str, ...] = ("bm25", "student"), scores: TeacherScores | None = None,
-                refresh_cache: bool = False, hub: tuple[str, torch.Tensor] | None = None) -> dict:
+                refresh_cache: bool = False, hub: tuple[str, torch.Tensor] | None = None, split: str = "test") -> dict:
     """Every system of `names` on the same queries and the same C(q), in the order of `names`; with "teacher",
     also teacher@k (`system_teacher_at_k`) over the first-stage systems of `first_stage` that were run, both through
-    `scores` (the teacher's pairs, kept across runs when it has a folder). The student's document embeddings h_d
+    `scores` (the teacher's pairs, kept across runs when it has a folder). `queries` are of `split` (the lookup's
+    keys), `train_split` the one the prior and the lookup read. The student's document embeddings h_d
     come in (distill.py) or are encoded into `doc_cache` (evaluate.py)."""
     qids, doc_ids = list(queries), list(data.corpus)
     results: dict[str, SystemResult] = {}
-    if "prior" in names:
-        if train_split is None:
-            print(f"[evaluate] prior skipped: {data.name} has no training split besides the evaluated one")
-        else:
+    if train_split is None and {"prior", "lookup"} & set(names):
+        print(f"[evaluate] prior and lookup skipped: {data.name} has no training split besides the evaluated one")
+    elif train_split is not None:
+        if "prior" in names:
             results["prior"] = system_prior(data, queries, cands, train_split)
+        if "lookup" in names:
+            results["lookup"] = system_lookup(data, queries, cands, split, train_split)
     if "bm25" in names:
         results["bm25"] = system_bm25(bm25, bm25_seconds, queries, cands, quiet)
     if "minilm" in names:
@@ -178,7 +183,7 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
 
 def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tensor, d_seconds: float,
                        h_train: torch.Tensor) -> dict:
-    """distill.py's Step 6: prior, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system
+    """distill.py's Step 6: prior, lookup, bm25, llm-biencoder, student and teacher@k over the whole pool, and every system
     on the same C(q), on `split` (`cfg` a distill.DistillConfig); with --hub-correction also the corrected student
     (12), its offsets taken over the training queries h_train. Writes results.md and the runs; returns the dict."""
     queries, qrels = data.split(split)
@@ -188,11 +193,11 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
     bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
     cands = candidate_sets(qids, queries, qrels, doc_ids, bm25, cfg.rerank_k,
                            torch.Generator().manual_seed(cfg.seed + 11))
-    names = ["prior", "bm25", "llm-biencoder"] + (["teacher"] if cfg.eval_teacher else []) + ["student"]
+    names = ["prior", "lookup", "bm25", "llm-biencoder"] + (["teacher"] if cfg.eval_teacher else []) + ["student"]
     scores = teacher_scores_cache(teacher, cfg.bench) if cfg.eval_teacher else None
     results = run_systems(names, data, queries, cands, bm25, bm25_seconds, "train", teacher,
                           student, h_d, d_seconds, quiet=cfg.quiet, teacher_k=cfg.teacher_k, scores=scores,
-                          hub=(cfg.hub_correction, h_train) if cfg.hub_correction != "none" else None)
+                          hub=(cfg.hub_correction, h_train) if cfg.hub_correction != "none" else None, split=split)
     header = f"{len(qids)} of {len(data.split(split)[0])} {split} queries, {len(doc_ids)} documents"
     return report(cfg.output_dir, cfg.bench, split, qrels, results, describe_protocol(len(doc_ids), cfg.rerank_k),
                   header, extra={"truncated": teacher.prompt.cut_counts(), "splits": splits_of(data),
@@ -206,8 +211,8 @@ def evaluate_distilled(cfg, data, split: str, teacher, student, h_d: torch.Tenso
 class EvalConfig(RunConfig):
     datasets: str = field(",".join(BEIR_13), "BEIR names for --bench beir (default: the 13 public sets such papers "
                           "average; each downloaded only when asked, or read from --data-dir)")
-    systems: str = field("prior,bm25,llm-biencoder,minilm,teacher,student",
-                         "comma-separated systems to compare (prior: needs a training split)")
+    systems: str = field("prior,lookup,bm25,llm-biencoder,minilm,teacher,student",
+                         "comma-separated systems to compare (prior, lookup: need a training split)")
     split: str = field("", "split to evaluate: test (the default), dev (to choose a recipe) or train")
     max_queries: int = field(0, "evaluate a seeded subset of queries (0 = all)")
     max_docs: int = field(0, "keep the judged documents plus a seeded random rest up to this many (0 = all)")
@@ -234,7 +239,7 @@ class EvalConfig(RunConfig):
             raise ValueError("--systems is empty")
         if self.bench != "beir" and self.datasets != ",".join(BEIR_13):
             raise ValueError(f"--datasets applies to --bench beir only; with --bench {self.bench} it would be ignored")
-        known = {"prior", "bm25", "llm-biencoder", "minilm", "teacher", "student"}
+        known = {"prior", "lookup", "bm25", "llm-biencoder", "minilm", "teacher", "student"}
         for flag, names in (("--systems", self.system_list), ("--first-stage", self.first_stage_list)):
             bad = set(names) - known
             if bad:
@@ -290,7 +295,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
                           train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
                           index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list,
                           scores=teacher_scores_cache(teacher, name) if teacher and "teacher" in cfg.system_list
-                          else None, refresh_cache=cfg.refresh_cache)
+                          else None, refresh_cache=cfg.refresh_cache, split=split)
     header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
               f"{' (subset)' if cfg.max_docs else ''}")

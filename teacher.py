@@ -264,9 +264,11 @@ def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) ->
     return pairs
 
 
-def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: list | None = None) -> dict:
+def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: list | None = None,
+          dev: DevSet | None = None) -> dict:
     """SFT (4) on `sft_pairs` or on the given (query text, doc id, label) `pairs`: AdamW, warmup + cosine, gradient
-    accumulation and clipping (the runtime: `training.SFT`). Returns the loss history."""
+    accumulation and clipping (the runtime: `training.SFT`); with `dev` and --dev-every N, the dev metric every N
+    steps (the learning curve, dev_curve.json). Returns the loss history and the curve."""
     gen = torch.Generator().manual_seed(cfg.seed + (0 if pairs is None else 2))
     pairs = sft_pairs(data, split, cfg, bm25, gen) if pairs is None else pairs
     seqs = [teacher.prompt.teacher(q, data.doc_text(d)) for q, d, _ in pairs]
@@ -281,11 +283,14 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
             loss = loss + cfg.listwise * listwise_loss(s)
         return loss
 
+    curve = dev.points_before(sft, Path(cfg.output_dir) / "dev_curve.json") if dev is not None else []
     for epoch in range(cfg.epochs):
         order = [size * g + j for g in torch.randperm(len(pairs) // size, generator=gen).tolist() for j in range(size)]
         for batch in sft.batches(order):
             sft.step(sft.backward(batch, loss_fn))
-    return sft.finish() | {"pair_list": pairs}
+            if dev is not None and cfg.dev_every and len(sft.losses) % cfg.dev_every == 0:
+                dev.curve(teacher, sft, curve, Path(cfg.output_dir) / "dev_curve.json")
+    return sft.finish() | {"pair_list": pairs, "curve": curve}
 
 
 # ---------------------------------------------------------------------------- python teacher.py train
@@ -305,7 +310,7 @@ def train_teacher(cfg: TrainConfig) -> dict:
     dev = DevSet(teacher, data, "dev", bm25, cfg, split_point(lm, cfg.train_layers), "train")
     before = dev.before(teacher, Path(cfg.output_dir) / "dev_before.json", cfg.resume)  # kept for --resume
 
-    hist = train(teacher, data, "train", cfg, bm25)
+    hist = train(teacher, data, "train", cfg, bm25, dev=dev)
     if cfg.neg_self:  # a second pass over the pairs and the teacher's own mistakes
         mined = mine_negatives(teacher, data, "train", cfg, bm25, hist["pair_list"])
         print(f"[teacher] mined {len(mined)} negatives (its own top-ranked wrong documents); training again")

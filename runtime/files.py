@@ -128,13 +128,19 @@ def fetch_beir(name: str, url: str) -> Path:
 @dataclass
 class Retrieval:
     """corpus: doc id -> {"title", "text"}; per split: queries qid -> text and qrels qid -> {doc id: grade}; origin:
-    per split, where its queries come from. Splits are named by their role: "train" (distilled on), "dev" (every
+    per split, where its queries come from; keys: each query's lookup key where the loader gives one. Splits are named by their role: "train" (distilled on), "dev" (every
     choice is made on it), "test" (evaluated once per reported run)."""
     name: str
     corpus: dict[str, dict[str, str]]
     queries: dict[str, dict[str, str]] = field(default_factory=dict)
     qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # qid -> lookup key, where the loader gives one
+
+    def key(self, split: str, qid: str) -> str:
+        """What the `lookup` baseline matches exactly: the loader's key (next-step tasks: title + history), else the
+        query text."""
+        return self.keys.get(qid, self.queries[split][qid])
 
     def split(self, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
         if split not in self.queries:

@@ -4,6 +4,7 @@ evaluate.py draws.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -75,7 +76,7 @@ def shrink(data, split: str, cfg):
         keep = {d for q in qids for d in qrels[q]}
         rest = [d for d in data.corpus if d not in keep]
         keep |= set(subset(rest, max(0, cfg.max_docs - len(keep)), gen))
-        data = type(data)(data.name, {d: v for d, v in data.corpus.items() if d in keep}, data.queries, data.qrels)
+        data = dataclasses.replace(data, corpus={d: v for d, v in data.corpus.items() if d in keep})
     return data, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
 
 

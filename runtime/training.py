@@ -44,7 +44,10 @@ class SFTRunConfig(RunConfig):
     save_every: int = field(50, "save a resumable SFT state every N optimiser steps (0 = never)")
     resume: bool = field(False, "continue an SFT run killed in output_dir from its last saved state")
     max_dev_queries: int = field(64, "dev-split queries for the dev metric (0 = all)")
-    rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets)")
+    rerank_k: int = field(8, "dev metric: size of C(q), the whole pool when smaller (metrics.candidate_sets); "
+                             "as large as the pool: the teacher ranks the whole pool")
+    dev_every: int = field(0, "the dev metric every N optimiser steps too, a learning curve in dev_curve.json "
+                              "(0 = before and after only)")
 
 
 def set_trainable(lm, train_layers: int) -> list[torch.nn.Parameter]:
@@ -356,6 +359,26 @@ class DevSet:
         return before
 
 
+    @staticmethod
+    def points_before(sft: "SFT", path: Path) -> list[dict]:
+        """The learning curve's points a resumed run measured before it was killed (none for a fresh run)."""
+        if not sft.losses or not path.exists():
+            return []
+        return [p for p in read_json(path)["points"] if p["step"] <= len(sft.losses)]
+
+    def curve(self, teacher, sft: "SFT", points: list[dict], path: Path) -> None:
+        """One point of the learning curve: the dev metric after `sft`'s steps so far, appended to `points` and
+        written to `path` (each point as soon as it is measured)."""
+        teacher.lm.eval()
+        m = self.metric(teacher, f"dev after step {len(sft.losses)}")
+        teacher.lm.train()
+        points.append({"step": len(sft.losses), "pairs_seen": len(sft.losses) * sft.per_step,
+                       "loss": sum(sft.losses[-20:]) / len(sft.losses[-20:]), "R@1": m["R@1"],
+                       "MRR@10": m["MRR@10"]})
+        write_json(path, {"protocol": m["protocol"], "n_queries": m["n_queries"], "points": points})
+        print(f"[teacher] step {len(sft.losses)}: dev R@1 {m['R@1']:.4f} MRR@10 {m['MRR@10']:.4f}")
+
+
 def majority_r1(data, split: str, qrels: dict) -> float:
     """R@1 on `qrels` of always ranking first the document most often gold in `split`, the training split
     (ESConv: "Questions"); a query whose gold is another document counts as a miss."""
@@ -407,7 +430,8 @@ def report_trained(path: Path, cfg, meta: dict, after: dict, hist: dict) -> dict
     meta["dev_after"] = after
     sidecar = read_json(str(path) + ".json") if parallel.is_main() else {}
     write_json(str(path) + ".json", sidecar | {"dev_after": after})  # the same tensors: the sidecar gains a field
-    write_json(Path(cfg.output_dir) / "teacher_metrics.json", meta | {"losses": hist["losses"]})
+    write_json(Path(cfg.output_dir) / "teacher_metrics.json", meta | {"losses": hist["losses"],
+                                                                     "dev_curve": hist.get("curve", [])})
     parallel.barrier()
     print(f"[teacher] saved {path}")
     return meta
@@ -456,7 +480,7 @@ def check_train_config(cfg) -> None:
     check_finite(cfg)
     check_sizes(cfg, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens", "mine_k"), 1)
     check_sizes(cfg, ("train_layers", "neg_bm25", "neg_random", "neg_frequent", "neg_self", "max_train_queries",
-                       "max_dev_queries", "save_every"), 0)
+                       "max_dev_queries", "save_every", "dev_every"), 0)
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: choose one")
     if cfg.neg_self and parallel.planned_world() > 1:

@@ -182,7 +182,7 @@ def test_saycan(tmp_path):
     (tmp_path / "saycan_plan_v0_l.tsv").write_text("\n".join(lines) + "\n")
     d = data.load_saycan(tmp_path / "saycan_plan_v0_l.tsv")
     assert d.stats("all")["queries"] == 50 and len(d.corpus) == 10 * 3 + 2
-    assert {s: len(q) for s, q in d.queries.items()} == {"train": 35, "dev": 5, "test": 10}
+    assert {s: len(q) for s, q in d.queries.items()} == {"train": 30, "dev": 10, "test": 10}
     q, r = d.split("train")
     k = next(k for k in q if k.endswith("#2"))
     n = q[k].split("item ")[1].split("?")[0]
@@ -209,19 +209,35 @@ def test_virtualhome_fixture(tmp_path):
 
 
 def test_virtualhome_real_package():
-    """The installed eai-eval package: 518 programs, 4707 steps, 592 skills; three splits, and no program, task text
-    or sequence of steps in two of them."""
+    """The installed eai-eval package: 518 programs, 4707 steps, 592 skills; three splits, and no program, title
+    (26 in all), task text or sequence of steps in two of them: no test task is seen in training."""
     d = data.load_virtualhome()
     s = d.stats("all")
     assert (s["queries"], s["documents"]) == (4707, 592)
     progs = {sp: {q.split("#")[0] for q in d.queries[sp]} for sp in ("train", "dev", "test")}
     assert sum(map(len, progs.values())) == 518
     task = {sp: {q.split("\n")[0] for q in d.queries[sp].values()} for sp in progs}
+    title = {sp: {d.key(sp, q).split("\n")[0] for q in d.queries[sp]} for sp in progs}
+    assert sum(map(len, title.values())) == 26 and all(title.values())
     steps = {sp: {tuple(s for q, r in sorted(d.qrels[sp].items()) if q.split("#")[0] == p for s in r)
                   for p in progs[sp]} for sp in progs}
     for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
         assert not progs[a] & progs[b] and not task[a] & task[b] and not steps[a] & steps[b]
-    assert 0.05 < len(d.queries["dev"]) / s["queries"] < 0.15 and 0.15 < len(d.queries["test"]) / s["queries"] < 0.25
+        assert not title[a] & title[b]
+    assert 0.05 < len(d.queries["dev"]) / s["queries"] < 0.2 and 0.15 < len(d.queries["test"]) / s["queries"] < 0.25
+
+
+def test_next_step_split_groups_by_title(tmp_path):
+    """Programs with one title (case and punctuation aside) but other descriptions and steps land in one split, and
+    each query's lookup key is its title and history."""
+    lines = ["INPUT\tOUTPUT"] + [f"{'Bring me a COKE!' if i % 2 else 'bring me a coke'}\t1. find item {i}, 2. done"
+                                  for i in range(8)] + [f"Task {i}\t1. go to {i}, 2. done" for i in range(8)]
+    (tmp_path / "s.tsv").write_text("\n".join(lines) + "\n")
+    d = data.load_saycan(tmp_path / "s.tsv")
+    where = {s for s, q in d.queries.items() for k in q if d.key(s, k).startswith("bring me a coke\n")}
+    assert len(where) == 1 and sum(len(q) for s, q in d.queries.items() if s in where) >= 16
+    split = next(iter(where))
+    assert d.key(split, "l3#1") == "bring me a coke\n1. find item 1" and d.key(split, "l3#0") == "bring me a coke\nnone"
 
 
 def test_stats_cli(tmp_path, capsys):

@@ -174,9 +174,9 @@ def test_every_system_ranks_the_same_candidates(tmp_path, monkeypatch):
     doc_ids = list(data.corpus)
     bm25 = M.BM25({d: data.doc_text(d) for d in doc_ids})
     cands = M.candidate_sets(list(queries), queries, qrels, doc_ids, bm25, 5, torch.Generator().manual_seed(0))
-    results = E.run_systems(["prior", "bm25", "llm-biencoder", "teacher", "student"], data, queries, cands, bm25, 0.0,
-                            "train", teacher, student, doc_cache=tmp_path / "cache", quiet=True)
-    assert len(results) == 6 and results["teacher@8"].cand_run is None
+    results = E.run_systems(["prior", "lookup", "bm25", "llm-biencoder", "teacher", "student"], data, queries, cands,
+                            bm25, 0.0, "train", teacher, student, doc_cache=tmp_path / "cache", quiet=True)
+    assert len(results) == 7 and results["teacher@8"].cand_run is None
     for name, r in results.items():
         if name != "teacher@8":
             assert {q: sorted(r.cand_run[q]) for q in queries} == {q: sorted(cands[q]) for q in queries}, name
@@ -205,6 +205,27 @@ def test_prior_ranks_by_training_gold_counts():
         assert [M.ranked(run[q]) for q in ("q1", "q2")] == [["c", "a", "d", "b"]] * 2  # ties by id, descending
     m = M.evaluate_run(res.cand_run, qrels["test"])
     assert m["R@1"] == 0.5 and m["MRR@10"] == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_lookup_ranks_training_golds_of_the_same_key_then_the_prior():
+    """lookup: a query whose key equals training queries' ranks their golds first (most often gold first), then the
+    prior's order; a query with an unseen key gets the prior's ranking exactly. Keys default to the query text."""
+    from data import Retrieval
+    corpus = {d: {"title": "", "text": d} for d in ("a", "b", "c", "d")}
+    queries = {"train": {"t1": "x", "t2": "x2", "t3": "z", "t4": "z", "t5": "w", "t6": "w"},
+               "test": {"q1": "x", "q2": "new", "q3": "z"}}
+    qrels = {"train": {"t1": {"d": 1}, "t2": {"d": 1}, "t3": {"c": 1}, "t4": {"a": 1}, "t5": {"c": 1}, "t6": {"c": 1}},
+             "test": {"q1": {"d": 1}, "q2": {"c": 1}, "q3": {"a": 1}}}
+    data = Retrieval("toy", corpus, queries, qrels, keys={"t2": "x"})
+    assert data.key("train", "t2") == "x" and data.key("test", "q2") == "new"
+    cands = {q: list(corpus) for q in queries["test"]}
+    res = baselines.system_lookup(data, queries["test"], cands, "test", "train")
+    prior = ["c", "d", "a", "b"]                                 # gold 3, 2, 1 and 0 times
+    for run in (res.cand_run, res.full_run):
+        assert M.ranked(run["q1"]) == ["d", "c", "a", "b"]       # t1 and t2 share key "x": d, then the prior
+        assert M.ranked(run["q2"]) == prior
+        assert M.ranked(run["q3"]) == ["c", "a", "d", "b"]       # t3, t4: c and a once each, ties by the prior
+    assert "2 of 3 matched" in res.note
 
 
 def test_index_and_search_cli_equal_evaluate_student_run(tmp_path, monkeypatch):

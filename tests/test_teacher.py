@@ -1,4 +1,5 @@
 """teacher.py on a tiny random Llama: equations (1)-(4), batching, prompt order, training and checkpoints."""
+import json
 from contextlib import nullcontext
 
 import pytest
@@ -97,6 +98,35 @@ def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path, monkeypatch):
     patch_llm(monkeypatch, lambda *a, **k: (make_lm(tok, seed=1), tok))
     with pytest.raises(ValueError, match="base_fingerprint"):
         T.load_teacher(path)
+
+
+def test_dev_curve_every_n_steps(tmp_path):
+    """--dev-every N: the dev metric after every N optimiser steps, each point in dev_curve.json as it is measured
+    (pairs seen, loss, R@1, MRR@10 over the whole pool when --rerank-k covers it); the last point equals the trained
+    teacher's dev metric, and a resumed run keeps the points measured before."""
+    from runtime.metrics import BM25
+    from runtime.training import DevSet
+    tok = make_tokenizer()
+    t = T.Teacher(make_lm(tok), tok, batch_size=8)
+    d = _toy_data()
+    d.queries["dev"], d.qrels["dev"] = dict(d.queries["test"]), dict(d.qrels["test"])
+    cfg = T.TrainConfig(bench="toy", train_layers=1, lr=3e-3, epochs=2, batch_size=4, warmup=0.0, neg_bm25=1,
+                        neg_random=1, neg_frequent=0, max_train_queries=0, quiet=True, output_dir=str(tmp_path),
+                        dev_every=2, rerank_k=len(d.corpus))
+    bm25 = BM25({k: d.doc_text(k) for k in d.corpus})
+    dev = DevSet(t, d, "dev", bm25, cfg, 1, "train")
+    hist = T.train(t, d, "train", cfg, bm25, dev=dev)
+    saved = json.loads((tmp_path / "dev_curve.json").read_text())
+    assert saved["points"] == hist["curve"] and saved["protocol"].startswith("C(q) = all")
+    steps = [p["step"] for p in hist["curve"]]
+    assert steps == list(range(2, hist["steps"] + 1, 2)) and steps[-1] == hist["steps"]
+    assert len({p["pairs_seen"] / p["step"] for p in hist["curve"]}) == 1 and hist["curve"][0]["pairs_seen"] > 0
+    after = dev.metric(t, "dev")
+    assert (hist["curve"][-1]["R@1"], hist["curve"][-1]["MRR@10"]) == (after["R@1"], after["MRR@10"])
+
+    class Killed:  # a resumed run after 3 steps keeps the points up to step 3
+        losses = [1.0] * 3
+    assert DevSet.points_before(Killed, tmp_path / "dev_curve.json") == hist["curve"][:1]
 
 
 def test_prefix_cache_equals_uncached(tiny):
