@@ -49,7 +49,7 @@ from runtime.llm import compute_id, compute_mode
 from runtime.metrics import (BM25, TOP, candidate_sets, check_trec_ids, describe_protocol, first_stage_union,
                              topk_blocked)
 from runtime.reporting import beir_summary, report
-from runtime.runs import data_dir_of, eval_queries, eval_split, shrink, splits_of
+from runtime.runs import bench_names, data_dir_of, eval_queries, eval_split, shrink, splits_of
 from student import Student, load_student
 from teacher import instruction_for, load_teacher
 
@@ -285,6 +285,7 @@ def load_models(cfg: EvalConfig, bench: str):
 def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path) -> dict:
     split = eval_split(cfg, data)
     train = "train" if "train" in data.queries and split != "train" else None  # the label prior's counts
+    pool = len(data.corpus)
     data, queries, qrels = shrink(data, split, cfg)
     doc_ids = list(data.corpus)
     bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
@@ -298,7 +299,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
                           else None, refresh_cache=cfg.refresh_cache, split=split)
     header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
-              f"{' (subset)' if cfg.max_docs else ''}")
+              f"{f' (subset of {pool})' if len(doc_ids) < pool else ''}")
     beir_format = name not in ("esconv", "psyqa", "saycan", "virtualhome")
     extra = {"splits": splits_of(data)} | ({"truncated": teacher.prompt.cut_counts(),
                                             "compute": compute_mode(teacher.lm)} if teacher else {})
@@ -310,7 +311,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
 def evaluate(cfg: EvalConfig) -> dict:
     set_seed(cfg.seed)
     resolve_device(cfg.device)  # inputs and settings are checked before anything is written
-    names = [n.strip() for n in cfg.datasets.split(",")] if cfg.bench == "beir" else [cfg.bench]
+    names = bench_names(cfg, ",".join(BEIR_13))
     with parallel.main_first():  # fail early (offline, bad files, empty splits); a download happens once
         loaded = {n: load_bench(n, data_dir_of(cfg, n)) for n in names}
     for n, d in loaded.items():

@@ -13,6 +13,7 @@ from runtime.common import check_teacher_folder, load_tensors, prepare_output, r
 from runtime.files import check_split
 from runtime.llm import fingerprint
 from runtime.metrics import check_trec_ids
+from runtime.training import SFT_STATE
 
 
 def start_teacher(cfg, data) -> Path:
@@ -20,6 +21,10 @@ def start_teacher(cfg, data) -> Path:
     teacher is trained on train and chosen on dev: it never reads the test split."""
     check_split(data, "train", "training")
     check_split(data, "dev", "dev")
+    done = Path(cfg.output_dir, "teacher.safetensors")
+    if cfg.resume and done.exists() and not Path(cfg.output_dir, SFT_STATE).exists():
+        raise FileExistsError(f"--resume: {done} is a finished teacher (no unfinished SFT state in {cfg.output_dir}); "
+                              "nothing to continue: use it as it is, or --overwrite to train it again")
     return prepare_output(cfg.output_dir, cfg, cfg.resume, cfg.overwrite, script="teacher", can_resume=True,
                           same=("resume", "overwrite", "quiet", "save_every"))
 
@@ -74,6 +79,9 @@ def shrink(data, split: str, cfg):
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.max_docs and cfg.max_docs < len(data.corpus):
         keep = {d for q in qids for d in qrels[q]}
+        if cfg.max_docs < len(keep):
+            print(f"[evaluate] --max-docs {cfg.max_docs}: the kept queries judge {len(keep)} documents, all kept; "
+                  f"the pool is those {len(keep)}")
         rest = [d for d in data.corpus if d not in keep]
         keep |= set(subset(rest, max(0, cfg.max_docs - len(keep)), gen))
         data = dataclasses.replace(data, corpus={d: v for d, v in data.corpus.items() if d in keep})
@@ -84,6 +92,23 @@ def splits_of(data) -> dict[str, dict]:
     """Queries per split of a data set and where they come from (results.json names the split it reports, and
     these)."""
     return {s: {"queries": len(q), "from": data.origin.get(s, "")} for s, q in data.queries.items()}
+
+
+def bench_names(cfg, default: str) -> list[str]:
+    """The data sets an evaluation covers: --bench itself, or for --bench beir the --datasets names; where --data-dir
+    is itself one BEIR set (it holds corpus.jsonl), that set alone, named by its folder (the 13 default names would
+    each read the same files)."""
+    if cfg.bench != "beir":
+        return [cfg.bench]
+    names = [n.strip() for n in cfg.datasets.split(",") if n.strip()]
+    folder = Path(cfg.data_dir) if cfg.data_dir else None
+    if folder is None or not (folder / "corpus.jsonl").exists():
+        return names
+    if cfg.datasets != default and names != [folder.name]:
+        raise ValueError(f"--data-dir {folder} is one BEIR set (it holds corpus.jsonl), --datasets names "
+                         f"{', '.join(names)}: pass the folder that holds one sub-folder per data set, or drop "
+                         "--datasets")
+    return [folder.name]
 
 
 def data_dir_of(cfg, name: str) -> str | None:

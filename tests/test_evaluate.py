@@ -91,6 +91,24 @@ def test_beir_scifact_style_run_matches_pytrec(tmp_path):
     assert md.index("Whole pool") < md.index("Candidates C(q)")
 
 
+def test_beir_data_dir_of_one_set_is_that_set_once(tmp_path, capsys):
+    """--bench beir --data-dir SET (a folder holding corpus.jsonl) evaluates SET once under its folder's name, not the
+    13 default names over the same files; --datasets naming others with it is refused; --max-docs at least the pool
+    size is not labelled a subset."""
+    from test_data import write_beir
+    corpus = [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(["cats purr", "dogs bark", "fish swim"])]
+    write_beir(tmp_path / "myset", corpus, [{"_id": "q1", "text": "cats"}, {"_id": "q2", "text": "dogs"}],
+               "query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td1\t1\n")
+    argv = ["--bench", "beir", "--data-dir", str(tmp_path / "myset"), "--systems", "bm25", "--quiet"]
+    res = E.main(argv + ["--output-dir", str(tmp_path / "out"), "--max-docs", "10"])
+    assert res["bench"] == "myset" and res["n_queries"] == 2 and "subset" not in res["header"]
+    assert not (tmp_path / "out" / "scifact").exists()
+    from runtime.common import cli
+    with pytest.raises(SystemExit):
+        cli(E.main, argv + ["--datasets", "scifact,nfcorpus", "--output-dir", str(tmp_path / "o2")])
+    assert "one BEIR set" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
 def test_offline_message(tmp_path, monkeypatch, capsys):
     """Without network and --data-dir, a BEIR bench stops with a message naming the URL and --data-dir."""
     import data

@@ -197,6 +197,17 @@ def test_teacher_clip_must_be_positive(clip, capsys, tmp_path):
     assert f"--clip {float(clip)}" in err and "> 0" in err and not (tmp_path / "t").exists()
 
 
+def test_teacher_resume_of_a_finished_teacher_is_refused(capsys, tmp_path):
+    """teacher.py train --resume where a finished teacher lies (teacher.safetensors, no SFT state) does not train it
+    again: an error that says so, the checkpoint untouched."""
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "teacher.safetensors").write_bytes(b"finished")
+    err = run_cli(T.main, ["train", "--resume", "--output-dir", str(out)], capsys)
+    assert "finished teacher" in err and "--overwrite" in err
+    assert (out / "teacher.safetensors").read_bytes() == b"finished"
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--max-test-queries", "-1"], "--max-test-queries is -1; it must be >= 0"),
     (["--max-train-queries", "-5", "--quick"], "--max-train-queries is -5"),
