@@ -166,18 +166,18 @@ def pool_fidelity(run: dict[str, dict[str, float]], teacher_run: dict[str, dict[
                   k: int = 10) -> dict[str, list[float]]:
     """How closely a whole-pool ranking reproduces the teacher's own ranking of the whole pool (`--teacher-k 0`), per
     query: `pool_agree@1`, the same document first (ranks as `ranked` orders them); `pool_overlap@k`, the share of the
-    teacher's top k in the system's top k; `pool_kendall_tau`, Kendall's tau-b of the two score lists over the union
-    of the two top k, a document the system did not return (beyond its kept top) ranked below all it returned."""
+    teacher's top k in the system's top k; `pool_kendall_tau`, Kendall's tau-b of the two score lists over the
+    teacher's top k, a document the system did not return (beyond its kept top) ranked below all it returned. The
+    items are chosen by the teacher alone, so a ranking unrelated to the teacher's has tau 0 on average (over the
+    union of both top k, as before, chance was about -0.57: each side's own picks sit at the bottom of the other)."""
     out: dict[str, list[float]] = {"pool_agree@1": [], f"pool_overlap@{k}": [], "pool_kendall_tau": []}
     for q in qids:
         mine, theirs = run.get(q, {}), teacher_run[q]
         top_s, top_t = ranked(mine)[:k], ranked(theirs)[:k]
-        union = list(dict.fromkeys(top_t + top_s))
         floor = min(mine.values(), default=0.0) - 1.0
         out["pool_agree@1"].append(float(bool(top_s) and top_s[0] == top_t[0]))
         out[f"pool_overlap@{k}"].append(len(set(top_s) & set(top_t)) / max(1, len(top_t)))
-        out["pool_kendall_tau"].append(kendall_tau([mine.get(d, floor) for d in union],
-                                                   [theirs.get(d, -math.inf) for d in union]))
+        out["pool_kendall_tau"].append(kendall_tau([mine.get(d, floor) for d in top_t], [theirs[d] for d in top_t]))
     return out
 
 

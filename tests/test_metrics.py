@@ -1,5 +1,6 @@
 """metrics.py: agreement with the teacher and Kendall's tau by hand (ties included), bootstrap CIs, the C(q) protocol."""
 import math
+import random
 
 import numpy as np
 import pytest
@@ -138,15 +139,26 @@ def test_sparse_bm25_equals_dense_and_ties_like_trec():
 
 def test_pool_fidelity_by_hand():
     """Whole-pool fidelity to the teacher's own ranking, worked out on paper for two queries: top-1 agreement, the
-    share of the teacher's top 2 in the system's top 2, and Kendall's tau-b over the union of the two top 2, a
-    document the system did not return ranked below all it returned."""
+    share of the teacher's top 3 in the system's top 3, and Kendall's tau-b over the teacher's top 3, a document the
+    system did not return ranked below all it returned."""
     teacher = {"q1": {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}, "q2": {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}}
     system = {"q1": {"a": 0.9, "c": 0.8, "b": 0.1}, "q2": {"a": 0.7, "b": 0.2}}
-    got = M.pool_fidelity(system, teacher, ["q1", "q2"], k=2)
-    # q1: tops a / a; top 2 {a, c} vs {a, b}: 1 of 2; union [a, b, c]: system (0.9, 0.1, 0.8), teacher (4, 3, 2):
-    # pairs (a,b) +, (a,c) +, (b,c) - -> tau = (2 - 1) / 3
-    # q2: tops a / d; top 2 {a, b} vs {d, c}: 0; union [d, c, a, b]: system (-0.8, -0.8, 0.7, 0.2) (d, c missing,
-    # below the lowest returned 0.2: 0.2 - 1), teacher (4, 3, 1, 2): pairs (d,c) tie in x, (d,a) -, (d,b) -,
-    # (c,a) -, (c,b) -, (a,b) - -> C - D = -5, n0 = 6, n1 = 1, n2 = 0 -> tau = -5 / sqrt(5 * 6)
-    assert got["pool_agree@1"] == [1.0, 0.0] and got["pool_overlap@2"] == [0.5, 0.0]
-    assert got["pool_kendall_tau"] == pytest.approx([1 / 3, -5 / math.sqrt(30)], rel=1e-12)
+    got = M.pool_fidelity(system, teacher, ["q1", "q2"], k=3)
+    # q1: tops a / a; top 3 {a, c, b} vs {a, b, c}: 3 of 3; teacher's top 3 [a, b, c]: system (0.9, 0.1, 0.8),
+    # teacher (4, 3, 2): pairs (a,b) +, (a,c) +, (b,c) - -> tau = (2 - 1) / 3
+    # q2: tops a / d; top 3 {a, b} vs {d, c, b}: 1 of 3; teacher's top 3 [d, c, b]: system (-0.8, -0.8, 0.2) (d, c
+    # missing, below the lowest returned 0.2: 0.2 - 1), teacher (4, 3, 2): pairs (d,c) tie in x, (d,b) -, (c,b) -
+    # -> C - D = -2, n0 = 3, n1 = 1, n2 = 0 -> tau = -2 / sqrt(2 * 3)
+    assert got["pool_agree@1"] == [1.0, 0.0] and got["pool_overlap@3"] == pytest.approx([1.0, 1 / 3])
+    assert got["pool_kendall_tau"] == pytest.approx([1 / 3, -2 / math.sqrt(6)], rel=1e-12)
+
+
+def test_pool_kendall_tau_is_zero_for_unrelated_rankings():
+    """Chance level: a system that keeps its top 100 of 592 documents, drawn independently of the teacher's scores,
+    has pool_kendall_tau near 0 on average over 400 queries (the union of both top 10 gave about -0.57)."""
+    gen = random.Random(0)
+    docs = [f"d{i}" for i in range(592)]
+    teacher = {f"q{i}": {d: gen.random() for d in docs} for i in range(400)}
+    system = {q: dict(sorted(((d, gen.random()) for d in docs), key=lambda x: -x[1])[:100]) for q in teacher}
+    tau = M.pool_fidelity(system, teacher, list(teacher))["pool_kendall_tau"]
+    assert abs(sum(tau) / len(tau)) < 0.03
