@@ -148,6 +148,9 @@ def corpus_changes(index: "Index", corpus: dict[str, dict[str, str]]) -> str:
     return ", ".join(parts)
 
 
+INDEX_FILES = {"h_d", "ids.json", "index.safetensors", "index.safetensors.json"}  # what `Index.build` writes
+
+
 class Index:
     """A corpus ready for the student: `doc_side` = B h_d (n, P) for its documents in a compact dtype, and their
     ids. Every document is scored for a query by the exact factorised predictor (7) (`Predictor.scores`); the
@@ -177,6 +180,9 @@ class Index:
         """Encode a corpus (6) into `folder` (the fingerprinted, resumable, sharded cache of `encode_corpus` under
         folder/h_d), then save B h_d and the ids as folder/index.safetensors (+ sidecar) and folder/ids.json."""
         folder = Path(folder)
+        if (folder / "ids.json").exists() and not any((folder / f).exists() for f in ("index.safetensors.json", "h_d")):
+            raise FileExistsError(f"{folder / 'ids.json'}: not an index's (no index or encodings beside it); build the "
+                                  "index in a folder of its own")
         ids = list(corpus)
         texts = [doc_text(corpus[d]) for d in ids]
         h_d = encode_corpus(student, ids, texts, folder / "h_d", refresh)

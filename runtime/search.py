@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runtime.common import check_output_file, folder_owner, read_json, writable_folder
 from runtime.files import doc_text, load_corpus, load_queries
-from runtime.index import INDEX_DTYPE, Index, corpus_changes
+from runtime.index import INDEX_DTYPE, INDEX_FILES, Index, corpus_changes
 from runtime.llm import ATTENTION
 from runtime.metrics import BM25, check_trec_ids, write_trec
 
@@ -43,9 +43,11 @@ def build_index(args, load_student) -> None:
     owner = folder_owner(out) if out.is_dir() else None
     if owner not in (None, "index"):
         raise FileExistsError(f"--out {out}: made by {owner}.py; an index needs a folder of its own")
-    if owner is None and out.is_dir() and any(out.iterdir()):
+    if owner is None and out.is_dir() and not set(p.name for p in out.iterdir()) <= INDEX_FILES:
         raise FileExistsError(f"--out {out}: a folder that holds files and no index; an index needs a folder of its "
                               "own (new or empty)")
+    if owner is None and out.is_dir() and any(out.iterdir()):  # only an interrupted build's files: it continues
+        print(f"[index] {out}: an interrupted build; continuing from its finished shards")
     writable_folder(out, "--out")
     student = load_student(args.student, args.device, args.quiet, args.batch_size, args.attn_implementation)
     t0 = time.perf_counter()
@@ -70,6 +72,8 @@ def search_index(args, load_student) -> None:
                                 "with `python student.py index`")
     sidecar = read_json(side_path, "build the index again with `student.py index --overwrite`")
     if args.out:
+        if folder.resolve() in Path(args.out).resolve().parents:
+            raise FileExistsError(f"--out {args.out}: inside the index folder {folder}; write the run elsewhere")
         corpus = sidecar.get("corpus") or ""
         check_output_file(args.out, "--out", args.overwrite,
                           (args.queries, corpus, str(Path(corpus, "corpus.jsonl")) if corpus else ""))

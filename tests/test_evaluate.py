@@ -3,6 +3,7 @@ protocol, the systems on a tiny bench."""
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -277,6 +278,23 @@ def test_index_and_search_cli_equal_evaluate_student_run(tmp_path, monkeypatch):
         exact = dict(runs["float32"][q])
         spread = max(exact.values()) - min(exact.values())
         assert all(abs(s - exact[d]) <= 1e-3 * spread for d, s in cli[q] if d in exact)
+    # nothing a search writes lands in the index; an interrupted build continues; a user's ids.json is not replaced
+    from runtime.common import cli as run
+    ids = (tmp_path / "ix" / "ids.json").read_text()
+    with pytest.raises(SystemExit):
+        run(S.main, ["search", "--index", str(tmp_path / "ix"), "--query", "walk", "--out",
+                     str(tmp_path / "ix" / "ids.json"), "--overwrite", "--quiet"])
+    assert (tmp_path / "ix" / "ids.json").read_text() == ids
+    shutil.copytree(tmp_path / "ix" / "h_d", tmp_path / "ix2" / "h_d")  # killed after encoding, before saving
+    S.main(["index", "--student", str(tmp_path / "s"), "--corpus", str(tmp_path / "beir"), "--out",
+            str(tmp_path / "ix2"), "--quiet"])
+    assert (tmp_path / "ix2" / "ids.json").read_text() == ids
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "ids.json").write_text("my own list")
+    from runtime.index import Index
+    with pytest.raises(FileExistsError, match="not an index's"):
+        Index.build(S.load_student(tmp_path / "s"), {"d": {"title": "", "text": "x"}}, tmp_path / "mine")
+    assert (tmp_path / "mine" / "ids.json").read_text() == "my own list"
 
 
 def _read_trec(path):
