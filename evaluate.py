@@ -298,7 +298,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
                           scores=teacher_scores_cache(teacher, name) if teacher and "teacher" in cfg.system_list
                           else None, refresh_cache=cfg.refresh_cache, split=split)
     header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
-              f"{' (subset)' if cfg.max_queries else ''}, {len(doc_ids)} documents"
+              f"{' (subset)' if len(queries) < len(data.split(split)[0]) else ''}, {len(doc_ids)} documents"
               f"{f' (subset of {pool})' if len(doc_ids) < pool else ''}")
     beir_format = name not in ("esconv", "psyqa", "saycan", "virtualhome")
     extra = {"splits": splits_of(data)} | ({"truncated": teacher.prompt.cut_counts(),

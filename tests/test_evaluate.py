@@ -356,7 +356,7 @@ def test_max_docs_keeps_judged_and_fills_up(tmp_path):
     root = write_virtualhome(tmp_path, 10)
     res = E.main(["--bench", "virtualhome", "--data-dir", str(root), "--systems", "bm25", "--max-docs", "12",
                   "--output-dir", str(tmp_path / "o"), "--quiet"])
-    assert res["pool_size"] == 12 and "12 documents (subset)" in res["header"]
+    assert res["pool_size"] == 12 and "12 documents (subset of 28)" in res["header"]
     run = _read_trec(tmp_path / "o" / "run.bm25.full.trec")
     docs = {d for hits in run.values() for d, _ in hits}
     from data import load_virtualhome
