@@ -39,7 +39,7 @@ from pathlib import Path
 
 from runtime.common import cache_dir, cli
 from runtime.files import (DataError, Retrieval, assign_groups, check_qrels, download, fetch_beir, load_beir,
-                           load_corpus, need, read_lines, read_text, typed)  # noqa: F401 (load_corpus: the Python API)
+                           load_corpus, need, read_lines, read_text, task_title, typed)  # noqa: F401 (load_corpus: the Python API)
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # The 13 public BEIR sets that BEIR-style averages use (MS MARCO is the training set; CQADupStack's 12 forums and
@@ -339,11 +339,6 @@ def load_psyqa_dir(data_dir: str | None = None) -> Retrieval:
 
 
 # ---------------------------------------------------------------------------- next-step tasks: SayCan, VirtualHome
-def task_title(title: str) -> str:
-    """The key programs are grouped by: the title, lower-cased, punctuation and runs of spaces folded."""
-    return " ".join(re.sub(r"[^\w\s]", " ", title.lower()).split())
-
-
 def _next_step_task(name: str, programs: list[tuple[str, str, str, list[tuple[str, str]]]], seed: int) -> Retrieval:
     """programs: (program id, title, task text, [(step id, step text)]). One query per step: task + steps so far.
     Programs that share their title (`task_title`) or their steps are one group (union-find), and groups are split by

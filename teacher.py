@@ -264,16 +264,14 @@ def sft_pairs(data, split: str, cfg: TrainConfig, bm25, gen: torch.Generator) ->
     return pairs
 
 
-def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: list | None = None,
-          dev: DevSet | None = None) -> dict:
-    """SFT (4) on `sft_pairs` or on the given (query text, doc id, label) `pairs`: AdamW, warmup + cosine, gradient
-    accumulation and clipping (the runtime: `training.SFT`); with `dev` and --dev-every N, the dev metric every N
-    steps (the learning curve, dev_curve.json). Returns the loss history and the curve."""
+def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: list | None = None, dev=None) -> dict:
+    """SFT (4) on `sft_pairs` or on the given (query text, doc id, label) `pairs` (the runtime, `training.SFT`: AdamW,
+    warmup + cosine, clipping; with `dev`, the --dev-every learning curve). Returns the loss history and the curve."""
     gen = torch.Generator().manual_seed(cfg.seed + (0 if pairs is None else 2))
     pairs = sft_pairs(data, split, cfg, bm25, gen) if pairs is None else pairs
     seqs = [teacher.prompt.teacher(q, data.doc_text(d)) for q, d, _ in pairs]
     size = cfg.group_size(data, split) if cfg.listwise else 1  # --listwise: whole groups per micro-batch and rank
-    sft = SFT(teacher, seqs, cfg, size)  # frozen bottom once, trained blocks, torchrun wrapping, fp32 masters, resume
+    sft = SFT(teacher, seqs, cfg, size, dev)  # frozen bottom once, trained blocks, torchrun, fp32 masters, resume
 
     def loss_fn(z: torch.Tensor, rows: list[int]) -> torch.Tensor:
         labels = torch.tensor([pairs[i][2] for i in rows], device=z.device)
@@ -283,14 +281,11 @@ def train(teacher: Teacher, data, split: str, cfg: TrainConfig, bm25, pairs: lis
             loss = loss + cfg.listwise * listwise_loss(s)
         return loss
 
-    curve = dev.points_before(sft, Path(cfg.output_dir) / "dev_curve.json") if dev is not None else []
     for epoch in range(cfg.epochs):
         order = [size * g + j for g in torch.randperm(len(pairs) // size, generator=gen).tolist() for j in range(size)]
         for batch in sft.batches(order):
             sft.step(sft.backward(batch, loss_fn))
-            if dev is not None and cfg.dev_every and len(sft.losses) % cfg.dev_every == 0:
-                dev.curve(teacher, sft, curve, Path(cfg.output_dir) / "dev_curve.json")
-    return sft.finish() | {"pair_list": pairs, "curve": curve}
+    return sft.finish() | {"pair_list": pairs}
 
 
 # ---------------------------------------------------------------------------- python teacher.py train

@@ -1,6 +1,6 @@
 """The baselines every experiment table holds beside the student and the teacher (none of them is the paper's method):
-the label prior, the lookup of training queries, BM25, a frozen bi-encoder (cosine) and all-MiniLM-L6-v2; and the `SystemResult` each system returns.
-"""
+the label prior, the lookup of training queries, BM25, a frozen bi-encoder (cosine) and all-MiniLM-L6-v2; and the
+`SystemResult` each system returns."""
 from __future__ import annotations
 
 import time
@@ -77,7 +77,7 @@ def system_lookup(data, queries: dict[str, str], cands: dict[str, list[str]], sp
     for q in queries:
         seen = memory.get(data.key(split, q), {})
         hits += bool(seen)
-        row = {d: scale * n + base[d] for d, n in seen.items()}
+        row = {d: scale * n + base.get(d, 0.0) for d, n in seen.items() if d in base}
         full[q] = dict(sorted((dict(order[:TOP]) | row).items(), key=lambda x: (x[1], x[0]), reverse=True)[:TOP])
         cand[q] = {d: row.get(d, base[d]) for d in cands[q]}
     dt = time.perf_counter() - t0

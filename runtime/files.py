@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -262,6 +263,11 @@ def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ..
 
 
 # ---------------------------------------------------------------------------- splits by group
+def task_title(title: str) -> str:
+    """The key next-step programs are grouped by: the title, lower-cased, punctuation and runs of spaces folded."""
+    return " ".join(re.sub(r"[^\w\s]", " ", title.lower()).split())
+
+
 def assign_groups(groups, seed: int, shares: dict[str, float]) -> dict[str, str]:
     """Each distinct group -> its split: the groups, sorted (so file order does not matter) and shuffled with `seed`,
     go `shares[s]` of them (at least one) to each split s in turn, the rest to "train"."""

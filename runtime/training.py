@@ -104,7 +104,7 @@ class SFT:
     blocks unfrozen and wrapped for torchrun, AdamW with fp32 masters, warmup + cosine schedule, and the state of a
     killed run put back with `cfg.resume`. The loop calls `batches`, `backward` and `step`; `finish` ends it."""
 
-    def __init__(self, teacher, seqs: list[list[int]], cfg, group: int = 1):
+    def __init__(self, teacher, seqs: list[list[int]], cfg, group: int = 1, dev: "DevSet | None" = None):
         if len(seqs) < parallel.world() * group:
             raise ValueError(f"teacher SFT: {len(seqs)} pairs for {parallel.world()} processes")
         self.cfg, self.t0, self.n_pairs = cfg, time.time(), len(seqs)
@@ -142,6 +142,8 @@ class SFT:
               f"{self.per_step / world:.0f} pairs per process per step")
         self.bar = progress(total=self.total, initial=len(self.losses), desc="teacher SFT", quiet=cfg.quiet)
         self.steps_seen = 0
+        self.teacher, self.dev, self.curve_path = teacher, dev, Path(cfg.output_dir) / "dev_curve.json"
+        self.curve = DevSet.points_before(self, self.curve_path) if dev is not None else []
 
     def batches(self, order: list[int]):
         """The global batches of one epoch's `order`, skipping the steps a resumed run has already taken."""
@@ -173,7 +175,7 @@ class SFT:
 
     def step(self, loss: float) -> None:
         """Clip the gradient norm, step AdamW (on the fp32 masters) and the schedule, log; every --save-every steps
-        the resumable state is saved (`save_sft_state`)."""
+        the resumable state is saved (`save_sft_state`), every --dev-every steps a point of the dev curve measured."""
         torch.nn.utils.clip_grad_norm_(self.opt.gather_grads(), self.cfg.clip)
         self.opt.step(), self.sched.step(), self.opt.zero_grad()
         self.losses.append(loss)
@@ -182,6 +184,8 @@ class SFT:
         every = self.cfg.save_every
         if every and len(self.losses) % every == 0 and len(self.losses) < self.total:
             save_sft_state(self.folder, self.lm, self.opt, self.sched, self.losses, self.fsdp)
+        if self.dev is not None and self.cfg.dev_every and len(self.losses) % self.cfg.dev_every == 0:
+            self.dev.curve(self.teacher, self, self.curve, self.curve_path)
 
     def finish(self) -> dict:
         """The model back in eval mode, frozen; the loss history."""
@@ -189,7 +193,7 @@ class SFT:
         if self.cfg.grad_checkpoint:
             self.lm.gradient_checkpointing_disable()
         self.lm.eval().requires_grad_(False)
-        return {"losses": self.losses, "steps": len(self.losses), "pairs": self.n_pairs,
+        return {"losses": self.losses, "steps": len(self.losses), "pairs": self.n_pairs, "curve": self.curve,
                 "seconds": time.time() - self.t0, "fsdp": self.fsdp, "optimizer": self.opt}
 
 
