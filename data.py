@@ -213,6 +213,8 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
     split_of = {c: ("train" if i < cut1 else "dev" if i < cut2 else "test") for i, c in enumerate(order)}
     data = Retrieval("esconv", _esconv_corpus(), {s: {} for s in ("train", "dev", "test")},
                      {s: {} for s in ("train", "dev", "test")})
+    odd: dict[str, list[str]] = {"supporter turn(s) without 'annotation.strategy'": [],
+                                 "seeker turn(s) with a strategy": []}
     for c, conv in enumerate(convs):
         if not isinstance(conv, dict) or not isinstance(conv.get("dialog"), list):
             raise DataError(f"{path}: conversation {c}: field 'dialog' is missing or not a list of turns")
@@ -232,12 +234,20 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
             strategy = annotation.get("strategy")
             if strategy is not None and not isinstance(strategy, str):
                 raise DataError(f"{where}: field 'annotation.strategy' is {type(strategy).__name__}, not text")
+            if supporter != bool(strategy):
+                odd["seeker turn(s) with a strategy" if strategy else
+                    "supporter turn(s) without 'annotation.strategy'"].append(f"conversation {c}, turn {t}")
             if supporter and strategy and context:
                 qid = f"c{c}-t{t}"
                 split = split_of[c]
                 data.queries[split][qid] = _render_dialogue(context)
                 data.qrels[split][qid] = {_strategy(strategy, where): 1}
             context.append(("Supporter" if supporter else "Seeker", text))
+    for what, where in odd.items():
+        if where:
+            print(f"[data] {path}: {len(where)} {what}, not used as queries (first: {where[0]})")
+    if not any(data.queries.values()):
+        raise DataError(f"{path}: no supporter turn with a strategy after some context: nothing to retrieve for")
     data.origin = {s: f"{path.name}, conversations split 80/10/10, seed {seed}" for s in ("train", "dev", "test")}
     return data
 
@@ -395,11 +405,18 @@ def load_saycan(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
         if len(parts) != 2:
             raise DataError(f"{path}:{n}: expected 2 tab-separated fields INPUT, OUTPUT")
         instruction = need(parts[0], f"{path}:{n}", "INPUT").strip()
-        steps = [s.strip().rstrip(",.").strip() for s in re.split(r"(?:^|,)\s*\d+\.\s*", parts[1]) if s.strip()]
-        if not steps:
-            raise DataError(f"{path}:{n}: field 'OUTPUT' has no numbered steps")
+        steps = saycan_steps(parts[1], f"{path}:{n}")
         programs.append((f"l{n}", instruction, instruction, [(s, s) for s in steps]))
     return check_qrels(_next_step_task("saycan", programs, seed))
+
+
+def saycan_steps(output: str, where: str) -> list[str]:
+    """'1. find a coke, 2. pick up the coke, 3. done.' -> the steps; numbering other than 1, 2, ... names the field."""
+    pieces = re.split(r"(?:^|,)\s*(\d+)\.\s+", output.strip())
+    numbers, steps = pieces[1::2], [t.strip().rstrip(",.").strip() for t in pieces[2::2]]
+    if pieces[0].strip() or not steps or numbers != [str(i) for i in range(1, len(steps) + 1)] or not all(steps):
+        raise DataError(f"{where}: field 'OUTPUT' is not numbered steps '1. step, 2. step, ...': {output.strip()!r}")
+    return steps
 
 
 VH_VERBS = {"WALK": "walk to", "RUN": "run to", "SWITCHON": "switch on", "SWITCHOFF": "switch off",
@@ -441,6 +458,10 @@ def load_virtualhome(data_dir: str | None = None, seed: int = SPLIT_SEED) -> Ret
         lines = read_text(path).split("\n")
         title = need(lines[0] if lines else None, f"{path}:1", "title").strip()
         desc = lines[1].strip() if len(lines) > 1 else ""
+        for n, (name, text) in enumerate((("title", title), ("description", desc)), 1):
+            if VH_STEP.match(text) and text:
+                raise DataError(f"{path}:{n}: field '{name}' is a step {text!r}: a program starts with a title line "
+                                "and a description line (which may be empty), then its steps")
         steps = []
         for n, line in enumerate(lines[2:], 3):
             if not line.strip():

@@ -191,6 +191,44 @@ def test_saycan(tmp_path):
     (tmp_path / "bad.tsv").write_text("INPUT\tOUTPUT\nonly one field\n")
     with pytest.raises(data.DataError, match="bad.tsv:2: expected 2 tab-separated fields"):
         data.load_saycan(tmp_path / "bad.tsv")
+    for output in ("find a coke, pick it up", "1. find a coke, 3. pick it up", "2. find a coke", "1. find, 2. , 3. x"):
+        (tmp_path / "bad.tsv").write_text(f"INPUT\tOUTPUT\nbring me a coke\t1. done.\nbring me a cup\t{output}\n")
+        with pytest.raises(data.DataError, match=r"bad.tsv:3: field 'OUTPUT' is not numbered steps"):
+            data.load_saycan(tmp_path / "bad.tsv")
+
+
+def test_virtualhome_title_or_description_that_is_a_step(tmp_path):
+    """A program whose title or description line is a step (a line missing above it) names file, line and field
+    instead of reading one step fewer."""
+    root = write_virtualhome(tmp_path)
+    path = next(root.rglob("*.txt"))
+    lines = path.read_text().split("\n")
+    path.write_text("\n".join([lines[0]] + lines[4:]))  # no description line
+    with pytest.raises(data.DataError, match=rf"{path.name}:2: field 'description' is a step"):
+        data.load_virtualhome(str(root))
+    path.write_text("\n".join(lines[4:]))
+    with pytest.raises(data.DataError, match=rf"{path.name}:1: field 'title' is a step"):
+        data.load_virtualhome(str(root))
+
+
+def test_esconv_json_odd_turns_are_reported(tmp_path, capsys):
+    """Supporter turns without a strategy and seeker turns with one are counted and named, not skipped silently;
+    a file with no usable turn is refused."""
+    convs = [{"dialog": [{"speaker": "seeker", "content": "hello", "annotation": {"strategy": "Question"}},
+                         {"speaker": "supporter", "content": "hi", "annotation": {}},
+                         {"speaker": "supporter", "content": "why?", "annotation": {"strategy": "Question"}}]}
+             for _ in range(10)]
+    (tmp_path / "ESConv.json").write_text(json.dumps(convs))
+    d = data.load_esconv(str(tmp_path))
+    assert sum(len(v) for v in d.queries.values()) == 10
+    out = capsys.readouterr().out
+    assert "10 supporter turn(s) without 'annotation.strategy', not used as queries (first: conversation 0, turn 1)" \
+        in out and "10 seeker turn(s) with a strategy" in out
+    for conv in convs:
+        conv["dialog"][2]["annotation"] = {}
+    (tmp_path / "ESConv.json").write_text(json.dumps(convs))
+    with pytest.raises(data.DataError, match="ESConv.json: no supporter turn with a strategy"):
+        data.load_esconv(str(tmp_path))
 
 
 def test_virtualhome_fixture(tmp_path):
