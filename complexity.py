@@ -31,7 +31,7 @@ import torch
 
 from data import load_virtualhome
 from jepa import Predictor
-from runtime.common import (add_dataclass_args, check_finite, check_sizes, cli, config_from_args, field, prepare_output,
+from runtime.common import (add_dataclass_args, check_sizes, check_values, cli, config_from_args, field, prepare_output,
                             progress, resolve_device, set_seed)
 from runtime.llm import DEFAULT_MODEL, last_hidden, load_llm
 from runtime.reporting import write_outputs
@@ -59,7 +59,7 @@ class ComplexityConfig:
     QUICK = {"max_len": 128, "n": 4, "repeats": 1}  # --quick caps (common.config_from_args)
 
     def __post_init__(self):
-        check_finite(self)
+        check_values(self)
         check_sizes(self, ("min_len", "n", "width", "batch_size", "repeats", "query_len"), 1)
         check_sizes(self, ("timed_pairs",), 0)
         self.output_dir = self.output_dir or ("runs/complexity-quick" if self.quick else "results/complexity")

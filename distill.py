@@ -42,7 +42,7 @@ from runtime import parallel
 from runtime.batching import PoolBatches, batches, pool_queries
 from runtime.caches import PairCache
 from runtime.checkpoints import save_predictor
-from runtime.common import (add_dataclass_args, cache_dir, check_finite, check_sizes, cli, config_from_args, field,
+from runtime.common import (add_dataclass_args, cache_dir, check_sizes, check_values, cli, config_from_args, field,
                             progress, resolve_device, save_tensors, subset, write_json)
 from runtime.config import RunConfig
 from runtime.index import encode_corpus
@@ -110,7 +110,7 @@ class DistillConfig(RunConfig):
              "nce_queries": 128, "teacher_k": 4}
 
     def __post_init__(self):
-        check_finite(self)
+        check_values(self)
         check_sizes(self, ("rounds", "k", "epochs", "width", "batch_size", "rerank_k", "teacher_batch"), 1)
         check_sizes(self, ("max_train_queries", "max_test_queries", "teacher_k", "nce_queries"), 0)
         check_sizes(self, ("nce_negatives",), 1)
@@ -127,6 +127,23 @@ class DistillConfig(RunConfig):
             "-quick" if self.quick else "")
         self.teacher = self.teacher or f"runs/teacher-{self.bench}{suffix}"
         self.output_dir = self.output_dir or f"runs/distill-{self.bench}{suffix}"
+
+    def idle(self) -> dict[str, str]:
+        """Flags that change nothing under the other settings: {field: why} (refused when set, `config_from_args`)."""
+        out = {}
+        if self.policy == "off":
+            out |= dict.fromkeys(("sampling", "tau_s", "round0"), "with --policy off (fixed BM25 + random negatives)")
+        elif self.sampling == "top":
+            out["tau_s"] = "with --sampling top (it is the temperature of --sampling softmax)"
+        if self.nce == 0:
+            out |= dict.fromkeys(("nce_queries", "nce_negatives", "nce_tau"), "with --nce 0 (the pool term (11) off)")
+        if self.no_rkl or self.lmbda == 0:
+            out |= dict.fromkeys(("kl", "kl_support"), "without the KL term of (10) (--no-rkl or --lmbda 0)")
+            if not self.listwise:
+                out["tau"] = "without a KL term ((10) off by --no-rkl / --lmbda 0, and --listwise 0)"
+        if not self.eval_teacher:
+            out["teacher_k"] = "with --no-eval-teacher (teacher@k is not evaluated)"
+        return out
 
     @property
     def weights(self) -> Weights:

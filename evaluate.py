@@ -40,7 +40,7 @@ from runtime import parallel
 from runtime.baselines import (SystemResult, runs_from_top, system_biencoder, system_bm25, system_lookup,
                                system_minilm, system_prior, timed)
 from runtime.caches import TeacherScores, teacher_scores_cache
-from runtime.common import (add_dataclass_args, atomic_write, cache_dir, check_finite, check_sizes, cli,
+from runtime.common import (add_dataclass_args, atomic_write, cache_dir, check_sizes, check_values, cli,
                             config_from_args, field, prepare_output, resolve_device, set_seed, write_json)
 from runtime.config import RunConfig
 from runtime.files import check_split
@@ -232,7 +232,7 @@ class EvalConfig(RunConfig):
     compile: bool = field(False, "score the pool through torch.compile's fused kernel (jepa.fused_scores)")
 
     def __post_init__(self):
-        check_finite(self)
+        check_values(self)
         check_sizes(self, ("max_queries", "max_docs", "teacher_k"), 0)
         check_sizes(self, ("rerank_k",), 1)
         if not self.system_list:
@@ -245,6 +245,15 @@ class EvalConfig(RunConfig):
             if bad:
                 raise ValueError(f"{flag}: unknown {sorted(bad)}; choose from {sorted(known)}")
         self.output_dir = self.output_dir or f"runs/eval-{self.bench}"
+
+    def idle(self) -> dict[str, str]:
+        """Flags that change nothing under the other settings: {field: why} (refused when set, `config_from_args`)."""
+        out = {}
+        if "teacher" not in self.system_list:
+            out |= dict.fromkeys(("teacher_k", "first_stage"), "without 'teacher' in --systems")
+        if "student" not in self.system_list:
+            out |= dict.fromkeys(("index_dtype", "compile"), "without 'student' in --systems")
+        return out
 
     @property
     def system_list(self) -> list[str]:

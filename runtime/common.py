@@ -51,10 +51,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 def cache_dir(*parts: str) -> Path:
-    """$RABTRIEVER_CACHE (default ~/.cache/rabtriever), joined with parts and created."""
+    """$RABTRIEVER_CACHE (default ~/.cache/rabtriever), joined with parts and created; a path in the way that is a
+    file names the variable to set."""
     root = Path(os.environ.get("RABTRIEVER_CACHE", Path.home() / ".cache" / "rabtriever"))
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise ValueError(f"{e.filename or path}: the cache folder ($RABTRIEVER_CACHE, now {root}) runs through a "
+                         "file there; move the file or set RABTRIEVER_CACHE to a folder") from e
     return path
 
 
@@ -84,8 +89,10 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and not e.filename:  # a full disk names no file: name it
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -207,11 +214,12 @@ def given_flags(cls, argv: list[str]) -> set[str]:
 
 def config_from_args(cls, args: argparse.Namespace, argv: list[str] | None = None):
     """The config of parsed flags. With `--quick`, each field of the class's QUICK caps ({field: cap}; 0 = all counts
-    as over the cap) is lowered to its cap unless the user set it (`argv`), and what changed is printed."""
+    as over the cap) is lowered to its cap unless the user set it (`argv`), and what changed is printed. A flag the
+    user set that has no effect under the other settings (the config's `idle()`: {field: why}) is refused."""
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
     caps = getattr(cls, "QUICK", {})
+    given = given_flags(cls, sys.argv[1:] if argv is None else argv)
     if kw.get("quick") and caps:
-        given = given_flags(cls, sys.argv[1:] if argv is None else argv)
         changed = []
         for name, cap in caps.items():
             if name not in given and (kw[name] == 0 or kw[name] > cap):
@@ -219,7 +227,12 @@ def config_from_args(cls, args: argparse.Namespace, argv: list[str] | None = Non
                 kw[name] = cap
         if changed:
             print(f"[{cls.__name__}] --quick: {', '.join(changed)} (set a flag to keep its value)")
-    return cls(**kw)
+    cfg = cls(**kw)
+    idle = {name: why for name, why in (cfg.idle() if hasattr(cfg, "idle") else {}).items() if name in given}
+    if idle:
+        raise ValueError("; ".join(f"--{name.replace('_', '-')} has no effect {why}" for name, why in idle.items())
+                         + ": drop it, or change the setting it depends on")
+    return cfg
 
 
 def field(default, help: str, **kw):
@@ -392,12 +405,16 @@ def check_resume(out: Path, cfg, same: tuple[str, ...]) -> None:
                          "run's own settings, or start a new run")
 
 
-def check_finite(cfg) -> None:
-    """Every float field of a config is a finite number (`--lr nan` or `--tau inf` are refused up front)."""
+def check_values(cfg) -> None:
+    """Every float field of a config is a finite number (`--lr nan` or `--tau inf` are refused up front), and the
+    seed is one numpy and torch both accept."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"--{f.name.replace('_', '-')} is {v}; it must be a finite number")
+    seed = getattr(cfg, "seed", 0)
+    if not 0 <= seed < 2 ** 32:
+        raise ValueError(f"--seed is {seed}; it must be in 0 .. 2**32 - 1 (the range numpy's generator accepts)")
 
 
 def check_sizes(cfg, names: tuple[str, ...], minimum: int = 0) -> None:

@@ -24,7 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from runtime import parallel
 from runtime.checkpoints import save_teacher, teacher_identity
-from runtime.common import (check_finite, check_sizes, field, load_tensors, progress, read_json, save_tensors, subset,
+from runtime.common import (check_sizes, check_values, field, load_tensors, progress, read_json, save_tensors, subset,
                             write_json)
 from runtime.config import RunConfig
 from runtime.llm import can_split, forget_fingerprint, last_logits, top_last, trunk_states
@@ -481,7 +481,7 @@ def mine_negatives(teacher, data, split: str, cfg, bm25,
 # ---------------------------------------------------------------------------- teacher.TrainConfig's checks
 def check_train_config(cfg) -> None:
     """Every value of a teacher.TrainConfig checked before anything runs: sizes, finite numbers, contradictions."""
-    check_finite(cfg)
+    check_values(cfg)
     check_sizes(cfg, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens", "mine_k"), 1)
     check_sizes(cfg, ("train_layers", "neg_bm25", "neg_random", "neg_frequent", "neg_self", "max_train_queries",
                        "max_dev_queries", "save_every", "dev_every"), 0)

@@ -369,6 +369,32 @@ def test_disk_full_and_ctrl_c_are_one_line_and_resume_recovers(env, capsys, monk
     assert e.value.code == 130 and err.startswith("interrupted:") and "--resume" in err and "Traceback" not in err
 
 
+def test_messages_name_the_file_or_flag(tmp_path, capsys, monkeypatch):
+    """A disk that fills while writing (the system's error names no file) names the file being written and keeps its
+    old version; a cache folder that runs through a file names $RABTRIEVER_CACHE; a --seed out of numpy's range
+    names --seed, before any work starts."""
+    import errno
+    target = tmp_path / "results.json"
+    common.write_json(target, {"old": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(common.os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        common.write_json(target, {"new": 2})
+    assert common._os_message(e.value, "rerun") == f"{target}: no space left on the device; free space, then rerun"
+    assert common.read_json(target) == {"old": 1} and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    monkeypatch.undo()
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("RABTRIEVER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"runs through a file there; move the file or set RABTRIEVER_CACHE"):
+        common.cache_dir("docemb")
+    for main, argv in ((distill.main, []), (T.main, ["train"]), (E.main, [])):
+        err = run_cli(main, argv + ["--seed", "-1", "--output-dir", str(tmp_path / "out")], capsys)
+        assert err.startswith("error: --seed is -1; it must be in 0 .. 2**32 - 1"), err
+        assert not (tmp_path / "out").exists()
+
+
 def test_cache_left_untouched_and_failed_start_leaves_nothing(env, capsys, monkeypatch):
     """A second run that finds everything cached writes nothing into the cache (so a read-only cache works); a start
     that fails on an OSError (here: a read-only file system while loading the model) is one line naming the path,
@@ -405,6 +431,27 @@ def test_non_finite_values_refused(flag, value, capsys, tmp_path):
     """A float flag given nan or inf is refused up front with the flag named; no folder is made."""
     err = run_cli(distill.main, [f"{flag}={value}", "--output-dir", str(tmp_path / "o")], capsys)
     assert f"{flag} is {float(value)}" in err and "finite" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("main,argv,needle", [
+    (distill.main, ["--tau-s", "0.5"], "--tau-s has no effect with --sampling top"),
+    (distill.main, ["--policy", "off", "--sampling", "softmax"], "--sampling has no effect with --policy off"),
+    (distill.main, ["--nce", "0", "--nce-tau", "0.1"], "--nce-tau has no effect with --nce 0"),
+    (distill.main, ["--no-rkl", "--kl", "forward"], "--kl has no effect without the KL term of (10)"),
+    (distill.main, ["--no-eval-teacher", "--teacher-k", "4"], "--teacher-k has no effect with --no-eval-teacher"),
+    (E.main, ["--systems", "bm25", "--teacher-k", "4"], "--teacher-k has no effect without 'teacher' in --systems"),
+    (E.main, ["--systems", "bm25,teacher", "--compile"], "--compile has no effect without 'student' in --systems"),
+    (T.main, ["train", "--mine-k", "4"], "--mine-k has no effect with --neg-self 0"),
+])
+def test_flags_without_effect_refused(main, argv, needle, capsys, tmp_path):
+    """A flag the user sets that the other settings make inert is refused up front, naming both; no folder is made.
+    The same flags pass where they act (--tau-s with --sampling softmax)."""
+    err = run_cli(main, argv + ["--output-dir", str(tmp_path / "o")], capsys)
+    assert err.startswith(f"error: {needle}"), err
+    assert "drop it, or change the setting it depends on" in err and not (tmp_path / "o").exists()
+    p = distill.parser()
+    argv = ["--sampling", "softmax", "--tau-s", "0.5", "--no-rkl", "--listwise", "1", "--tau", "2"]
+    assert common.config_from_args(distill.DistillConfig, p.parse_args(argv), argv).tau_s == 0.5
 
 
 def test_unwritable_output_found_before_the_model_loads(env, capsys, monkeypatch):
