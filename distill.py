@@ -46,7 +46,7 @@ from runtime.common import (add_dataclass_args, cache_dir, check_sizes, check_va
                             progress, resolve_device, save_tensors, subset, write_json)
 from runtime.config import RunConfig
 from runtime.index import encode_corpus
-from runtime.llm import DEFAULT_MODEL, compute_id, fingerprint
+from runtime.llm import DEFAULT_MODEL, fingerprint
 from runtime.metrics import BM25
 from runtime.reporting import write_log
 from runtime.runs import resume_distill, start_distill
@@ -182,7 +182,7 @@ def step1_student(cfg: DistillConfig, data, teacher, train_q: dict[str, str], qi
     student.predictor.compiled = cfg.compile
     doc_ids = list(data.corpus)
     h_d = encode_corpus(student, doc_ids, [data.doc_text(d) for d in doc_ids],
-                        cache_dir("docemb", f"{cfg.bench}-{compute_id(teacher.lm)}-f16"), cfg.refresh_cache)
+                        cache_dir("docemb", f"{cfg.bench}-{fingerprint(teacher.lm)}-f16"), cfg.refresh_cache)
     timings["1_encode_docs"] = time.time() - t0
     t0 = time.time()
     h_q = encode_corpus(student, qids, [train_q[q] for q in qids], out / "train_queries", kind="queries")
@@ -302,7 +302,7 @@ def distill(cfg: DistillConfig) -> dict:
     teacher, tmeta = step0_teacher(cfg)
     timings["0_teacher"] = time.time() - t0
     student, h_d, h_q = step1_student(cfg, data, teacher, train_q, qids, out, timings)
-    cache = PairCache(out / "pairs", compute_id(teacher.lm), cfg.refresh_cache)
+    cache = PairCache(out / "pairs", fingerprint(teacher.lm), cfg.refresh_cache)
     first_round, log, pairs = resume_distill(cfg, out, student)  # --resume: after the last round
     if pairs:  # every pair so far has its target (a chunk --refresh-cache deleted as damaged is computed again)
         step4_teacher_targets(cache, pairs, teacher, train_q, data.doc_text, first_round - 1, cfg.quiet)

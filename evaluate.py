@@ -45,7 +45,7 @@ from runtime.common import (add_dataclass_args, atomic_write, cache_dir, check_s
 from runtime.config import RunConfig
 from runtime.files import check_split
 from runtime.index import Index, encode_corpus
-from runtime.llm import compute_id, compute_mode
+from runtime.llm import compute_mode, fingerprint
 from runtime.metrics import (BM25, TOP, candidate_sets, check_trec_ids, describe_protocol, first_stage_union,
                              topk_blocked)
 from runtime.reporting import beir_summary, report
@@ -300,7 +300,7 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
     cands = candidate_sets(list(queries), queries, qrels, doc_ids, bm25, cfg.rerank_k,
                            torch.Generator().manual_seed(cfg.seed + 11))
-    doc_cache = cache_dir("docemb", f"{name}-{compute_id(student.lm)}-{len(doc_ids)}-f16") if student else None
+    doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}-f16") if student else None
     results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
                           train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
                           index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list,

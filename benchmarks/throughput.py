@@ -34,14 +34,13 @@ def read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     return nbytes / _median_seconds(x.sum, repeats)
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5, bf16: bool = False) -> float:
-    """Measured FLOP/s of a square float32 matmul on this machine (under bfloat16 autocast with `bf16`): the compute
-    bound the teacher's passes meet."""
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of a square float32 matmul on this machine: the compute bound the teacher's scoring passes
+    meet (float32 under every CPU --dtype, `llm.exact`)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
 
     def product():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return a @ b
+        return a @ b
     product()
     return 2 * size ** 3 / _median_seconds(product, repeats)
 
@@ -171,8 +170,8 @@ def teacher_bench(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be >= 1")
     check_result_file(args.output, "--output", "pairs_per_s")
     lm, tok = load_llm(args.model, args.device, args.dtype)
-    compute = compute_mode(lm)
-    peak = matmul_peak(bf16=compute == "bf16-autocast") if next(lm.parameters()).device.type == "cpu" else None
+    compute = compute_mode(lm) + (" (scores in float32)" if compute_mode(lm) == "bf16-autocast" else "")
+    peak = matmul_peak() if next(lm.parameters()).device.type == "cpu" else None
     rows = []
     for length in (128, 512):
         seqs = torch.randint(100, lm.config.vocab_size - 100, (args.pairs, length)).tolist()
@@ -186,7 +185,7 @@ def teacher_bench(args) -> None:
                      "matmul_peak_GFLOP_per_s": peak / 1e9 if peak else None,
                      "share_of_peak": flops / peak if peak else None, "threads": torch.get_num_threads(),
                      "device": str(next(lm.parameters()).device), "model": args.model, "compute": compute})
-        bound = f" = {flops / peak:.0%} of this machine's {compute} matmul peak {peak / 1e9:.0f} GFLOP/s" \
+        bound = f" = {flops / peak:.0%} of this machine's float32 matmul peak {peak / 1e9:.0f} GFLOP/s" \
             if peak else ""
         print(f"[bench] {length} tokens: {rows[-1]['pairs_per_s']:.2f} pairs/s, {flops / 1e9:.0f} GFLOP/s{bound}")
     write_json(Path(args.output), rows)

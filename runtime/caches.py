@@ -1,7 +1,7 @@
 """What the teacher computed in a run, kept on disk so that it is never computed twice: the teacher targets h_T (1)
 of distillation's pairs (`PairCache`, Step 4) and the teacher's scores s_T (3) of evaluation's pairs
-(`TeacherScores`, shared by every run of the same teacher). Both are keyed by the teacher's fingerprint and
-how its passes compute (`llm.compute_id`).
+(`TeacherScores`, shared by every run of the same teacher). Both are keyed by the teacher's fingerprint (its
+passes score in float32 under every --dtype that keeps float32 weights, `llm.exact`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from runtime import parallel
 from runtime.common import IntegrityError, cache_dir, load_tensors, progress, save_tensors
 from runtime.index import prompt_pieces
-from runtime.llm import compute_id
+from runtime.llm import fingerprint
 
 CHUNK = 64  # teacher targets are computed and saved in chunks of at least this many pairs (2 batches per rank)
 
@@ -115,4 +115,4 @@ def teacher_scores_cache(teacher, bench: str) -> TeacherScores:
     $RABTRIEVER_CACHE/teacher-scores."""
     prompt = hashlib.blake2b(json.dumps(prompt_pieces(teacher.prompt), sort_keys=True).encode(),
                              digest_size=6).hexdigest()
-    return TeacherScores(cache_dir("teacher-scores", f"{bench}-{compute_id(teacher.lm)}-{prompt}"))
+    return TeacherScores(cache_dir("teacher-scores", f"{bench}-{fingerprint(teacher.lm)}-{prompt}"))

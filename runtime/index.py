@@ -21,7 +21,7 @@ from runtime import parallel
 from runtime.common import IntegrityError, file_digest, load_tensors, progress, read_json, save_tensors, write_json
 from runtime.checkpoints import predictor_digest
 from runtime.files import doc_text
-from runtime.llm import compute_id, fingerprint
+from runtime.llm import fingerprint
 from runtime.metrics import topk_blocked
 
 INDEX_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}  # dtypes of B h_d
@@ -49,7 +49,7 @@ def cache_key(student, doc_ids: list[str], texts: list[str], kind: str) -> dict:
         h.update(d.encode() + b"\0" + t.encode() + b"\1")
     pieces = ("pre", "max_doc_tokens") if kind == "docs" else ("pre_q", "post_q")
     prompt = {k: v for k, v in prompt_pieces(student.prompt).items() if k in pieces}
-    return {"model_fingerprint": compute_id(student.lm), "prompt": prompt, "kind": kind,
+    return {"model_fingerprint": fingerprint(student.lm), "prompt": prompt, "kind": kind,
             "corpus": h.hexdigest(), "n_docs": len(doc_ids)}
 
 

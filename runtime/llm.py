@@ -8,9 +8,11 @@ backbone) or a local folder works as well.
 
 Choices not fixed by the paper:
 - the embedded default model (the paper uses Qwen2-7B-Instruct);
-- compute (`--dtype`, `auto` by default): bfloat16 weights on a GPU; on a CPU float32 weights, with the matrix products
-  in bfloat16 (torch.autocast, `bf16-autocast`) where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX:
-  1.65-1.85x faster teacher scoring, RESULTS.md), plain float32 elsewhere;
+- compute (`--dtype`, `auto` by default): bfloat16 weights on a GPU; on a CPU float32 weights, with the training
+  passes' matrix products in bfloat16 (torch.autocast, `bf16-autocast`) where the CPU multiplies bfloat16 natively
+  (AVX512-BF16 or AMX), plain float32 elsewhere. Scores and encodings (`last_hidden`, inside `exact`) run in float32
+  under bf16-autocast: bfloat16 rounding follows the batch's shapes, so a pair's score changed with the other pairs
+  of its call (RESULTS.md, "One score per pair under bf16-autocast");
 - right padding, the embedding read at each row's last real token (causal attention: pads after it change nothing).
 """
 from __future__ import annotations
@@ -109,8 +111,10 @@ def resolve_model_path(model: str) -> str:
 
 
 ATTENTION = ("sdpa", "flash_attention_2", "eager")  # --attn-implementation: transformers' attention kernels
-# --dtype: the weights' dtype; bf16-autocast keeps float32 weights and runs the matrix products in bfloat16
-DTYPE_HELP = "auto (GPU: bfloat16; CPU: bf16-autocast where native, else float32) | float32 | bfloat16 | bf16-autocast"
+# --dtype: the weights' dtype; bf16-autocast keeps float32 weights and runs the training passes' matrix products in
+# bfloat16 (scores and encodings in float32, `exact`)
+DTYPE_HELP = ("auto (GPU: bfloat16; CPU: bf16-autocast where native, else float32) | float32 | bfloat16 | "
+              "bf16-autocast (training passes in bfloat16, scores in float32)")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "bf16-autocast": torch.float32}
 
@@ -211,14 +215,31 @@ def load_llm(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "aut
     return lm, tok
 
 
+_exact = [0]  # depth of `exact` blocks entered: inside one, no pass autocasts
+
+
+@contextmanager
+def exact():
+    """Inside: every pass of a bf16-autocast model runs in float32 (no-op for other models). Scores and encodings
+    are computed in here, so that a pair's score is one number whatever the other pairs of its call: under autocast
+    the bfloat16 rounding follows the batch's shapes (batch size, padding, a cached prefix), and a pair's s_T moved by
+    up to 0.1 on the zero-shot SmolLM2 (s_T std 0.19) and 0.45 on a trained teacher (std 1.9)."""
+    _exact[0] += 1
+    try:
+        yield
+    finally:
+        _exact[0] -= 1
+
+
 def bf16_autocast(lm) -> None:
-    """Every pass of the trunk from now on runs under torch.autocast to bfloat16: the matrix products in bfloat16,
-    the weights, norms, softmax and residual stream in float32 (the head's rows are applied in float32 by the
-    callers). Measured on the trained VirtualHome teacher (RESULTS.md): 1.65-1.85x the pairs/s, agree@1 0.94 with float32."""
+    """Every pass of the trunk from now on, outside `exact`, runs under torch.autocast to bfloat16: the matrix
+    products in bfloat16, the weights, norms, softmax and residual stream in float32 (the head's rows are applied in
+    float32 by the callers). The training passes use it: the trained blocks forward and backward, and the frozen
+    bottom's states they are trained on."""
     trunk, device = lm.model.forward, next(lm.parameters()).device.type
 
     def forward(*args, **kwargs):
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=not _exact[0]):
             return trunk(*args, **kwargs)
     lm.model.forward = forward
     lm.rab_compute = "bf16-autocast"
@@ -236,12 +257,6 @@ def fingerprint(module: torch.nn.Module) -> str:
 def compute_mode(lm) -> str:
     """How the model's passes compute: the `--dtype` it was loaded with (resolved), "" for a model built otherwise."""
     return getattr(lm, "rab_compute", "")
-
-
-def compute_id(lm) -> str:
-    """What a cache of the model's outputs depends on: the weights' fingerprint and how the passes compute (the same
-    weights give other float rounding under bf16-autocast)."""
-    return fingerprint(lm) + ("-bf16ac" if compute_mode(lm) == "bf16-autocast" else "")
 
 
 def forget_fingerprint(module: torch.nn.Module) -> None:
@@ -338,15 +353,17 @@ def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0,
                 quiet: bool = False, prefix_len: int = 0) -> torch.Tensor:
     """forward_last over many sequences: sorted by length (little padding), batched, returned in input order as
     (N, H) float32 on the CPU. The forward runs in torch.inference_mode; `out` is an ordinary tensor, so the
-    result can feed autograd (as the predictor's input). `prefix_len` > 0: the shared first tokens are encoded once."""
+    result can feed autograd (as the predictor's input). `prefix_len` > 0: the shared first tokens are encoded once.
+    In float32 under bf16-autocast (`exact`): a row does not depend on the rows batched with it."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = torch.zeros(len(seqs), lm.config.hidden_size)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    prefix = prefix_cache(lm, seqs, prefix_len)
-    for b in progress(parallel.shard(len(batches)), desc=desc, quiet=quiet or len(batches) < 3):
-        idx = batches[b]  # under torchrun batch b runs on rank b % N; the zero rows of the others are summed in
-        with torch.inference_mode():
-            out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id, prefix).float().cpu()
+    with exact():
+        prefix = prefix_cache(lm, seqs, prefix_len)
+        for b in progress(parallel.shard(len(batches)), desc=desc, quiet=quiet or len(batches) < 3):
+            idx = batches[b]  # under torchrun batch b runs on rank b % N; the zero rows of the others are summed in
+            with torch.inference_mode():
+                out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id, prefix).float().cpu()
     return parallel.sum_ranks(out)
 
 

@@ -27,7 +27,7 @@ from runtime.checkpoints import save_teacher, teacher_identity
 from runtime.common import (check_sizes, check_values, field, load_tensors, progress, read_json, save_tensors, subset,
                             write_json)
 from runtime.config import RunConfig
-from runtime.llm import can_split, forget_fingerprint, last_logits, top_last, trunk_states
+from runtime.llm import can_split, exact, forget_fingerprint, last_logits, top_last, trunk_states
 from runtime.metrics import candidate_sets, describe_protocol, evaluate_run, gold_hubs, label_prior, ranked, to_run
 
 SFT_STATE = "sft_state"  # the resumable state of an SFT run, inside its output folder, removed once it is saved
@@ -335,8 +335,9 @@ class DevSet:
         self.states = None
         if start:
             seqs = [teacher.prompt.teacher(self.queries[q], data.doc_text(d)) for q, d in self.flat]
-            self.states = trunk_states(teacher.lm, seqs, start, teacher.batch_size, teacher.pad_id,
-                                       "dev: frozen blocks (once)", teacher.quiet, keep=parallel.shard(len(seqs)))
+            with exact():  # the teacher's scores, computed as `Teacher.score` computes them
+                self.states = trunk_states(teacher.lm, seqs, start, teacher.batch_size, teacher.pad_id,
+                                           "dev: frozen blocks (once)", teacher.quiet, keep=parallel.shard(len(seqs)))
 
     def metric(self, teacher, desc: str) -> dict:
         if self.states is None:
@@ -344,7 +345,7 @@ class DevSet:
         else:
             order = sorted(parallel.shard(len(self.flat)), key=lambda i: len(self.states[i]))
             h = torch.zeros(len(self.flat), teacher.lm.config.hidden_size)
-            with torch.inference_mode():
+            with torch.inference_mode(), exact():
                 for k in range(0, len(order), teacher.batch_size):
                     idx = order[k:k + teacher.batch_size]
                     h[idx] = top_last(teacher.lm, [self.states[i] for i in idx], self.start).float().cpu()

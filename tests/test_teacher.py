@@ -142,6 +142,29 @@ def test_prefix_cache_equals_uncached(tiny):
     assert torch.allclose(cached.encode_pairs(qs2, ds2), plain.encode_pairs(qs2, ds2), atol=1e-5)
 
 
+def test_bf16_autocast_score_does_not_depend_on_the_batch(tiny):
+    """Under --dtype bf16-autocast a pair's s_T (3) is one number whatever its call: alone, batched with others of
+    other lengths, through the template-head cache, through a shared document prefix, or by the dev metric's frozen
+    bottom: each equal to float32's within float32 rounding (bfloat16 rounding, which follows the batch's shapes,
+    moved it by up to 0.45 on a trained teacher)."""
+    from runtime import llm
+    lm, tok = tiny
+    fast = make_lm(tok)
+    fast.load_state_dict(lm.state_dict())
+    llm.bf16_autocast(fast)
+    qs = ["i feel sad", "how you write an email to my office", "walk", "what is this cup", "help you"]
+    ds = ["share", "share", "share", "walk to computer and sit on the chair", "drink water"]
+    want = T.Teacher(lm, tok, batch_size=8, prefix_cache=False).score(qs, ds)
+    for kw in ({"batch_size": 8}, {"batch_size": 2}, {"batch_size": 3, "prefix_cache": False}):
+        t = T.Teacher(fast, tok, **kw)
+        alone = torch.cat([t.score([q], [d]) for q, d in zip(qs, ds)])
+        assert torch.allclose(t.score(qs, ds), want, atol=1e-5) and torch.allclose(alone, want, atol=1e-5), kw
+    seqs = [t.prompt.teacher(q, d) for q, d in zip(qs, ds)]  # the dev metric's path (training.DevSet, in `exact`)
+    with llm.exact(), torch.inference_mode():
+        h = llm.top_last(fast, llm.trunk_states(fast, seqs, 1, 2, tok.pad_token_id), 1)
+    assert torch.allclose(h @ t.u, want, atol=1e-5)
+
+
 def test_frozen_bottom_states_equal_full_forward(tiny):
     """--train-layers N: top blocks run on stored bottom states (llm.trunk_states + llm.top_last) give the same
     last-position states as the full forward, and the same gradients for the trained top block."""
