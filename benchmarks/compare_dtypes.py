@@ -1,5 +1,6 @@
 """The teacher's scores under two `--dtype`s on the dev split's C(q) pairs: speed, its dev metric under each, and how
-far they agree (max and mean |s_T difference|, agree@1, Kendall tau per query). RESULTS.md, "Precision".
+far they agree (max and mean |s_T difference|, agree@1, Kendall tau per query). RESULTS.md, "Precision". Under
+bf16-autocast the scores are float32's (`llm.exact`): compare float32 with bfloat16 weights instead.
 
     python -m benchmarks.compare_dtypes --teacher runs/teacher-virtualhome [--bench virtualhome] [--queries 128]
 """
@@ -18,7 +19,7 @@ ap.add_argument("--teacher", required=True)
 ap.add_argument("--bench", default="virtualhome")
 ap.add_argument("--data-dir", default=None)
 ap.add_argument("--queries", type=int, default=128)
-ap.add_argument("--dtypes", default="float32,bf16-autocast")
+ap.add_argument("--dtypes", default="float32,bfloat16")
 a = ap.parse_args()
 data = load_bench(a.bench, a.data_dir)
 queries, qrels = data.split("dev")

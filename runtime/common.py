@@ -96,6 +96,12 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         raise
 
 
+def entries(folder: Path) -> list[Path]:
+    """What a folder holds, less the temporary files (NAME.xxxx.tmp) of an `atomic_write` whose process was killed:
+    never read, they make no folder busy."""
+    return [p for p in folder.iterdir() if not p.name.endswith(".tmp")]
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
@@ -284,7 +290,7 @@ def prepare_output(out_dir: str | Path, cfg, resume: bool = False, overwrite: bo
                               "--output-dir")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
-    busy = out.exists() and any(out.iterdir())
+    busy = out.exists() and any(entries(out))
     if busy and resume:
         check_resume(out, cfg, same)
     elif busy and overwrite:
@@ -364,7 +370,7 @@ def cleanup_failed_start() -> None:
     """Remove the output folders this process made that hold nothing but their config.json: a start that failed
     (unwritable cache, bad model) leaves nothing behind, so the corrected command runs as it is."""
     for out in _created:
-        if out.is_dir() and {p.name for p in out.iterdir()} <= {"config.json"}:
+        if out.is_dir() and {p.name for p in entries(out)} <= {"config.json"}:
             shutil.rmtree(out, ignore_errors=True)
     _created.clear()
 
@@ -375,7 +381,7 @@ def check_teacher_folder(teacher: str, output_dir: str) -> None:
     folder = Path(teacher)
     if Path(output_dir).resolve() == folder.resolve():
         raise ValueError(f"--teacher and --output-dir are the same folder {folder}: the teacher needs its own")
-    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+    if not folder.exists() or (folder.is_dir() and not any(entries(folder))):
         return
     if not folder.is_dir():
         raise FileExistsError(f"--teacher {folder}: exists and is not a folder")

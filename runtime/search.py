@@ -7,7 +7,7 @@ import argparse
 import time
 from pathlib import Path
 
-from runtime.common import check_output_file, folder_owner, read_json, writable_folder
+from runtime.common import check_output_file, entries, folder_owner, read_json, writable_folder
 from runtime.files import doc_text, load_corpus, load_queries
 from runtime.index import INDEX_DTYPE, INDEX_FILES, Index, corpus_changes
 from runtime.llm import ATTENTION
@@ -43,10 +43,10 @@ def build_index(args, load_student) -> None:
     owner = folder_owner(out) if out.is_dir() else None
     if owner not in (None, "index"):
         raise FileExistsError(f"--out {out}: made by {owner}.py; an index needs a folder of its own")
-    if owner is None and out.is_dir() and not set(p.name for p in out.iterdir()) <= INDEX_FILES:
+    if owner is None and out.is_dir() and not {p.name for p in entries(out)} <= INDEX_FILES:
         raise FileExistsError(f"--out {out}: a folder that holds files and no index; an index needs a folder of its "
                               "own (new or empty)")
-    if owner is None and out.is_dir() and any(out.iterdir()):  # only an interrupted build's files: it continues
+    if owner is None and out.is_dir() and any(entries(out)):  # only an interrupted build's files: it continues
         print(f"[index] {out}: an interrupted build; continuing from its finished shards")
     writable_folder(out, "--out")
     student = load_student(args.student, args.device, args.quiet, args.batch_size, args.attn_implementation)

@@ -24,8 +24,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from runtime import parallel
 from runtime.checkpoints import save_teacher, teacher_identity
-from runtime.common import (check_sizes, check_values, field, load_tensors, progress, read_json, save_tensors, subset,
-                            write_json)
+from runtime.common import (check_sizes, check_values, entries, field, load_tensors, progress, read_json, save_tensors,
+                            subset, write_json)
 from runtime.config import RunConfig
 from runtime.llm import can_split, exact, forget_fingerprint, last_logits, top_last, trunk_states
 from runtime.metrics import candidate_sets, describe_protocol, evaluate_run, gold_hubs, label_prior, ranked, to_run
@@ -396,7 +396,7 @@ def resume_or_restart(folder: str | Path) -> dict:
     """How a teacher run starts in `folder`: {} when empty or new, {"resume": True} when it holds an unfinished SFT
     run's saved state, {"overwrite": True} when a run stopped there before its first saved state."""
     folder = Path(folder)
-    if not (folder.exists() and any(folder.iterdir())):
+    if not (folder.exists() and any(entries(folder))):
         return {}
     if (folder / SFT_STATE).exists():
         print(f"[distill] Step 0: {folder} holds an unfinished teacher run: resuming its SFT")

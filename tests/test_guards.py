@@ -395,6 +395,19 @@ def test_messages_name_the_file_or_flag(tmp_path, capsys, monkeypatch):
         assert not (tmp_path / "out").exists()
 
 
+def test_a_killed_write_leaves_nothing_that_blocks(tmp_path):
+    """A process killed inside an atomic write leaves NAME.xxxx.tmp beside NAME: the same command then runs (the
+    folder is not 'not empty', not 'a foreign folder'), and a teacher folder holding only such a file is a new one."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json.x1y2z3.tmp").write_text("{")
+    cfg = E.EvalConfig(systems="bm25", output_dir=str(out))
+    assert common.prepare_output(out, cfg, script="evaluate") == out and common.folder_owner(out) == "evaluate"
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "teacher.safetensors.q9.tmp").write_text("")
+    common.check_teacher_folder(str(tmp_path / "t"), str(out))
+
+
 def test_cache_left_untouched_and_failed_start_leaves_nothing(env, capsys, monkeypatch):
     """A second run that finds everything cached writes nothing into the cache (so a read-only cache works); a start
     that fails on an OSError (here: a read-only file system while loading the model) is one line naming the path,
