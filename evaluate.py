@@ -41,7 +41,7 @@ from runtime.baselines import (SystemResult, runs_from_top, system_biencoder, sy
                                system_minilm, system_prior, timed)
 from runtime.caches import TeacherScores, teacher_scores_cache
 from runtime.common import (add_dataclass_args, atomic_write, cache_dir, check_sizes, check_values, cli,
-                            config_from_args, field, prepare_output, resolve_device, set_seed, write_json)
+                            config_from_args, field, prepare_output, resolve_device, set_seed, subset, write_json)
 from runtime.config import RunConfig
 from runtime.files import check_split
 from runtime.index import Index, encode_corpus
@@ -134,17 +134,32 @@ def system_teacher_at_k(teacher, data, queries: dict[str, str], first: dict[str,
     return SystemResult(None, 1000 * dt / max(1, len(qids)), None, note, run)
 
 
+def system_teacher_centered(teacher, data, at_k: SystemResult, reference: dict[str, str],
+                            scores: TeacherScores) -> SystemResult:
+    """(12) applied to the teacher [ours, a diagnostic]: teacher@k's scores with each document's offset removed,
+    s_T(q, d) - mean_{q' in Q} s_T(q', d), over `reference` queries Q (training queries), which the teacher scores
+    against every document in teacher@k's union once (a cost per pool, not per query)."""
+    docs = sorted({d for ds in at_k.full_run.values() for d in ds})
+    ref, _ = scores.run(teacher, reference, {q: docs for q in reference}, data.doc_text, "teacher (12): offsets")
+    offset = {d: sum(ref[q][d] for q in ref) / len(ref) for d in docs}
+    run = {q: {d: s - offset[d] for d, s in ds.items()} for q, ds in at_k.full_run.items()}
+    return SystemResult(None, at_k.ms_per_query, None, f"{at_k.note}, each document's mean s_T over {len(ref)} "
+                        "training queries removed (12)", run)
+
+
 def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str, list[str]], bm25: BM25,
                 bm25_seconds: float, train_split: str | None, teacher=None, student=None, h_d=None,
                 d_seconds: float = 0.0, doc_cache: str | Path | None = None, quiet: bool = False,
                 index_dtype: str = "float32", teacher_k: int = 8,
                 first_stage: tuple[str, ...] = ("bm25", "student"), scores: TeacherScores | None = None,
-                refresh_cache: bool = False, hub: tuple[str, torch.Tensor] | None = None, split: str = "test") -> dict:
+                refresh_cache: bool = False, hub: tuple[str, torch.Tensor] | None = None, split: str = "test",
+                teacher_center: dict[str, str] | None = None) -> dict:
     """Every system of `names` on the same queries and the same C(q), in the order of `names`; with "teacher",
     also teacher@k (`system_teacher_at_k`) over the first-stage systems of `first_stage` that were run, both through
     `scores` (the teacher's pairs, kept across runs when it has a folder). `queries` are of `split` (the lookup's
     keys), `train_split` the one the prior and the lookup read. The student's document embeddings h_d
-    come in (distill.py) or are encoded into `doc_cache` (evaluate.py)."""
+    come in (distill.py) or are encoded into `doc_cache` (evaluate.py). `teacher_center`: reference queries of the
+    teacher@k+center row (12)."""
     qids, doc_ids = list(queries), list(data.corpus)
     results: dict[str, SystemResult] = {}
     if train_split is None and {"prior", "lookup"} & set(names):
@@ -175,8 +190,11 @@ def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str
         results["teacher"] = system_teacher(teacher, data, queries, cands, scores)
         first = {n: results[n] for n in first_stage if n in results}
         if teacher_k == 0 or first:
-            results[f"teacher@{teacher_k or 'pool'}"] = system_teacher_at_k(teacher, data, queries, first, teacher_k,
-                                                                            scores)
+            name = f"teacher@{teacher_k or 'pool'}"
+            results[name] = system_teacher_at_k(teacher, data, queries, first, teacher_k, scores)
+            if teacher_center:
+                results[name + "+center"] = system_teacher_centered(teacher, data, results[name], teacher_center,
+                                                                    scores)
     order = [n for n in names if n in results] + [n for n in results if n not in names]
     return {k: results[k] for k in order}
 
@@ -230,10 +248,12 @@ class EvalConfig(RunConfig):
     ignore_identical: bool = field(True, "BEIR: drop documents whose id equals the query id")
     refresh_cache: bool = field(False, "rebuild the student's document cache from scratch (a damaged or stale one)")
     compile: bool = field(False, "score the pool through torch.compile's fused kernel (jepa.fused_scores)")
+    teacher_center: int = field(0, "diagnostic (ours): also teacher@k with each document's mean s_T over this many "
+                                "seeded training queries removed (12), row teacher@k+center (0 = off)")
 
     def __post_init__(self):
         check_values(self)
-        check_sizes(self, ("max_queries", "max_docs", "teacher_k"), 0)
+        check_sizes(self, ("max_queries", "max_docs", "teacher_k", "teacher_center"), 0)
         check_sizes(self, ("rerank_k",), 1)
         if not self.system_list:
             raise ValueError("--systems is empty")
@@ -250,7 +270,7 @@ class EvalConfig(RunConfig):
         """Flags that change nothing under the other settings: {field: why} (refused when set, `config_from_args`)."""
         out = {}
         if "teacher" not in self.system_list:
-            out |= dict.fromkeys(("teacher_k", "first_stage"), "without 'teacher' in --systems")
+            out |= dict.fromkeys(("teacher_k", "first_stage", "teacher_center"), "without 'teacher' in --systems")
         if "student" not in self.system_list:
             out |= dict.fromkeys(("index_dtype", "compile"), "without 'student' in --systems")
         return out
@@ -301,11 +321,18 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     cands = candidate_sets(list(queries), queries, qrels, doc_ids, bm25, cfg.rerank_k,
                            torch.Generator().manual_seed(cfg.seed + 11))
     doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}-f16") if student else None
+    center = None
+    if cfg.teacher_center and "teacher" in cfg.system_list:
+        if train is None:
+            raise ValueError(f"--teacher-center: {name} has no training split to take the offsets (12) over")
+        train_q = data.split(train)[0]
+        center = {q: train_q[q] for q in subset(list(train_q), cfg.teacher_center,
+                                                torch.Generator().manual_seed(cfg.seed + 13))}
     results = run_systems(cfg.system_list, data, queries, cands, bm25, bm25_seconds,
                           train, teacher, student, doc_cache=doc_cache, quiet=cfg.quiet,
                           index_dtype=cfg.index_dtype, teacher_k=cfg.teacher_k, first_stage=cfg.first_stage_list,
                           scores=teacher_scores_cache(teacher, name) if teacher and "teacher" in cfg.system_list
-                          else None, refresh_cache=cfg.refresh_cache, split=split)
+                          else None, refresh_cache=cfg.refresh_cache, split=split, teacher_center=center)
     header = (f"{len(queries)} of {len(data.split(split)[0])} {split} queries"
               f"{' (subset)' if len(queries) < len(data.split(split)[0]) else ''}, {len(doc_ids)} documents"
               f"{f' (subset of {pool})' if len(doc_ids) < pool else ''}")

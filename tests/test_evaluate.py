@@ -169,8 +169,9 @@ def test_whole_pool_fidelity_when_the_teacher_ranks_the_pool(tmp_path, monkeypat
     root, _ = _distilled(tmp_path, monkeypatch)
     res = E.main(["--bench", "virtualhome", "--data-dir", str(root), "--student", str(tmp_path / "s"),
                   "--systems", "prior,bm25,teacher,student", "--rerank-k", "4", "--teacher-k", "0",
-                  "--max-queries", "6", "--output-dir", str(tmp_path / "e0"), "--quiet"])
+                  "--max-queries", "6", "--teacher-center", "3", "--output-dir", str(tmp_path / "e0"), "--quiet"])
     pool = res["systems"]["teacher@pool"]["full_pool"]
+    assert "over 3 training queries removed (12)" in res["systems"]["teacher@pool+center"]["note"]
     assert "pool_agree@1" not in pool and "reranks the whole pool" in res["systems"]["teacher@pool"]["note"]
     for name in ("prior", "bm25", "student"):
         fp = res["systems"][name]["full_pool"]
@@ -349,6 +350,16 @@ def test_teacher_at_k_reranks_the_first_stage_union(tmp_path, monkeypatch):
     assert again.ms_per_query == pytest.approx(r.ms_per_query)  # the cost measured when the pairs were scored
     whole = E.system_teacher_at_k(teacher, data, queries, {}, 0)
     assert all(sorted(whole.full_run[q]) == sorted(pool) for q in queries)
+    # (12) for the teacher: each document's mean s_T over the reference queries removed, by hand
+    reference = dict(list(data.split("train")[0].items())[:2])
+    centered = E.system_teacher_centered(teacher, data, r, reference, scores)
+    docs = sorted({d for w in want.values() for d in w})
+    s_ref = orig(teacher, reference, {q: docs for q in reference}, data.doc_text)
+    for q in queries:
+        for d in want[q]:
+            offset = sum(s_ref[x][d] for x in reference) / 2
+            assert centered.full_run[q][d] == pytest.approx(r.full_run[q][d] - offset, abs=1e-5)
+    assert "mean s_T over 2 training queries removed (12)" in centered.note
 
 
 def test_max_docs_keeps_judged_and_fills_up(tmp_path):
