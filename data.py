@@ -17,9 +17,9 @@ Choices not fixed by the paper:
   documents = the 7 strategies, each its name plus a one-sentence description written for this project; questions
   split 80/10/10 by question.
 - SayCan and VirtualHome: query = task (+ description) + the last `HISTORY` steps done so far (numbered as in the
-  program); documents = the distinct step texts; relevant = the next step. Split 70/10/20 into train/dev/test
-  (seed 0) by group: programs that share their task text or their steps are one group, so no program text is in two
-  splits.
+  program); documents = the distinct step texts; relevant = the next step. Split about 65/15/20 into train/dev/test
+  (seed 0) by group: programs that share their title (`task_title`) or their steps are one group, so no task is in
+  two splits.
 - Every bench has a dev split, disjoint from train and test, on which every choice is made (the teacher's dev metric,
   the lever tables); where a set has none, a seeded DEV_SHARE of the training split's groups is carved from it
   (`carve_dev`: ESConv's conversations, a BEIR set's queries). `Retrieval.origin` says where each split came from.
@@ -38,8 +38,9 @@ import re
 from pathlib import Path
 
 from runtime.common import cache_dir, cli
-from runtime.files import (DataError, Retrieval, assign_groups, check_qrels, download, fetch_beir, load_beir,
-                           load_corpus, need, read_lines, read_text, task_title, typed)  # noqa: F401 (load_corpus: the Python API)
+from runtime.files import (DataError, Retrieval, assign_groups, carve_dev, check_qrels, download, fetch_beir,
+                           load_beir, need, read_lines, read_text, task_title, typed, union_groups)
+from runtime.files import load_corpus  # noqa: F401 (the Python API: data.load_corpus)
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # The 13 public BEIR sets that BEIR-style averages use (MS MARCO is the training set; CQADupStack's 12 forums and
@@ -56,7 +57,6 @@ ESCONV_TURNS = 6
 HISTORY = 6  # next-step tasks: the query keeps the task and the last HISTORY steps done (CPU budget)
 SPLIT_SEED = 0
 SHARES = {"test": 0.2, "dev": 0.15}  # next-step tasks: the share of title groups in each split; train = the rest
-DEV_SHARE = 0.1  # the share of a training split's groups carved as dev where a set has no dev split
 
 # The 8 ESConv strategies (spelled as in the split files) with descriptions written for this project.
 ESCONV_STRATEGIES = {
@@ -85,26 +85,6 @@ PSYQA_STRATEGIES = {
     "Information": "Give facts, knowledge or resources about the problem.",
     "Others": "Greetings, thanks, wishes or anything that fits no other strategy.",
 }
-
-
-# ---------------------------------------------------------------------------- splits
-def carve_dev(data: Retrieval, group_of: dict[str, str] | None = None, seed: int = SPLIT_SEED) -> Retrieval:
-    """A set without a dev split gets one: a seeded DEV_SHARE of the training split's groups (`group_of`: query id
-    -> group, e.g. its conversation; default each query alone) moves from train to dev. A training split of one group
-    stays whole (no dev split; a script that needs one says so)."""
-    if "dev" in data.queries or "train" not in data.queries:
-        return data
-    queries, qrels = data.queries["train"], data.qrels["train"]
-    group_of = group_of or {q: q for q in queries}
-    if len(set(group_of.values())) < 2:
-        return data
-    split_of = assign_groups(group_of.values(), seed, {"dev": DEV_SHARE})
-    for split in ("dev", "train"):
-        data.queries[split] = {q: t for q, t in queries.items() if split_of[group_of[q]] == split}
-        data.qrels[split] = {q: r for q, r in qrels.items() if split_of[group_of[q]] == split}
-    data.origin["dev"] = f"{DEV_SHARE:.0%} of the groups of {data.origin.get('train', 'train')}, seed {seed}"
-    data.origin["train"] = f"{data.origin.get('train', 'train')}, less dev"
-    return data
 
 
 def load_beir_by_name(name: str, data_dir: str | None = None, splits=None) -> Retrieval:
@@ -213,8 +193,7 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
     split_of = {c: ("train" if i < cut1 else "dev" if i < cut2 else "test") for i, c in enumerate(order)}
     data = Retrieval("esconv", _esconv_corpus(), {s: {} for s in ("train", "dev", "test")},
                      {s: {} for s in ("train", "dev", "test")})
-    odd: dict[str, list[str]] = {"supporter turn(s) without 'annotation.strategy'": [],
-                                 "seeker turn(s) with a strategy": []}
+    odd: dict[str, list[str]] = {}  # turns whose speaker and strategy disagree: counted and named, not used
     for c, conv in enumerate(convs):
         if not isinstance(conv, dict) or not isinstance(conv.get("dialog"), list):
             raise DataError(f"{path}: conversation {c}: field 'dialog' is missing or not a list of turns")
@@ -235,8 +214,8 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
             if strategy is not None and not isinstance(strategy, str):
                 raise DataError(f"{where}: field 'annotation.strategy' is {type(strategy).__name__}, not text")
             if supporter != bool(strategy):
-                odd["seeker turn(s) with a strategy" if strategy else
-                    "supporter turn(s) without 'annotation.strategy'"].append(f"conversation {c}, turn {t}")
+                odd.setdefault("seeker turn(s) with a strategy" if strategy else "supporter turn(s) without "
+                               "'annotation.strategy'", []).append(f"conversation {c}, turn {t}")
             if supporter and strategy and context:
                 qid = f"c{c}-t{t}"
                 split = split_of[c]
@@ -244,8 +223,7 @@ def load_esconv_json(path: str | Path, seed: int = SPLIT_SEED) -> Retrieval:
                 data.qrels[split][qid] = {_strategy(strategy, where): 1}
             context.append(("Supporter" if supporter else "Seeker", text))
     for what, where in odd.items():
-        if where:
-            print(f"[data] {path}: {len(where)} {what}, not used as queries (first: {where[0]})")
+        print(f"[data] {path}: {len(where)} {what}, not used as queries (first: {where[0]})")
     if not any(data.queries.values()):
         raise DataError(f"{path}: no supporter turn with a strategy after some context: nothing to retrieve for")
     data.origin = {s: f"{path.name}, conversations split 80/10/10, seed {seed}" for s in ("train", "dev", "test")}
@@ -354,19 +332,8 @@ def _next_step_task(name: str, programs: list[tuple[str, str, str, list[tuple[st
     Programs that share their title (`task_title`) or their steps are one group (union-find), and groups are split by
     `assign_groups`: no title is in two splits, so a test query's task is never seen in training. Each query's lookup
     key (`Retrieval.keys`) is its title and history, what the `lookup` baseline matches exactly."""
-    parent = list(range(len(programs)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first: dict = {}
-    for p, (_, title, _, steps) in enumerate(programs):
-        for key in (("title", task_title(title)), ("steps", tuple(text for _, text in steps))):
-            parent[root(p)] = root(first.setdefault(key, p))
-    group = [programs[root(p)][0] for p in range(len(programs))]
+    keys = [(("title", task_title(title)), ("steps", tuple(t for _, t in steps))) for _, title, _, steps in programs]
+    group = [programs[g][0] for g in union_groups(keys)]
     if len(set(group)) < len(SHARES) + 1:
         raise DataError(f"{name}: {len(programs)} program(s) form {len(set(group))} group(s) (programs with the same "
                         "title or steps are one): the splits train, dev and test need at least 3")

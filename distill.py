@@ -128,23 +128,6 @@ class DistillConfig(RunConfig):
         self.teacher = self.teacher or f"runs/teacher-{self.bench}{suffix}"
         self.output_dir = self.output_dir or f"runs/distill-{self.bench}{suffix}"
 
-    def idle(self) -> dict[str, str]:
-        """Flags that change nothing under the other settings: {field: why} (refused when set, `config_from_args`)."""
-        out = {}
-        if self.policy == "off":
-            out |= dict.fromkeys(("sampling", "tau_s", "round0"), "with --policy off (fixed BM25 + random negatives)")
-        elif self.sampling == "top":
-            out["tau_s"] = "with --sampling top (it is the temperature of --sampling softmax)"
-        if self.nce == 0:
-            out |= dict.fromkeys(("nce_queries", "nce_negatives", "nce_tau"), "with --nce 0 (the pool term (11) off)")
-        if self.no_rkl or self.lmbda == 0:
-            out |= dict.fromkeys(("kl", "kl_support"), "without the KL term of (10) (--no-rkl or --lmbda 0)")
-            if not self.listwise:
-                out["tau"] = "without a KL term ((10) off by --no-rkl / --lmbda 0, and --listwise 0)"
-        if not self.eval_teacher:
-            out["teacher_k"] = "with --no-eval-teacher (teacher@k is not evaluated)"
-        return out
-
     @property
     def weights(self) -> Weights:
         """The weights of the objective (10); an ablation sets one to 0."""

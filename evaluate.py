@@ -46,9 +46,9 @@ from runtime.config import RunConfig
 from runtime.files import check_split
 from runtime.index import Index, encode_corpus
 from runtime.llm import compute_mode, fingerprint
-from runtime.metrics import (BM25, TOP, candidate_sets, check_trec_ids, describe_protocol, first_stage_union,
-                             topk_blocked)
+from runtime.metrics import BM25, TOP, candidate_sets, check_trec_ids, describe_protocol, topk_blocked
 from runtime.reporting import beir_summary, report
+from runtime.rerank import system_teacher, system_teacher_at_k, system_teacher_centered
 from runtime.runs import bench_names, data_dir_of, eval_queries, eval_split, shrink, splits_of
 from student import Student, load_student
 from teacher import instruction_for, load_teacher
@@ -106,45 +106,6 @@ def system_student_corrected(student, index, qids, doc_ids, h_q, cands, offsets:
     dt = time.perf_counter() - t0
     return SystemResult(cand, 1000 * (q_seconds + dt) / max(1, len(qids)), None,
                         f"student with each document's {kind} offset over the training queries removed (12)", full)
-
-
-def system_teacher(teacher, data, queries: dict[str, str], cands: dict[str, list[str]],
-                   scores: TeacherScores | None = None) -> SystemResult:
-    """The teacher scores every (query, document in C(q)) jointly (1)-(3): the reference every system is held to."""
-    run, dt = (scores or TeacherScores()).run(teacher, queries, cands, data.doc_text)
-    return SystemResult(run, 1000 * dt / max(1, len(queries)), None, "scores C(q) jointly")
-
-
-def system_teacher_at_k(teacher, data, queries: dict[str, str], first: dict[str, SystemResult], k: int,
-                        scores: TeacherScores | None = None) -> SystemResult:
-    """teacher@k, the teacher's whole-pool reference: it reranks, jointly (1)-(3), the union of the top k documents
-    of each first-stage system in `first` over the whole pool (k = 0: every document of the pool, |pool| teacher
-    calls per query). Documents outside the union are not retrieved."""
-    qids = list(queries)
-    if k == 0:
-        union = {q: list(data.corpus) for q in qids}
-        note = f"reranks the whole pool ({len(data.corpus)} documents)"
-    else:
-        missing = [n for n, r in first.items() if r.full_run is None]
-        if missing or not first:
-            raise ValueError(f"teacher@{k}: first-stage systems {missing or '(none)'} have no whole-pool run")
-        union = first_stage_union([r.full_run for r in first.values()], qids, k)
-        note = f"reranks the union of the top {k} of {' and '.join(first)}"
-    run, dt = (scores or TeacherScores()).run(teacher, queries, union, data.doc_text, f"teacher@{k or 'pool'}")
-    return SystemResult(None, 1000 * dt / max(1, len(qids)), None, note, run)
-
-
-def system_teacher_centered(teacher, data, at_k: SystemResult, reference: dict[str, str],
-                            scores: TeacherScores) -> SystemResult:
-    """(12) applied to the teacher [ours, a diagnostic]: teacher@k's scores with each document's offset removed,
-    s_T(q, d) - mean_{q' in Q} s_T(q', d), over `reference` queries Q (training queries), which the teacher scores
-    against every document in teacher@k's union once (a cost per pool, not per query)."""
-    docs = sorted({d for ds in at_k.full_run.values() for d in ds})
-    ref, _ = scores.run(teacher, reference, {q: docs for q in reference}, data.doc_text, "teacher (12): offsets")
-    offset = {d: sum(ref[q][d] for q in ref) / len(ref) for d in docs}
-    run = {q: {d: s - offset[d] for d, s in ds.items()} for q, ds in at_k.full_run.items()}
-    return SystemResult(None, at_k.ms_per_query, None, f"{at_k.note}, each document's mean s_T over {len(ref)} "
-                        "training queries removed (12)", run)
 
 
 def run_systems(names: list[str], data, queries: dict[str, str], cands: dict[str, list[str]], bm25: BM25,
@@ -265,15 +226,6 @@ class EvalConfig(RunConfig):
             if bad:
                 raise ValueError(f"{flag}: unknown {sorted(bad)}; choose from {sorted(known)}")
         self.output_dir = self.output_dir or f"runs/eval-{self.bench}"
-
-    def idle(self) -> dict[str, str]:
-        """Flags that change nothing under the other settings: {field: why} (refused when set, `config_from_args`)."""
-        out = {}
-        if "teacher" not in self.system_list:
-            out |= dict.fromkeys(("teacher_k", "first_stage", "teacher_center"), "without 'teacher' in --systems")
-        if "student" not in self.system_list:
-            out |= dict.fromkeys(("index_dtype", "compile"), "without 'student' in --systems")
-        return out
 
     @property
     def system_list(self) -> list[str]:

@@ -218,11 +218,6 @@ class TrainConfig(SFTRunConfig):  # + the run's settings: data, device, batching
         check_train_config(self)  # sizes, finite numbers, flags that contradict each other
         self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
 
-    def idle(self) -> dict[str, str]:
-        """Flags that change nothing under the other settings: {field: why} (refused when set, `config_from_args`)."""
-        return {"mine_k": "with --neg-self 0 (it sizes the documents the teacher's own negatives are mined from)"} \
-            if not self.neg_self else {}
-
     def group_size(self, data, split: str) -> int:
         """Pairs per group of (4b), the same for every group (`runtime.training.listwise_group_size`)."""
         return listwise_group_size(self, data, split)

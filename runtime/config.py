@@ -23,3 +23,28 @@ class RunConfig:
     overwrite: bool = field(False, "replace the outputs in output_dir (only a folder this script made; emptied first)")
     seed: int = field(0, "seed of every random draw (subsets, sampling, shuffling)")
     quiet: bool = field(False, "no progress bars")
+
+    def idle(self) -> dict[str, str]:
+        """The flags that change nothing under the other settings, {field: why}; `common.config_from_args` refuses
+        them when the user sets them. One table for every script: a rule applies to a config that has its fields."""
+        c, has = self, lambda *names: all(hasattr(self, n) for n in names)
+        kl_off = has("no_rkl", "lmbda") and (c.no_rkl or c.lmbda == 0)
+        rules = [  # (fields made inert, when, why)
+            (("sampling", "tau_s", "round0"), has("policy") and c.policy == "off",
+             "with --policy off (fixed BM25 + random negatives)"),
+            (("tau_s",), has("policy", "sampling") and c.policy == "on" and c.sampling == "top",
+             "with --sampling top (it is the temperature of --sampling softmax)"),
+            (("nce_queries", "nce_negatives", "nce_tau"), has("nce") and c.nce == 0,
+             "with --nce 0 (the pool term (11) off)"),
+            (("kl", "kl_support"), kl_off, "without the KL term of (10) (--no-rkl or --lmbda 0)"),
+            (("tau",), kl_off and not c.listwise,
+             "without a KL term ((10) off by --no-rkl / --lmbda 0, and --listwise 0)"),
+            (("teacher_k",), has("eval_teacher") and not c.eval_teacher, "with --no-eval-teacher (teacher@k not run)"),
+            (("teacher_k", "first_stage", "teacher_center"), has("system_list") and "teacher" not in c.system_list,
+             "without 'teacher' in --systems"),
+            (("index_dtype", "compile"), has("system_list") and "student" not in c.system_list,
+             "without 'student' in --systems"),
+            (("mine_k",), has("neg_self") and not c.neg_self,
+             "with --neg-self 0 (it sizes the documents the teacher's own negatives are mined from)"),
+        ]
+        return {name: why for names, when, why in rules if when for name in names}

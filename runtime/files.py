@@ -263,9 +263,49 @@ def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ..
 
 
 # ---------------------------------------------------------------------------- splits by group
+DEV_SHARE = 0.1  # the share of a training split's groups carved as dev where a set has no dev split
+
+
+def carve_dev(data: Retrieval, group_of: dict[str, str] | None = None, seed: int = 0) -> Retrieval:
+    """A set without a dev split gets one: a seeded DEV_SHARE of the training split's groups (`group_of`: query id
+    -> group, e.g. its conversation; default each query alone) moves from train to dev. A training split of one group
+    stays whole (no dev split; a script that needs one says so)."""
+    if "dev" in data.queries or "train" not in data.queries:
+        return data
+    queries, qrels = data.queries["train"], data.qrels["train"]
+    group_of = group_of or {q: q for q in queries}
+    if len(set(group_of.values())) < 2:
+        return data
+    split_of = assign_groups(group_of.values(), seed, {"dev": DEV_SHARE})
+    for split in ("dev", "train"):
+        data.queries[split] = {q: t for q, t in queries.items() if split_of[group_of[q]] == split}
+        data.qrels[split] = {q: r for q, r in qrels.items() if split_of[group_of[q]] == split}
+    data.origin["dev"] = f"{DEV_SHARE:.0%} of the groups of {data.origin.get('train', 'train')}, seed {seed}"
+    data.origin["train"] = f"{data.origin.get('train', 'train')}, less dev"
+    return data
+
+
 def task_title(title: str) -> str:
     """The key next-step programs are grouped by: the title, lower-cased, punctuation and runs of spaces folded."""
     return " ".join(re.sub(r"[^\w\s]", " ", title.lower()).split())
+
+
+def union_groups(keys: list[tuple]) -> list[int]:
+    """Items that share any key are one group (union-find over `keys[i]`, item i's keys): each item's group as the
+    index of one of its members."""
+    parent = list(range(len(keys)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict = {}
+    for i, item_keys in enumerate(keys):
+        for key in item_keys:
+            parent[root(i)] = root(first.setdefault(key, i))
+    return [root(i) for i in range(len(keys))]
 
 
 def assign_groups(groups, seed: int, shares: dict[str, float]) -> dict[str, str]:

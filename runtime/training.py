@@ -363,7 +363,6 @@ class DevSet:
               f"({before['n_queries']} queries, {before['protocol']}; majority R@1 {before['majority_R@1']:.4f})")
         return before
 
-
     @staticmethod
     def points_before(sft: "SFT", path: Path) -> list[dict]:
         """The learning curve's points a resumed run measured before it was killed (none for a fresh run)."""

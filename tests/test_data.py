@@ -144,14 +144,18 @@ def test_esconv_tsv_bad_line(tmp_path):
         data.load_esconv(str(tmp_path))
 
 
+def write_esconv_json(folder, turns: list[tuple[str, str, str | None]], n: int = 10) -> list[dict]:
+    """ESConv.json of n conversations, each the (speaker, content, strategy or None) turns; returns the conversations."""
+    convs = [{"dialog": [{"speaker": who, "content": f"{text} {c}", "annotation": {"strategy": st} if st else {}}
+                         for who, text, st in turns]} for c in range(n)]
+    (folder / "ESConv.json").write_text(json.dumps(convs))
+    return convs
+
+
 def test_esconv_json(tmp_path):
     """ESConv.json: one query per supporter turn with a strategy and some context; split by conversation."""
-    convs = [{"dialog": [{"speaker": "seeker", "content": f"hello {c}", "annotation": {}},
-                         {"speaker": "supporter", "content": "hi", "annotation": {"strategy": "Others"}},
-                         {"speaker": "seeker", "content": "sad", "annotation": {}},
-                         {"speaker": "supporter", "content": "why?", "annotation": {"strategy": "Question"}}]}
-             for c in range(10)]
-    (tmp_path / "ESConv.json").write_text(json.dumps(convs))
+    convs = write_esconv_json(tmp_path, [("seeker", "hello", None), ("supporter", "hi", "Others"),
+                                         ("seeker", "sad", None), ("supporter", "why?", "Question")])
     d = data.load_esconv(str(tmp_path))
     assert sum(len(v) for v in d.queries.values()) == 20
     conv_split = {}
@@ -214,11 +218,8 @@ def test_virtualhome_title_or_description_that_is_a_step(tmp_path):
 def test_esconv_json_odd_turns_are_reported(tmp_path, capsys):
     """Supporter turns without a strategy and seeker turns with one are counted and named, not skipped silently;
     a file with no usable turn is refused."""
-    convs = [{"dialog": [{"speaker": "seeker", "content": "hello", "annotation": {"strategy": "Question"}},
-                         {"speaker": "supporter", "content": "hi", "annotation": {}},
-                         {"speaker": "supporter", "content": "why?", "annotation": {"strategy": "Question"}}]}
-             for _ in range(10)]
-    (tmp_path / "ESConv.json").write_text(json.dumps(convs))
+    convs = write_esconv_json(tmp_path, [("seeker", "hello", "Question"), ("supporter", "hi", None),
+                                         ("supporter", "why?", "Question")])
     d = data.load_esconv(str(tmp_path))
     assert sum(len(v) for v in d.queries.values()) == 10
     out = capsys.readouterr().out

@@ -324,7 +324,7 @@ def test_teacher_at_k_reranks_the_first_stage_union(tmp_path, monkeypatch):
     import teacher as T
     from conftest import make_lm, make_tokenizer, write_virtualhome
     from data import load_virtualhome
-    assert E.first_stage_union([{"q": {"a": 3, "b": 2, "c": 1}}, {"q": {"c": 9, "d": 8, "a": 7}}], ["q"], 2) == \
+    assert M.first_stage_union([{"q": {"a": 3, "b": 2, "c": 1}}, {"q": {"c": 9, "d": 8, "a": 7}}], ["q"], 2) == \
         {"q": ["a", "b", "c", "d"]}
     tok = make_tokenizer()
     teacher = T.Teacher(make_lm(tok), tok)
