@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import inspect
 import os
 import time
 from contextlib import contextmanager
@@ -311,7 +312,7 @@ def forward_last(lm, seqs: list[list[int]], pad_id: int, prefix=None) -> torch.T
         cache = copy.deepcopy(prefix[0])
         cache.batch_repeat_interleave(len(seqs))
         mask = torch.cat([mask.new_ones(len(seqs), start), mask], dim=1)
-        kw = {"past_key_values": cache, "use_cache": True,
+        kw = {cache_arg(lm): cache, "use_cache": True,
               "position_ids": torch.arange(start, start + ids.shape[1], device=dev)[None].expand(len(seqs), -1)}
     hidden = lm.model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state  # (B, T, H)
     return hidden[torch.arange(len(seqs), device=dev), lengths.to(dev) - 1]
@@ -335,6 +336,12 @@ def last_logits(lm, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     return out.logits[:, -1]
 
 
+def cache_arg(lm) -> str:
+    """The trunk's name for the key/value cache, in its arguments and outputs: `cache` since transformers 5.25
+    (`past_key_values` there warns, and goes in 5.40), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(type(lm.model).forward).parameters else "past_key_values"
+
+
 def prefix_cache(lm, seqs: list[list[int]], prefix_len: int):
     """Key/value cache of the first `prefix_len` tokens shared by every sequence (the chat template's system and
     user header), computed once per call: it is 20-85% of our prompts. None when not applicable."""
@@ -346,7 +353,7 @@ def prefix_cache(lm, seqs: list[list[int]], prefix_len: int):
     dev = next(lm.parameters()).device
     with torch.inference_mode():
         out = lm.model(input_ids=torch.tensor([head], device=dev), use_cache=True)
-    return out.past_key_values, prefix_len
+    return getattr(out, cache_arg(lm)), prefix_len
 
 
 def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0, desc: str = "encode",

@@ -18,10 +18,12 @@ from runtime.metrics import (N_BOOT, drop_identical, fidelity, hubness, judged, 
 
 POOL_HEAD = ("R@1", "MRR@10", "nDCG@10", "R@10")
 CAND_HEAD = ("R@1", "MRR@10", "nDCG@10", "agree@1", "kendall_tau")
+BASELINES = ("prior", "lookup", "bm25")  # the systems every other whole-pool row is compared with, query by query
+PAIRED_HEAD = ("R@1", "MRR@10")
 
 
-def _cell(s: dict, m: str) -> str:
-    return f"{s[m]:.3f} ({s[m + '_ci'][0]:.3f}-{s[m + '_ci'][1]:.3f})" if m in s else "-"
+def _cell(s: dict, m: str, to: str = "-") -> str:
+    return f"{s[m]:.3f} ({s[m + '_ci'][0]:.3f}{to}{s[m + '_ci'][1]:.3f})" if m in s else "-"
 
 
 def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: dict,
@@ -32,7 +34,10 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
     (`metrics.hubness`), under each system's "full_pool"; when the teacher ranked the whole pool itself
     (teacher@pool), each system's fidelity to that ranking there too (`metrics.pool_fidelity`). Then fidelity on
     C(q): every system on the candidates the teacher scored, against the gold and, when the teacher was run,
-    against the teacher's scores (agree@1, kendall_tau). Writes results.json, results.md and TREC run files (run.NAME.full.trec over the pool, run.NAME.trec
+    against the teacher's scores (agree@1, kendall_tau). Between them, each other whole-pool system minus each
+    baseline of BASELINES, query by query: the mean difference with a paired bootstrap CI (the same resampled
+    queries for both; an interval above 0 is a difference the queries support even where the two CIs overlap).
+    Writes results.json, results.md and TREC run files (run.NAME.full.trec over the pool, run.NAME.trec
     on C(q)); returns the dict."""
     out = Path(out_dir)
     prep = drop_identical if ignore_identical else (lambda r: r)
@@ -47,12 +52,12 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
                   "--no-ignore-identical counts it")
     teacher_run = prep(results["teacher"].cand_run) if "teacher" in results else None
     teacher_pool = prep(results["teacher@pool"].full_run) if "teacher@pool" in results else None
-    systems = {}
+    systems, pool_per = {}, {}
     for name, r in results.items():
         s: dict = {"ms_per_query": r.ms_per_query, "corpus_encode_s": r.encode_seconds, "note": r.note}
         if r.full_run is not None:
             full = prep(r.full_run)
-            per = per_query(full, qrels)
+            per = pool_per[name] = per_query(full, qrels)
             if teacher_pool is not None and name != "teacher@pool":  # fidelity to the teacher's own whole-pool ranking
                 per |= pool_fidelity(full, teacher_pool, qids)
             s["full_pool"] = summarize(per, seed) | {"hubness": hubness({q: full.get(q, {}) for q in qids}, pool_size)}
@@ -65,6 +70,11 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
             s["candidates"] = summarize(per, seed)
             write_trec(out / f"run.{name}.trec", run, name)
         systems[name] = s
+    for name, per in pool_per.items():  # paired differences to each baseline (bootstrap_ci of a - b is paired)
+        if name not in BASELINES:
+            systems[name]["full_pool"]["minus"] = {
+                b: summarize({h: list(np.subtract(per[h], pool_per[b][h])) for h in PAIRED_HEAD}, seed)
+                for b in BASELINES if b in pool_per}
     res = {"bench": bench, "split": split, "n_queries": len(qids), "pool_size": pool_size, "protocol": protocol,
            "header": header, "ci": f"95% percentile bootstrap over queries, {N_BOOT} resamples, seed {seed}",
            "systems": systems, **extra}
@@ -80,6 +90,13 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
             md.append(f"| {name} | " + " | ".join(_cell(fp, h) for h in POOL_HEAD) +
                       f" | {hub['distinct_top1']} | {hub['max_top1_share']:.2f} | {hub['n10_skew']:.1f} | "
                       f"{s['ms_per_query']:.1f} | {s['note']} |")
+    paired = [(n, b, d) for n, s in systems.items() for b, d in s.get("full_pool", {}).get("minus", {}).items()]
+    if paired:
+        md += ["", "Whole pool, query by query: each system minus a baseline, mean difference (95% paired bootstrap "
+               "CI: the same resampled queries for both).", "",
+               "| system | minus | " + " | ".join(f"Δ {h}" for h in PAIRED_HEAD) + " |",
+               "|---" * (len(PAIRED_HEAD) + 2) + "|"]
+        md += [f"| {n} | {b} | " + " | ".join(_cell(d, h, " to ") for h in PAIRED_HEAD) + " |" for n, b, d in paired]
     md += ["", f"Candidates C(q), fidelity to the teacher: {protocol}. agree@1 / kendall_tau against the teacher's "
            "scores on C(q).", "", "| system | " + " | ".join(CAND_HEAD) + " |", "|---" * (len(CAND_HEAD) + 1) + "|"]
     md += [f"| {name} | " + " | ".join(_cell(s["candidates"], h) for h in CAND_HEAD) + " |"

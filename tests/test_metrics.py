@@ -162,3 +162,27 @@ def test_pool_kendall_tau_is_zero_for_unrelated_rankings():
     system = {q: dict(sorted(((d, gen.random()) for d in docs), key=lambda x: -x[1])[:100]) for q in teacher}
     tau = M.pool_fidelity(system, teacher, list(teacher))["pool_kendall_tau"]
     assert abs(sum(tau) / len(tau)) < 0.03
+
+
+def test_paired_differences_to_the_baselines(tmp_path):
+    """report(): each non-baseline whole-pool system minus each baseline, query by query. On 40 queries where the
+    system finds the gold first exactly where BM25 does plus on 6 more, the two systems' own CIs overlap but the
+    paired CI of the difference lies above 0; the difference and its CI are bootstrap_ci of the per-query
+    differences, and baselines are not compared with themselves."""
+    from runtime.baselines import SystemResult
+    from runtime.reporting import report
+    qrels = {f"q{i}": {"gold": 1} for i in range(40)}
+    first = lambda: {"gold": 2.0, "other": 1.0}  # noqa: E731
+    last = lambda: {"other": 2.0, **{f"x{j}": 1.5 for j in range(10)}, "gold": 1.0}  # noqa: E731
+    bm25 = {q: first() if i < 20 else last() for i, q in enumerate(qrels)}
+    system = {q: first() if i < 26 else last() for i, q in enumerate(qrels)}
+    res = report(tmp_path, "toy", "dev", qrels, {"bm25": SystemResult(None, 0.0, full_run=bm25),
+                                                 "student": SystemResult(None, 0.0, full_run=system)},
+                 "toy", pool_size=12)
+    bm, st = res["systems"]["bm25"]["full_pool"], res["systems"]["student"]["full_pool"]
+    assert "minus" not in bm and set(st["minus"]) == {"bm25"}
+    d = st["minus"]["bm25"]
+    assert d["R@1"] == pytest.approx(0.15) and d["R@1_ci"] == M.bootstrap_ci([0.0] * 20 + [1.0] * 6 + [0.0] * 14)
+    assert st["R@1_ci"][0] < bm["R@1_ci"][1]  # the two CIs overlap ...
+    assert d["R@1_ci"][0] > 0  # ... but every resample of the same queries favours the system
+    assert "| student | bm25 | 0.150 (" in (tmp_path / "results.md").read_text()
