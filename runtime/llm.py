@@ -337,8 +337,8 @@ def last_logits(lm, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
 
 
 def cache_arg(lm) -> str:
-    """The trunk's name for the key/value cache, in its arguments and outputs: `cache` since transformers 5.25
-    (`past_key_values` there warns, and goes in 5.40), `past_key_values` before."""
+    """The trunk's name for the key/value cache, in its arguments and outputs: `cache` in recent transformers (5.25
+    here, where `past_key_values` warns on every call and is to go in 5.40), `past_key_values` in earlier 5.x."""
     return "cache" if "cache" in inspect.signature(type(lm.model).forward).parameters else "past_key_values"
 
 
