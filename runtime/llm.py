@@ -18,6 +18,7 @@ Choices not fixed by the paper:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -338,8 +339,14 @@ def last_logits(lm, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
 
 def cache_arg(lm) -> str:
     """The trunk's name for the key/value cache, in its arguments and outputs: `cache` in recent transformers (5.25
-    here, where `past_key_values` warns on every call and is to go in 5.40), `past_key_values` in earlier 5.x."""
-    return "cache" if "cache" in inspect.signature(type(lm.model).forward).parameters else "past_key_values"
+    here, where `past_key_values` warns on every call and is to go in 5.40), `past_key_values` in earlier 5.x.
+    Looked up once per trunk class (it is asked on every batch)."""
+    return _cache_arg(type(lm.model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_arg(trunk: type) -> str:
+    return "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
 
 
 def prefix_cache(lm, seqs: list[list[int]], prefix_len: int):

@@ -59,7 +59,7 @@ def report(out_dir: str | Path, bench: str, split: str, qrels: dict, results: di
             full = prep(r.full_run)
             per = pool_per[name] = per_query(full, qrels)
             if teacher_pool is not None and name != "teacher@pool":  # fidelity to the teacher's own whole-pool ranking
-                per |= pool_fidelity(full, teacher_pool, qids)
+                per = per | pool_fidelity(full, teacher_pool, qids)
             s["full_pool"] = summarize(per, seed) | {"hubness": hubness({q: full.get(q, {}) for q in qids}, pool_size)}
             write_trec(out / f"run.{name}.full.trec", full, name)
         if r.cand_run is not None:
