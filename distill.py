@@ -123,6 +123,7 @@ class DistillConfig(RunConfig):
             raise ValueError("--no-jepa together with --no-rkl (or --lmbda 0) leaves no loss")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: choose one")
+        self.one_set()
         suffix = ("" if self.model == DEFAULT_MODEL else "-" + self.model.strip("/").replace("/", "_")) + (
             "-quick" if self.quick else "")
         self.teacher = self.teacher or f"runs/teacher-{self.bench}{suffix}"

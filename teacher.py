@@ -215,7 +215,7 @@ class TrainConfig(SFTRunConfig):  # + the run's settings: data, device, batching
     QUICK = {"max_train_queries": 16, "epochs": 2, "max_dev_queries": 8, "rerank_k": 4}
 
     def __post_init__(self):
-        check_train_config(self)  # sizes, finite numbers, flags that contradict each other
+        check_train_config(self)  # sizes, finite numbers, contradictions; --bench beir named by its set (one_set)
         self.output_dir = self.output_dir or f"runs/teacher-{self.bench}"
 
     def group_size(self, data, split: str) -> int:

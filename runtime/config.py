@@ -3,6 +3,7 @@ extend: each script's own config then holds only what configures its method."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from runtime.common import field
 from runtime.llm import ATTENTION, DEFAULT_MODEL, DTYPE_HELP, DTYPES
@@ -23,6 +24,23 @@ class RunConfig:
     overwrite: bool = field(False, "replace the outputs in output_dir (only a folder this script made; emptied first)")
     seed: int = field(0, "seed of every random draw (subsets, sampling, shuffling)")
     quiet: bool = field(False, "no progress bars")
+
+    def one_set(self) -> None:
+        """teacher.py train and distill.py train on one data set. `--bench beir --data-dir SET` (a BEIR folder holding
+        corpus.jsonl) is renamed to SET's folder name, so its default folders (runs/teacher-SET, runs/distill-SET,
+        where evaluate.py looks for them) and its caches are its own, never another BEIR set's."""
+        if self.bench != "beir":
+            return
+        folder = Path(self.data_dir) if self.data_dir else None
+        if folder is None or not (folder / "corpus.jsonl").exists():
+            raise ValueError(f"--bench beir --data-dir {self.data_dir or '(none)'}: training reads one BEIR set, so "
+                             "--data-dir must be the folder holding its corpus.jsonl (or pass --bench NAME for a "
+                             "public set, downloaded)")
+        name = folder.resolve().name
+        if name in ("beir", "virtualhome", "esconv", "psyqa", "saycan"):
+            raise ValueError(f"--data-dir {folder}: a BEIR set in a folder named '{name}' would be read as the bench "
+                             f"'{name}': rename the folder")
+        self.bench = name
 
     def idle(self) -> dict[str, str]:
         """The flags that change nothing under the other settings, {field: why}; `common.config_from_args` refuses

@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.common import cache_dir
+from runtime.common import atomic_write, cache_dir
 
 
 class DataError(ValueError):
@@ -264,6 +264,26 @@ def load_beir(folder: str | Path, name: str | None = None, splits: tuple[str, ..
 
 # ---------------------------------------------------------------------------- splits by group
 DEV_SHARE = 0.1  # the share of a training split's groups carved as dev where a set has no dev split
+
+
+def write_beir(data: Retrieval, folder: str | Path) -> Path:
+    """The inverse of `load_beir`: corpus.jsonl, queries.jsonl (every split's queries) and qrels/{split}.tsv, each
+    file written atomically. Query ids must be unique across splits (a BEIR folder has one queries.jsonl)."""
+    folder = Path(folder)
+    queries: dict[str, str] = {}
+    for split, qs in data.queries.items():
+        for qid, text in qs.items():
+            if queries.get(qid, text) != text:
+                raise DataError(f"{data.name}: query id '{qid}' has two texts (split '{split}' and another)")
+            queries[qid] = text
+    atomic_write(folder / "corpus.jsonl", "".join(json.dumps({"_id": d, "title": r.get("title", ""), "text": r["text"]},
+                                                             ensure_ascii=False) + "\n" for d, r in data.corpus.items()))
+    atomic_write(folder / "queries.jsonl", "".join(json.dumps({"_id": q, "text": t}, ensure_ascii=False) + "\n"
+                                                   for q, t in queries.items()))
+    for split, qrels in data.qrels.items():
+        atomic_write(folder / "qrels" / f"{split}.tsv", "query-id\tcorpus-id\tscore\n" + "".join(
+            f"{q}\t{d}\t{g}\n" for q, rel in qrels.items() for d, g in rel.items()))
+    return folder
 
 
 def carve_dev(data: Retrieval, group_of: dict[str, str] | None = None, seed: int = 0) -> Retrieval:

@@ -482,6 +482,7 @@ def mine_negatives(teacher, data, split: str, cfg, bm25,
 def check_train_config(cfg) -> None:
     """Every value of a teacher.TrainConfig checked before anything runs: sizes, finite numbers, contradictions."""
     check_values(cfg)
+    cfg.one_set()
     check_sizes(cfg, ("epochs", "batch_size", "grad_accum", "rerank_k", "max_doc_tokens", "mine_k"), 1)
     check_sizes(cfg, ("train_layers", "neg_bm25", "neg_random", "neg_frequent", "neg_self", "max_train_queries",
                        "max_dev_queries", "save_every", "dev_every"), 0)

@@ -12,6 +12,7 @@ import pytest
 import data
 from conftest import write_virtualhome
 from data import DataError, load_bench
+from runtime.files import write_beir as export_beir
 
 
 def write_beir(folder, corpus=None, queries=None, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n"):
@@ -390,3 +391,36 @@ def test_beir_dev_split(tmp_path):
     m = data.load_msmarco(str(folder))
     assert {s: len(q) for s, q in m.queries.items()} == {"train": 17, "test": 1, "dev": 2}
     assert m.origin["test"].startswith("qrels/dev.tsv")
+
+
+def test_write_beir_is_load_beirs_inverse(tmp_path):
+    """`write_beir` writes a Retrieval (every split, titles, grades) that `load_beir` reads back as it was; a query id
+    with two texts in two splits cannot share one queries.jsonl and is refused."""
+    d = data.Retrieval("toy", {"d1": {"title": "Cats", "text": "cats purr"}, "d2": {"title": "", "text": "dogs bark"}},
+                       {"train": {"q1": "purring"}, "dev": {"q2": "barking"}, "test": {"q3": "pets"}},
+                       {"train": {"q1": {"d1": 1}}, "dev": {"q2": {"d2": 2}}, "test": {"q3": {"d1": 1, "d2": 0}}})
+    back = data.load_beir(export_beir(d, tmp_path / "toy"))
+    assert (back.corpus, back.queries, back.qrels) == (d.corpus, d.queries, d.qrels)
+    d.queries["test"]["q1"] = "another text"
+    with pytest.raises(DataError, match="query id 'q1' has two texts"):
+        export_beir(d, tmp_path / "bad")
+
+
+def test_esconv_responses_set(tmp_path):
+    """benchmarks/esconv_responses.py: a BEIR set whose queries are `--bench esconv`'s contexts (the same splits, by
+    conversation) and whose one gold each is the supporter's actual reply; replies too short to single out are
+    distractors only."""
+    from benchmarks import esconv_responses
+    (tmp_path / "devWithStrategy_short.tsv").write_text("".join(
+        line for c in range(20) for line in _esconv_conversation(c, 3)))
+    (tmp_path / "testWithStrategy_short.tsv").write_text("".join(_esconv_conversation(99, 2)) +
+                                                        "1.0 0 0 hi there EOS 1.0 1 1 [Others] Yes.\n")
+    esconv_responses.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "beir"), "--min-words", "2"])
+    d, strategies = data.load_beir(tmp_path / "beir"), data.load_esconv(str(tmp_path))
+    assert {s: set(q) for s, q in d.queries.items()} == {"train": set(strategies.queries["train"]),
+                                                         "dev": set(strategies.queries["dev"]),
+                                                         "test": {"test-1", "test-2"}}  # the 1-word reply: no gold
+    assert d.queries["dev"] == strategies.queries["dev"]
+    gold = {q: d.corpus[next(iter(r))]["text"] for q, r in d.qrels["test"].items()}
+    assert gold == {"test-1": "why 99.0?", "test-2": "why 99.1?"}
+    assert "Yes." in {r["text"] for r in d.corpus.values()} and len(d.corpus) == 20 * 3 + 2 + 1

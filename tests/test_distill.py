@@ -349,3 +349,27 @@ def test_no_choice_reads_the_test_split(env, monkeypatch):
     with pytest.raises(AssertionError, match="before Step 6"):
         monkeypatch.setattr(distill, "step6_evaluate", step6)
         distill.main(_args(tmp, root, "test2"))
+
+
+def test_beir_set_distilled_from_its_own_train_qrels(env, monkeypatch):
+    """`distill.py --bench beir --data-dir SET` trains on SET's train qrels under SET's own name: its teacher and
+    student land in runs/teacher-SET and runs/distill-SET, where `evaluate.py --bench beir --data-dir SET` finds
+    the student; a second BEIR set never reuses them. Without one set's folder the run stops before any work."""
+    import data
+    import evaluate
+    from runtime.files import write_beir
+    tmp, root = env
+    monkeypatch.chdir(tmp)
+    folder = write_beir(data.load_virtualhome(str(root)), tmp / "myset")  # VirtualHome's splits, in the BEIR layout
+    args = [a for a in _args(tmp, folder, "x") if a not in ("--teacher", str(tmp / "teacher"), "--output-dir",
+                                                              str(tmp / "x"))]
+    res = distill.main(["--bench", "beir", *args])
+    assert (tmp / "runs" / "teacher-myset" / "teacher.safetensors").exists()
+    assert (tmp / "runs" / "distill-myset" / "predictor.safetensors").exists() and res["bench"] == "myset"
+    ev = evaluate.main(["--bench", "beir", "--data-dir", str(folder), "--systems", "bm25,student", "--quiet",
+                        "--max-queries", "0"])
+    for m in ("R@1", "MRR@10"):  # the same student, found by its set's name, ranks the same test queries alike
+        assert ev["systems"]["student"]["full_pool"][m] == res["systems"]["student"]["full_pool"][m]
+    for bad in ([], ["--data-dir", str(tmp)]):
+        with pytest.raises(ValueError, match="--bench beir --data-dir .*corpus.jsonl"):
+            distill.DistillConfig(bench="beir", **dict(zip(("data_dir",), bad[1:])))
