@@ -7,6 +7,7 @@ project.
     python data.py stats --bench esconv --data-dir DIR --split test
     python data.py stats --bench psyqa --data-dir DIR         # PsyQA_full.json (or the public PsyQA_example.json)
     python data.py stats --bench scifact --data-dir DIR      # any BEIR name; without DIR the official zip is fetched
+    python data.py export --bench virtualhome --out DIR      # any bench, its splits, in the BEIR layout
 
 Choices not fixed by the paper:
 - ESConv: query = the last `ESCONV_TURNS` utterances before a supporter turn ("Seeker: ..." / "Supporter: ..."),
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from runtime.common import cache_dir, cli
 from runtime.files import (DataError, Retrieval, assign_groups, carve_dev, check_qrels, download, fetch_beir,
-                           load_beir, need, read_lines, read_text, task_title, typed, union_groups)
+                           load_beir, need, read_lines, read_text, task_title, typed, union_groups, write_beir)
 from runtime.files import load_corpus  # noqa: F401 (the Python API: data.load_corpus)
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -475,12 +476,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--bench", default="virtualhome", help="virtualhome | esconv | psyqa | saycan | msmarco | BEIR name")
     s.add_argument("--data-dir", default=None)
     s.add_argument("--split", default="all")
+    e = sub.add_parser("export", help="write the bench's corpus, queries and qrels of every split as a BEIR folder")
+    e.add_argument("--bench", default="virtualhome")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--out", required=True)
     return p
 
 
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
-    print(json.dumps(load_bench(args.bench, args.data_dir).stats(args.split)))
+    data = load_bench(args.bench, args.data_dir)
+    if args.cmd == "export":
+        write_beir(data, args.out)
+    print(json.dumps(data.stats(getattr(args, "split", "all"))))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ distillation", Steps 0-7, equations (8)-(11)).
     python distill.py                                   # embedded SmolLM2-135M on VirtualHome, offline, CPU
     python distill.py --quick                           # a smaller CPU run of the same pipeline
     python distill.py --bench esconv --data-dir DIR
+    python distill.py --bench beir --data-dir DIR/scifact  # a BEIR set, from its qrels/train.tsv: runs/*-scifact
     python distill.py --model Qwen/Qwen2-7B-Instruct --bench esconv --max-train-queries 0 --max-test-queries 0  # GPU
 
     Step 0  teacher: load runs/teacher-{bench}/ or train it (teacher.py, (4))

@@ -51,12 +51,16 @@ def build(data_dir: str, min_words: int = 5) -> Retrieval:
     return data
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", required=True, help="folder of devWithStrategy_short.tsv and testWithStrategy_short.tsv")
     ap.add_argument("--out", required=True, help="the BEIR folder to write (corpus.jsonl, queries.jsonl, qrels/)")
     ap.add_argument("--min-words", type=int, default=5)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    a = parser().parse_args(argv)
     data = build(a.data_dir, a.min_words)
     write_beir(data, a.out)
     print(json.dumps(data.stats("all")))

@@ -357,10 +357,11 @@ def test_beir_set_distilled_from_its_own_train_qrels(env, monkeypatch):
     the student; a second BEIR set never reuses them. Without one set's folder the run stops before any work."""
     import data
     import evaluate
-    from runtime.files import write_beir
     tmp, root = env
     monkeypatch.chdir(tmp)
-    folder = write_beir(data.load_virtualhome(str(root)), tmp / "myset")  # VirtualHome's splits, in the BEIR layout
+    folder = tmp / "myset"  # VirtualHome's splits, in the BEIR layout (`data.py export`), read back as they were
+    data.main(["export", "--bench", "virtualhome", "--data-dir", str(root), "--out", str(folder)])
+    assert data.load_beir(folder).qrels == data.load_virtualhome(str(root)).qrels
     args = [a for a in _args(tmp, folder, "x") if a not in ("--teacher", str(tmp / "teacher"), "--output-dir",
                                                               str(tmp / "x"))]
     res = distill.main(["--bench", "beir", *args])
