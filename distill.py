@@ -85,6 +85,8 @@ class DistillConfig(RunConfig):
     nce_negatives: int = field(1024, "pool documents per step as negatives of (11) (the whole pool when smaller)")
     nce_tau: float = field(1.0, "temperature of (11)")
     width: int = field(256, "predictor width P")
+    standardize: bool = field(False, "the predictor's inputs standardised per dimension (7b), from the training "
+                                     "queries and the corpus (ours)")
     act: str = field("relu", "the predictor's activation (7), ours: relu chosen on dev", choices=list(ACTS))
     epochs: int = field(30, "predictor epochs E per round over all pairs so far")
     lr: float = field(1e-3, "AdamW learning rate of the predictor")
@@ -298,6 +300,8 @@ def distill(cfg: DistillConfig) -> dict:
     t0 = time.time()
     pool = pool_queries(cfg, student, train_q, train_rel, qids, h_q, doc_index) if cfg.nce else None
     timings["1_encode_pool_queries"] = time.time() - t0
+    if cfg.standardize:  # (7b): fixed before training, from the queries the predictor trains on and the corpus
+        student.predictor.standardize(pool[0] if pool is not None else h_q, h_d, seed=cfg.seed)
     for r in range(first_round, cfg.rounds):
         t0 = time.time()
         picks = step3_pick(cfg, r, student, h_q, h_d, bm25, [train_q[q] for q in qids], gold, pairs, bm25_top)

@@ -1,6 +1,7 @@
 """The JEPA predictor g_phi between the frozen trunk and the frozen head, METHOD.md equation (7).
 
     h_hat = h_q + W2 act(A h_q + B h_d + b1) + b2          W2 = 0, b2 = 0 at init, so h_hat = h_q before training
+    with --standardize (ours) A and B read each input standardised per dimension, (h - mean) / std (7b)
     z_S = W h_hat,  s_S = z_S[y+] - z_S[y-] = u . h_hat     with u = W[y+] - W[y-]
 
 Exact factorised scoring of n cached documents for a query (v = W2^T u, (B h_d) cached once per corpus):
@@ -13,7 +14,11 @@ Choices not fixed by the paper:
 - residual on h_q with a zero-initialised output layer (the paper says "two-layer MLP", "document embedding as latent");
 - act (`--act`): ReLU (the default, chosen on dev: as good as GELU there and 4x faster to score), GELU (erf form),
   SiLU or GELU's tanh approximation; width P = 256 (`--width`);
-- A and B are one Linear on [h_q; h_d] split in two, so the factorisation is exact, not an approximation.
+- A and B are one Linear on [h_q; h_d] split in two, so the factorisation is exact, not an approximation;
+- the standardisation (7b) (`standardize`, off unless set): an LLM's last hidden state has a few dimensions tens of
+  times larger than the rest (SmolLM2: mean |h| 21 on one, 0.74 the median), which the MLP's inputs otherwise carry
+  as they are. It is an affine map of each input, so B h_d is still computed once per corpus and the factorisation
+  stays exact; the shifts and scales are buffers of the checkpoint (identity in checkpoints made before them).
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ def fused_scores(a: torch.Tensor, side: torch.Tensor, v: torch.Tensor, act: str 
 
 
 _compiled: dict = {}
+IDENTITY = {"q_shift": 0.0, "q_scale": 1.0, "d_shift": 0.0, "d_scale": 1.0}  # the buffers of (7b), unset
 
 
 def compiled_scores(a: torch.Tensor, side: torch.Tensor, v: torch.Tensor, act: str = "relu") -> torch.Tensor:
@@ -72,17 +78,42 @@ class Predictor(nn.Module):
         self.W2 = nn.Linear(width, hidden)              # W2 (.) + b2
         nn.init.zeros_(self.W2.weight)
         nn.init.zeros_(self.W2.bias)
+        for name, value in IDENTITY.items():  # (7b): identity until `standardize` sets them
+            self.register_buffer(name, torch.full((hidden,), value))
+
+    def standardize(self, h_q: torch.Tensor, h_d: torch.Tensor, max_rows: int = 65536, seed: int = 0) -> None:
+        """(7b) The inputs of A and B standardised per dimension from the training queries h_q (B, H) and the corpus
+        h_d (n, H) (a seeded sample of at most max_rows rows of each, read in float64): h -> (h - mean) / std."""
+        gen = torch.Generator().manual_seed(seed)
+        for side, h in (("q", h_q), ("d", h_d)):
+            rows = torch.randperm(h.shape[0], generator=gen)[:max_rows].sort().values if h.shape[0] > max_rows else None
+            x = (h[rows] if rows is not None else h[:]).double()
+            std = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.ones(x.shape[1], dtype=x.dtype)
+            getattr(self, f"{side}_shift").copy_(x.mean(0))
+            getattr(self, f"{side}_scale").copy_(1 / std.clamp_min(1e-6))
+
+    def q_in(self, h_q: torch.Tensor) -> torch.Tensor:
+        return (h_q - self.q_shift) * self.q_scale
+
+    def d_in(self, h_d: torch.Tensor) -> torch.Tensor:
+        return (h_d - self.d_shift.to(h_d.dtype)) * self.d_scale.to(h_d.dtype)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        """A checkpoint made before (7b) has no shift / scale buffers: it loads with the identity."""
+        hidden = self.A.in_features
+        state = {k: torch.full((hidden,), v) for k, v in IDENTITY.items()} | dict(state)
+        return super().load_state_dict(state, strict, assign)
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
         return ACTS[self.act_name](x)
 
     def forward(self, h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
         """(7) h_hat for paired h_q (N, H), h_d (N, H) -> (N, H)."""
-        return h_q + self.W2(self.act(self.A(h_q) + self.B(h_d)))
+        return h_q + self.W2(self.act(self.A(self.q_in(h_q)) + self.B(self.d_in(h_d))))
 
     def doc_side(self, h_d: torch.Tensor) -> torch.Tensor:
         """B h_d for a corpus, (n, H) -> (n, P): computed once, reused by every query."""
-        return self.B(h_d)
+        return self.B(self.d_in(h_d))
 
     def scores(self, h_q: torch.Tensor, doc_side: torch.Tensor, u: torch.Tensor,
                block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
@@ -93,7 +124,7 @@ class Predictor(nn.Module):
         tests of gradients) the same sums run out of place."""
         v = self.W2.weight.T @ u                       # (P,)
         base = (h_q + self.W2.bias) @ u                # (B,)
-        a = self.A(h_q)                                # (B, P)
+        a = self.A(self.q_in(h_q))                     # (B, P)
         n, width = doc_side.shape
         if self.compiled and not torch.is_grad_enabled():
             return base[:, None] + compiled_scores(a, doc_side, v, self.act_name).T

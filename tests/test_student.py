@@ -25,13 +25,39 @@ def test_identity_at_init():
     assert torch.equal(p(hq, hd), hq)
 
 
+def test_standardized_inputs(tmp_path):
+    """(7b): after `standardize`, A and B read (h - mean) / std of the given queries and documents (each input
+    dimension of the queries' A h_q has mean 0 and std 1 before A), by hand; a checkpoint made before (7b), with no
+    shift / scale buffers, loads as the identity."""
+    torch.manual_seed(0)
+    p = _trained_like(Predictor(16, 8).double())
+    hq = torch.randn(40, 16, dtype=torch.float64) * torch.linspace(0.1, 30, 16, dtype=torch.float64) + 5
+    hd = torch.randn(50, 16, dtype=torch.float64) * 4 - 2
+    p.standardize(hq, hd)
+    zq, zd = (hq - hq.mean(0)) / hq.std(0, unbiased=False), (hd - hd.mean(0)) / hd.std(0, unbiased=False)
+    assert torch.allclose(p.q_in(hq).mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(p.q_in(hq).std(0, unbiased=False), torch.ones(16, dtype=torch.float64))
+    by_hand = hq[:5] + p.W2(torch.relu(p.A(zq[:5]) + p.B(zd[:5])))
+    assert torch.allclose(p(hq[:5], hd[:5]), by_hand, atol=1e-12)
+    old = {k: v for k, v in p.state_dict().items() if not k.startswith(("q_", "d_"))}
+    fresh = Predictor(16, 8).double()
+    fresh.load_state_dict(old)
+    assert torch.allclose(fresh(hq[:5], hd[:5]), hq[:5] + p.W2(torch.relu(p.A(hq[:5]) + p.B(hd[:5]))))
+    other = Predictor(16, 8).double()
+    other.load_state_dict(p.state_dict())  # the buffers travel with the checkpoint
+    assert torch.equal(other(hq[:5], hd[:5]), p(hq[:5], hd[:5]))
+
+
+@pytest.mark.parametrize("standardized", [False, True])
 @pytest.mark.parametrize("act", list(ACTS))
-def test_factorised_equals_naive_values_and_grads(act):
+def test_factorised_equals_naive_values_and_grads(act, standardized):
     """Factorised scores equal per-pair predictor + full head, and so do their gradients w.r.t. the predictor, for
-    every activation."""
+    every activation, with and without the standardised inputs (7b)."""
     torch.manual_seed(0)
     H, V, P = 16, 30, 8
     p = _trained_like(Predictor(H, P, act).double())
+    if standardized:
+        p.standardize(torch.randn(20, H, dtype=torch.float64) * 5 + 3, torch.randn(20, H, dtype=torch.float64) - 1)
     head = torch.randn(V, H, dtype=torch.float64)
     hq, hd = torch.randn(3, H, dtype=torch.float64), torch.randn(7, H, dtype=torch.float64)
     u = head[4] - head[9]
