@@ -85,8 +85,8 @@ class DistillConfig(RunConfig):
     nce_negatives: int = field(1024, "pool documents per step as negatives of (11) (the whole pool when smaller)")
     nce_tau: float = field(1.0, "temperature of (11)")
     width: int = field(256, "predictor width P")
-    standardize: bool = field(False, "the predictor's inputs standardised per dimension (7b), from the training "
-                                     "queries and the corpus (ours)")
+    standardize: bool = field(True, "the predictor's inputs standardised per dimension (7b), from the training "
+                                    "queries and the corpus (ours; chosen on dev)")
     act: str = field("relu", "the predictor's activation (7), ours: relu chosen on dev", choices=list(ACTS))
     epochs: int = field(30, "predictor epochs E per round over all pairs so far")
     lr: float = field(1e-3, "AdamW learning rate of the predictor")

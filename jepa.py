@@ -1,7 +1,7 @@
 """The JEPA predictor g_phi between the frozen trunk and the frozen head, METHOD.md equation (7).
 
     h_hat = h_q + W2 act(A h_q + B h_d + b1) + b2          W2 = 0, b2 = 0 at init, so h_hat = h_q before training
-    with --standardize (ours) A and B read each input standardised per dimension, (h - mean) / std (7b)
+    A and B read each input standardised per dimension, (h - mean) / std (7b, ours; --no-standardize: as they are)
     z_S = W h_hat,  s_S = z_S[y+] - z_S[y-] = u . h_hat     with u = W[y+] - W[y-]
 
 Exact factorised scoring of n cached documents for a query (v = W2^T u, (B h_d) cached once per corpus):
@@ -15,10 +15,11 @@ Choices not fixed by the paper:
 - act (`--act`): ReLU (the default, chosen on dev: as good as GELU there and 4x faster to score), GELU (erf form),
   SiLU or GELU's tanh approximation; width P = 256 (`--width`);
 - A and B are one Linear on [h_q; h_d] split in two, so the factorisation is exact, not an approximation;
-- the standardisation (7b) (`standardize`, off unless set): an LLM's last hidden state has a few dimensions tens of
-  times larger than the rest (SmolLM2: mean |h| 21 on one, 0.74 the median), which the MLP's inputs otherwise carry
-  as they are. It is an affine map of each input, so B h_d is still computed once per corpus and the factorisation
-  stays exact; the shifts and scales are buffers of the checkpoint (identity in checkpoints made before them).
+- the standardisation (7b) (distill.py `--standardize`, on by default, chosen on dev): an LLM's last hidden state
+  has a few dimensions tens of times larger than the rest (SmolLM2: mean |h| 21 on one, 0.74 the median), which the
+  MLP's inputs otherwise carry as they are. It is an affine map of each input, so B h_d is still computed once per
+  corpus and the factorisation stays exact; the shifts and scales are buffers of the checkpoint (identity in
+  checkpoints made before them).
 """
 from __future__ import annotations
 
