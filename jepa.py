@@ -44,7 +44,6 @@ def fused_scores(a: torch.Tensor, side: torch.Tensor, v: torch.Tensor, act: str 
 
 
 _compiled: dict = {}
-IDENTITY = {"q_shift": 0.0, "q_scale": 1.0, "d_shift": 0.0, "d_scale": 1.0}  # the buffers of (7b), unset
 
 
 def compiled_scores(a: torch.Tensor, side: torch.Tensor, v: torch.Tensor, act: str = "relu") -> torch.Tensor:
@@ -60,6 +59,9 @@ def compiled_scores(a: torch.Tensor, side: torch.Tensor, v: torch.Tensor, act: s
     torch._dynamo.maybe_mark_dynamic(side, 0)
     torch._dynamo.maybe_mark_dynamic(a, 0)
     return _compiled[act](a, side, v)
+
+
+IDENTITY = {"q_shift": 0.0, "q_scale": 1.0, "d_shift": 0.0, "d_scale": 1.0}  # the buffers of (7b), unset
 
 
 class Predictor(nn.Module):
@@ -87,17 +89,20 @@ class Predictor(nn.Module):
         h_d (n, H) (a seeded sample of at most max_rows rows of each, read in float64): h -> (h - mean) / std."""
         gen = torch.Generator().manual_seed(seed)
         for side, h in (("q", h_q), ("d", h_d)):
-            rows = torch.randperm(h.shape[0], generator=gen)[:max_rows].sort().values if h.shape[0] > max_rows else None
-            x = (h[rows] if rows is not None else h[:]).double()
-            std = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.ones(x.shape[1], dtype=x.dtype)
+            if h.shape[0] > max_rows:
+                h = h[torch.randperm(h.shape[0], generator=gen)[:max_rows].sort().values]
+            x = h.double()
+            std = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.ones_like(x[0])
             getattr(self, f"{side}_shift").copy_(x.mean(0))
             getattr(self, f"{side}_scale").copy_(1 / std.clamp_min(1e-6))
 
     def q_in(self, h_q: torch.Tensor) -> torch.Tensor:
+        """(7b) h_q as A reads it."""
         return (h_q - self.q_shift) * self.q_scale
 
     def d_in(self, h_d: torch.Tensor) -> torch.Tensor:
-        return (h_d - self.d_shift.to(h_d.dtype)) * self.d_scale.to(h_d.dtype)
+        """(7b) h_d as B reads it."""
+        return (h_d - self.d_shift) * self.d_scale
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         """A checkpoint made before (7b) has no shift / scale buffers: it loads with the identity."""

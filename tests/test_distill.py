@@ -258,7 +258,8 @@ def test_quick_runs_execute_every_function_method_names(env):
         distill.main(base + ["--output-dir", str(tmp / "a"), "--listwise", "0.5", "--hub-correction", "center"])
         distill.main(base + ["--output-dir", str(tmp / "b"), "--sampling", "softmax", "--kl", "forward",
                              "--no-eval-teacher"])
-        distill.main(base + ["--output-dir", str(tmp / "c"), "--policy", "off", "--no-eval-teacher", "--no-standardize"])
+        distill.main(base + ["--output-dir", str(tmp / "c"), "--policy", "off", "--no-eval-teacher",
+                             "--no-standardize"])
     finally:
         sys.setprofile(None)
     import dataclasses

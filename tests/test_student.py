@@ -25,7 +25,7 @@ def test_identity_at_init():
     assert torch.equal(p(hq, hd), hq)
 
 
-def test_standardized_inputs(tmp_path):
+def test_standardized_inputs():
     """(7b): after `standardize`, A and B read (h - mean) / std of the given queries and documents (each input
     dimension of the queries' A h_q has mean 0 and std 1 before A), by hand; a checkpoint made before (7b), with no
     shift / scale buffers, loads as the identity."""
