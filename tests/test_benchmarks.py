@@ -42,3 +42,41 @@ def test_gpu_memory_table_by_hand(capsys):
     assert abs(rows[1]["adam_GiB"] - 8 * p / 8 / 2 ** 30) < 1e-6
     gpu_memory.main([])
     assert "| 8 |" in capsys.readouterr().out
+
+
+def test_frozen_features_by_hand_and_end_to_end(tmp_path, monkeypatch, tiny):
+    """benchmarks/frozen_features: the `mean` reading is the mean of the trunk's states over the span given, the
+    `last` one the state at the last token (each row as encoded alone); the script runs on a small set, writes one row
+    per epoch for each of the four predictors and its table, and the same seed gives the same numbers."""
+    import torch
+
+    import teacher as teacher_mod
+    from benchmarks import frozen_features
+    from conftest import patch_llm, write_virtualhome
+
+    lm, tok = tiny
+    t = teacher_mod.Teacher(lm, tok, batch_size=3, quiet=True)
+    seqs = [t.prompt.doc_prefix(d) for d in ("the cup", "walk to the chair and sit", "plate")]
+    spans = [(len(t.prompt.pre), len(s)) for s in seqs]
+    got = frozen_features.encode(t, seqs, spans, "docs")
+    for i, (s, (a, b)) in enumerate(zip(seqs, spans)):
+        with torch.no_grad():
+            h = lm.model(input_ids=torch.tensor([s])).last_hidden_state[0]
+        torch.testing.assert_close(got["last"][i], h[-1], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got["mean"][i], h[a:b].mean(0), rtol=1e-4, atol=1e-5)
+
+    patch_llm(monkeypatch, lambda *a, **k: (lm, tok))
+    root = write_virtualhome(tmp_path / "vh", n_programs=12)
+    args = ["--bench", "virtualhome", "--data-dir", str(root), "--model", "tiny", "--split", "test", "--epochs", "2",
+            "--max-queries", "4", "--quiet"]
+    frozen_features.main([*args, "--out", str(tmp_path / "a.json")])
+    frozen_features.main([*args, "--out", str(tmp_path / "b.json")])
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert {k: v for k, v in a.items() if k not in ("seconds", "config")} == \
+           {k: v for k, v in b.items() if k not in ("seconds", "config")}
+    assert set(a["trained"]) == {"last, raw", "last, standardised (7b)", "mean, raw", "mean, standardised (7b)"}
+    for rows in a["trained"].values():
+        assert [r["epoch"] for r in rows] == [1, 2] and all(0 <= r["train_R@1"] <= 1 for r in rows)
+    assert all(0 <= a["bm25"][m] <= 1 for m in frozen_features.REPORTED) and a["eval_queries"] == 4
+    assert a["outsized"]["last"]["documents"]["ratio"] >= 1
+    assert "| bm25 |" in (tmp_path / "a.md").read_text()
