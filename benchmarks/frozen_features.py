@@ -88,7 +88,7 @@ def zero_shot(h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
 
 def train_predictor(h_train: torch.Tensor, gold: list[set[int]], h_d: torch.Tensor, h_eval: torch.Tensor,
                     evaluate, standardize: bool, args) -> list[dict]:
-    """(7) trained by (11) alone, batched as distill.py batches it (`PoolBatches`: --batch queries per step against
+    """(7) trained by (11) alone, batched as distill.py batches it (`PoolBatches`: --batch-size queries per step against
     --negatives sampled documents plus their golds; AdamW): one row per epoch (loss, train R@1 over the whole
     corpus, `evaluate`'s metrics of the (B, n) scores of h_eval)."""
     set_seed(args.seed)
@@ -98,10 +98,10 @@ def train_predictor(h_train: torch.Tensor, gold: list[set[int]], h_d: torch.Tens
         pred.standardize(h_train, h_d, seed=args.seed)
     u = torch.randn(hidden, generator=torch.Generator().manual_seed(args.seed)) / math.sqrt(hidden)
     opt = torch.optim.AdamW(pred.parameters(), lr=args.lr)
-    batches = PoolBatches(h_train, gold, n, args.batch, args.negatives, torch.Generator().manual_seed(args.seed))
+    batches = PoolBatches(h_train, gold, n, args.batch_size, args.negatives, torch.Generator().manual_seed(args.seed))
     rows = []
     for epoch in range(1, args.epochs + 1):
-        total, steps = 0.0, math.ceil(len(gold) / args.batch)
+        total, steps = 0.0, math.ceil(len(gold) / args.batch_size)
         for _ in range(steps):
             q, docs, target, exclude = batches.next()
             loss = pool_nce(pred.scores(q, pred.doc_side(h_d[docs]), u), target, exclude)
@@ -124,9 +124,9 @@ def measure(args) -> dict:
     where.one_set()  # --bench beir --data-dir SET: the set named by its folder, as distill.py names it
     data = load_bench(where.bench, args.data_dir or None)
     if args.teacher:
-        teacher, _ = load_teacher(args.teacher, device=args.device, batch_size=args.batch_size, quiet=args.quiet)
+        teacher, _ = load_teacher(args.teacher, device=args.device, batch_size=args.teacher_batch, quiet=args.quiet)
     else:
-        teacher, _ = load_teacher(model=args.model, device=args.device, batch_size=args.batch_size, quiet=args.quiet,
+        teacher, _ = load_teacher(model=args.model, device=args.device, batch_size=args.teacher_batch, quiet=args.quiet,
                                   instruction=instruction_for("task", data.name))
     prompt = teacher.prompt
     train_q, train_rel = data.split("train")
@@ -182,7 +182,7 @@ def table(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", default="beir", help="a bench name, or beir with --data-dir a BEIR-format folder")
     p.add_argument("--data-dir", default="")
@@ -193,21 +193,25 @@ def main(argv=None) -> None:
     p.add_argument("--max-train-queries", type=int, default=2048, help="0 = all")
     p.add_argument("--max-queries", type=int, default=256, help="of --split; 0 = all")
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch", type=int, default=32, help="training queries per step (distill.py --batch-size)")
+    p.add_argument("--batch-size", type=int, default=32, help="training queries per step (as distill.py's)")
     p.add_argument("--negatives", type=int, default=1024,
                    help="documents per step as negatives (distill.py --nce-negatives; 0 = the whole corpus)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--width", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass of the trunk")
+    p.add_argument("--teacher-batch", type=int, default=8, help="sequences per forward pass of the trunk")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="a .json file; the table goes beside it as .md")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    if min(args.epochs, args.batch, args.width, args.batch_size) < 1 or args.lr <= 0 or \
+    return p
+
+
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
+    if min(args.epochs, args.batch_size, args.width, args.teacher_batch) < 1 or args.lr <= 0 or \
             min(args.max_train_queries, args.max_queries, args.negatives) < 0:
-        raise ValueError("--epochs, --batch, --width, --batch-size need >= 1, --lr > 0, --negatives and "
+        raise ValueError("--epochs, --batch-size, --width, --teacher-batch need >= 1, --lr > 0, --negatives and "
                          "--max-*-queries >= 0")
     out = check_output_file(args.out, "--out", args.overwrite)
     md = check_output_file(out.with_suffix(".md"), "--out (its .md)", args.overwrite)
@@ -215,6 +219,7 @@ def main(argv=None) -> None:
     write_json(out, res)
     atomic_write(md, table(res))
     print(table(res))
+    return res
 
 
 if __name__ == "__main__":
