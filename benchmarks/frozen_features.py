@@ -136,6 +136,8 @@ def measure(args) -> dict:
     tq = [q for q in subset(list(train_q), args.max_train_queries, torch.Generator().manual_seed(args.seed))
           if any(g > 0 for g in train_rel[q].values())]
     eq = [q for q in eval_queries(eval_q, args.max_queries, args.seed) if any(g > 0 for g in eval_rel[q].values())]
+    if not tq or not eq:
+        raise ValueError(f"{where.bench}: {'train' if not tq else args.split} has no query with a relevant document")
     gold = [{col[d] for d, g in train_rel[q].items() if g > 0} for q in tq]
     qrels = {q: eval_rel[q] for q in eq}
 
