@@ -127,7 +127,7 @@ def measure(args) -> dict:
         teacher, _ = load_teacher(args.teacher, device=args.device, batch_size=args.teacher_batch, quiet=args.quiet)
     else:
         teacher, _ = load_teacher(model=args.model, device=args.device, batch_size=args.teacher_batch, quiet=args.quiet,
-                                  instruction=instruction_for("task", data.name))
+                                  instruction=instruction_for("task", where.bench))
     prompt = teacher.prompt
     train_q, train_rel = data.split("train")
     eval_q, eval_rel = data.split(args.split)
