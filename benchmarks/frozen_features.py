@@ -11,8 +11,9 @@ the states over the query's / document's own tokens (an alternative, not used by
 - the outsized dimensions (7b) corrects: the largest and the median over dimensions of mean |h|;
 - zero-shot: cosine of the centred states (each side's mean removed);
 - the predictor (7) trained by the pool term (11) alone (no teacher), batched as distill.py does it, its inputs raw
-  (`--no-standardize`) or standardised (7b): after each epoch the training loss, R@1 on the training queries, and
-  nDCG@10 / R@10 / R@100 on `--split` (dev by default: choose on dev);
+  (`--no-standardize`) or standardised (7b), and standardised from a similarity init (`similarity_init`: (7) set to
+  start as a negative L1 distance between projections of the two inputs, then trained): after each epoch the
+  training loss, R@1 on the training queries, and nDCG@10 / R@10 / R@100 on `--split` (dev by default);
 - BM25 on the same queries.
 Same seed, same numbers. Choices: the pool term's temperature 1, AdamW at --lr, ReLU, width 256, distill.py's
 --batch-size and --nce-negatives; a random unit-scale u in place of W[y+] - W[y-] (the ranking depends on u only
@@ -86,8 +87,21 @@ def zero_shot(h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
     return unit(h_q) @ unit(h_d).T
 
 
+def similarity_init(pred: Predictor, u: torch.Tensor, seed: int) -> None:
+    """(7) set to start as a similarity: with ReLU, act(x) + act(-x) = |x|, so A = [M; -M], B = [-M; M], b1 = 0 and
+    W2 with v = W2^T u = -1 give s = -|M (x_q - x_d)|_1 (x the inputs as A and B read them, M Gaussian P/2 x H)."""
+    hidden, width = pred.A.in_features, pred.A.out_features
+    m = torch.randn(width // 2, hidden, generator=torch.Generator().manual_seed(seed + 1)) / math.sqrt(hidden)
+    with torch.no_grad():
+        pred.A.weight.zero_(), pred.A.bias.zero_(), pred.B.weight.zero_()
+        pred.A.weight[:2 * len(m)] = torch.cat([m, -m])
+        pred.B.weight[:2 * len(m)] = torch.cat([-m, m])
+        pred.W2.weight.copy_(-u[:, None].expand(hidden, width) / (u @ u))
+        pred.W2.bias.zero_()
+
+
 def train_predictor(h_train: torch.Tensor, gold: list[set[int]], h_d: torch.Tensor, h_eval: torch.Tensor,
-                    evaluate, standardize: bool, args) -> list[dict]:
+                    evaluate, standardize: bool, args, similarity: bool = False) -> list[dict]:
     """(7) trained by (11) alone, batched as distill.py batches it (`PoolBatches`: --batch-size queries per step against
     --negatives sampled documents plus their golds; AdamW): one row per epoch (loss, train R@1 over the whole
     corpus, `evaluate`'s metrics of the (B, n) scores of h_eval)."""
@@ -97,9 +111,15 @@ def train_predictor(h_train: torch.Tensor, gold: list[set[int]], h_d: torch.Tens
     if standardize:
         pred.standardize(h_train, h_d, seed=args.seed)
     u = torch.randn(hidden, generator=torch.Generator().manual_seed(args.seed)) / math.sqrt(hidden)
+    if similarity:
+        similarity_init(pred, u, args.seed)
     opt = torch.optim.AdamW(pred.parameters(), lr=args.lr)
     batches = PoolBatches(h_train, gold, n, args.batch_size, args.negatives, torch.Generator().manual_seed(args.seed))
     rows = []
+    if similarity:
+        with torch.no_grad():
+            rows.append({"epoch": 0, "loss": None, "train_R@1": None,
+                         **evaluate(pred.scores(h_eval, pred.doc_side(h_d), u))})
     for epoch in range(1, args.epochs + 1):
         total, steps = 0.0, math.ceil(len(gold) / args.batch_size)
         for _ in range(steps):
@@ -155,10 +175,10 @@ def measure(args) -> dict:
     for r in READINGS:
         q_train, q_eval = h_q[r][:len(tq)], h_q[r][len(tq):]
         res["zero_shot"][r] = metrics_of(run_of(zero_shot(q_eval, h_d[r]), eq, doc_ids), qrels)
-        for std in (False, True):
-            name = f"{r}, {'standardised (7b)' if std else 'raw'}"
+        for std, sim in ((False, False), (True, False), (True, True)):
+            name = f"{r}, {'standardised (7b)' if std else 'raw'}" + (", similarity init" if sim else "")
             res["trained"][name] = train_predictor(q_train, gold, h_d[r], q_eval,
-                                                   lambda s: metrics_of(run_of(s, eq, doc_ids), qrels), std, args)
+                                                   lambda s: metrics_of(run_of(s, eq, doc_ids), qrels), std, args, sim)
             last = res["trained"][name][-1]
             print(f"[features] {name}: loss {last['loss']:.2f}, train R@1 {last['train_R@1']:.3f}, {args.split} "
                   + ", ".join(f"{m} {last[m]:.3f}" for m in REPORTED))
@@ -179,6 +199,8 @@ def table(res: dict) -> str:
     for r, m in res["zero_shot"].items():
         row(f"zero-shot cosine, {r}", m)
     for name, rows in res["trained"].items():
+        if rows[0]["epoch"] == 0:
+            row(f"predictor, {name}, at init", rows[0])
         best = rows[-1]
         row(f"predictor, {name}, epoch {best['epoch']}", best, f"{best['train_R@1']:.3f}")
     return "\n".join(lines) + "\n"
