@@ -36,7 +36,7 @@ import torch
 
 from data import load_bench
 from evaluate import evaluate_distilled
-from jepa import ACTS
+from jepa import ACTS, INITS, READINGS
 from losses import Weights, total_loss
 from policy import pick_top, sample_fixed, sample_softmax, policy_scores
 from runtime import parallel
@@ -88,6 +88,10 @@ class DistillConfig(RunConfig):
     standardize: bool = field(True, "the predictor's inputs standardised per dimension (7b), from the training "
                                     "queries and the corpus (ours; chosen on dev)")
     act: str = field("relu", "the predictor's activation (7), ours: relu chosen on dev", choices=list(ACTS))
+    reading: str = field("last", "h_q, h_d: the state at the last token (5)/(6), or mean = the mean over the text's "
+                                 "tokens (6m, ours)", choices=list(READINGS))
+    init: str = field("zero", "the predictor's start: zero = h_hat = h_q (7); similarity = a negative L1 distance "
+                              "of its inputs (7c, ours; needs --act relu)", choices=list(INITS))
     epochs: int = field(30, "predictor epochs E per round over all pairs so far")
     lr: float = field(1e-3, "AdamW learning rate of the predictor")
     batch_size: int = field(32, "pairs per predictor step")
@@ -124,6 +128,9 @@ class DistillConfig(RunConfig):
                              "tau > 0, lmbda >= 0, lr > 0, listwise >= 0, nce >= 0, nce_tau > 0")
         if self.no_jepa and (self.no_rkl or self.lmbda == 0) and not self.listwise and not self.nce:
             raise ValueError("--no-jepa together with --no-rkl (or --lmbda 0) leaves no loss")
+        if self.init == "similarity" and (self.act != "relu" or self.width % 2):
+            raise ValueError(f"--init similarity needs --act relu and an even --width, not --act {self.act} "
+                             f"--width {self.width}")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: choose one")
         self.one_set()
@@ -165,11 +172,12 @@ def step1_student(cfg: DistillConfig, data, teacher, train_q: dict[str, str], qi
     """Step 1: the student (the frozen teacher + a fresh predictor), the corpus encoded by (6) and the training
     queries by (5), each cached on disk (index.encode_corpus): (student, h_d (n, H), h_q (B, H))."""
     t0 = time.time()
-    student = Student(teacher, cfg.width, cfg.act)
+    student = Student(teacher, cfg.width, cfg.act, cfg.reading)
     student.predictor.compiled = cfg.compile
     doc_ids = list(data.corpus)
     h_d = encode_corpus(student, doc_ids, [data.doc_text(d) for d in doc_ids],
-                        cache_dir("docemb", f"{cfg.bench}-{fingerprint(teacher.lm)}-f16"), cfg.refresh_cache)
+                        cache_dir("docemb", f"{cfg.bench}-{fingerprint(teacher.lm)}{student.tag}-f16"),
+                        cfg.refresh_cache)
     timings["1_encode_docs"] = time.time() - t0
     t0 = time.time()
     h_q = encode_corpus(student, qids, [train_q[q] for q in qids], out / "train_queries", kind="queries")
@@ -302,6 +310,8 @@ def distill(cfg: DistillConfig) -> dict:
     timings["1_encode_pool_queries"] = time.time() - t0
     if cfg.standardize:  # (7b): fixed before training, from the queries the predictor trains on and the corpus
         student.predictor.standardize(pool[0] if pool is not None else h_q, h_d, seed=cfg.seed)
+    if cfg.init == "similarity" and first_round == 0:  # (7c); a resumed run has its trained predictor already
+        student.predictor.similarity_init(student.u, cfg.seed)
     for r in range(first_round, cfg.rounds):
         t0 = time.time()
         picks = step3_pick(cfg, r, student, h_q, h_d, bm25, [train_q[q] for q in qids], gold, pairs, bm25_top)

@@ -272,7 +272,8 @@ def evaluate_bench(cfg: EvalConfig, name: str, data, teacher, student, out: Path
     bm25, bm25_seconds = timed(BM25, {d: data.doc_text(d) for d in doc_ids})
     cands = candidate_sets(list(queries), queries, qrels, doc_ids, bm25, cfg.rerank_k,
                            torch.Generator().manual_seed(cfg.seed + 11))
-    doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}-f16") if student else None
+    doc_cache = cache_dir("docemb", f"{name}-{fingerprint(student.lm)}-{len(doc_ids)}{student.tag}-f16") \
+        if student else None
     center = None
     if cfg.teacher_center and "teacher" in cfg.system_list:
         if train is None:

@@ -62,6 +62,8 @@ def compiled_scores(a: torch.Tensor, side: torch.Tensor, v: torch.Tensor, act: s
 
 
 IDENTITY = {"q_shift": 0.0, "q_scale": 1.0, "d_shift": 0.0, "d_scale": 1.0}  # the buffers of (7b), unset
+READINGS = ("last", "mean")  # what h_q and h_d are: the state at the last token (5)/(6), or the mean (6m) (ours)
+INITS = ("zero", "similarity")  # (7)'s start: h_hat = h_q, or (7c) a negative L1 distance (ours)
 
 
 class Predictor(nn.Module):
@@ -95,6 +97,25 @@ class Predictor(nn.Module):
             std = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.ones_like(x[0])
             getattr(self, f"{side}_shift").copy_(x.mean(0))
             getattr(self, f"{side}_scale").copy_(1 / std.clamp_min(1e-6))
+
+    def similarity_init(self, u: torch.Tensor, seed: int = 0, scale: float = 1.0) -> None:
+        """(7c) Start (7) as a similarity of its two inputs instead of h_hat = h_q: with ReLU, act(x) + act(-x) = |x|,
+        so A = [M; -M], B = [-M; M], b1 = 0, b2 = 0 and W2 = -scale u 1^T / |u|^2 (v = W2^T u = -scale) give
+        s_S(q, d) = u . h_q - scale |M (x_q - x_d)|_1, x the inputs as A and B read them (7b), M a seeded Gaussian
+        (P/2 x H, entries of variance 1/H). u . h_q is the same for every document of a query: the ranking is by
+        the L1 distance of the projections. Needs an even width and ReLU."""
+        if self.act_name != "relu" or self.A.out_features % 2:
+            raise ValueError(f"similarity init (7c) needs --act relu and an even --width, not {self.act_name} / "
+                             f"{self.A.out_features}")
+        hidden, width = self.A.in_features, self.A.out_features
+        dev = self.A.weight.device
+        m = (torch.randn(width // 2, hidden, generator=torch.Generator().manual_seed(seed + 1)) /
+             hidden ** 0.5).to(dev)
+        u = u.to(dev).float()
+        with torch.no_grad():
+            self.A.weight.copy_(torch.cat([m, -m])), self.A.bias.zero_()
+            self.B.weight.copy_(torch.cat([-m, m]))
+            self.W2.weight.copy_(-scale * u[:, None].expand(hidden, width) / (u @ u)), self.W2.bias.zero_()
 
     def q_in(self, h_q: torch.Tensor) -> torch.Tensor:
         """(7b) h_q as A reads it."""

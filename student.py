@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from jepa import Predictor
+from jepa import READINGS, Predictor
 from runtime import search
 from runtime.checkpoints import load_predictor_tensors, student_files
 from runtime.common import cli
@@ -34,8 +34,11 @@ from teacher import Teacher, load_teacher
 class Student:
     """Frozen teacher trunk + head, with a trainable `predictor` between them."""
 
-    def __init__(self, teacher: Teacher, width: int = 256, act: str = "relu"):
+    def __init__(self, teacher: Teacher, width: int = 256, act: str = "relu", reading: str = "last"):
+        if reading not in READINGS:
+            raise ValueError(f"reading {reading!r}: choose from {', '.join(READINGS)}")
         self.teacher = teacher
+        self.reading = reading                   # (5)/(6) at the last token, or (6m) the mean over the text's tokens
         self.lm = teacher.lm                     # shared, not copied
         self.lm.eval().requires_grad_(False)
         self.prompt = teacher.prompt
@@ -47,17 +50,27 @@ class Student:
         """u = W[y+] - W[y-] (H,), float32 on the model's device: s = u . h for any embedding h."""
         return self.teacher.u.to(self.lm.lm_head.weight.device)
 
+    @property
+    def tag(self) -> str:
+        """What the reading adds to the name of an encoding cache ('' for the last token, as before (6m))."""
+        return "" if self.reading == "last" else f"-{self.reading}"
+
+    def _spans(self, seqs: list[list[int]], head: int, tail: int) -> list[tuple[int, int]] | None:
+        """(6m) each sequence's own text, positions [head, len - tail); None for the last-token reading."""
+        return [(head, len(s) - tail) for s in seqs] if self.reading == "mean" else None
+
     def encode_queries(self, texts: list[str], desc: str = "queries") -> torch.Tensor:
-        """(5) h_q for each query, (N, H)."""
+        """(5) h_q for each query, (N, H) (with --reading mean, (6m) over the query's tokens)."""
         seqs = [self.prompt.query_only(q) for q in texts]
         return last_hidden(self.lm, seqs, self.teacher.batch_size, self.teacher.pad_id, desc, self.teacher.quiet,
-                           len(self.prompt.pre_q) if self.teacher.prefix_len else 0)
+                           len(self.prompt.pre_q) if self.teacher.prefix_len else 0,
+                           self._spans(seqs, len(self.prompt.pre_q), len(self.prompt.post_q)))
 
     def encode_docs(self, texts: list[str], desc: str = "documents") -> torch.Tensor:
-        """(6) h_d for each document, (N, H)."""
+        """(6) h_d for each document, (N, H) (with --reading mean, (6m) over the document's tokens)."""
         seqs = [self.prompt.doc_prefix(d) for d in texts]
         return last_hidden(self.lm, seqs, self.teacher.batch_size, self.teacher.pad_id, desc, self.teacher.quiet,
-                           self.teacher.prefix_len)
+                           self.teacher.prefix_len, self._spans(seqs, len(self.prompt.pre), 0))
 
     def forward(self, h_q: torch.Tensor, h_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(7) Paired (N, H) inputs -> h_hat (N, H), z_S = W h_hat (N, V) (the teacher's (2)), s_S (N,).
@@ -74,7 +87,8 @@ def load_student(folder: str | Path, device: str = "auto", quiet: bool = False, 
     path, teacher_dir = student_files(folder)
     teacher, _ = load_teacher(teacher_dir, device=device, batch_size=batch_size, quiet=quiet, attn=attn, dtype=dtype)
     tensors, meta = load_predictor_tensors(path, fingerprint(teacher.lm))
-    student = Student(teacher, tensors["A.weight"].shape[0], meta.get("act", "gelu"))  # saved before --act: GELU
+    student = Student(teacher, tensors["A.weight"].shape[0], meta.get("act", "gelu"),  # saved before --act: GELU
+                      meta.get("reading", "last"))
     student.predictor.load_state_dict(tensors)
     student.folder, student.teacher_dir = str(Path(folder).resolve()), str(teacher_dir.resolve())
     return student

@@ -7,13 +7,13 @@ predictor cannot add).
 
 For the training queries and the whole corpus, encoded once by the trunk (the teacher's prompts (5) and (6)), and for
 two readings of each state: `last`, the state at the last token (the project's h_q and h_d), and `mean`, the mean of
-the states over the query's / document's own tokens (an alternative, not used by the student), it reports:
+the states over the query's / document's own tokens (the student's `--reading mean`, (6m)), it reports:
 - the outsized dimensions (7b) corrects: the largest and the median over dimensions of mean |h|;
 - zero-shot: cosine of the centred states (each side's mean removed);
 - the predictor (7) trained by the pool term (11) alone (no teacher), batched as distill.py does it, its inputs raw
-  (`--no-standardize`) or standardised (7b), and standardised from a similarity init (`similarity_init`: (7) set to
-  start as a negative L1 distance between projections of the two inputs, then trained): after each epoch the
-  training loss, R@1 on the training queries, and nDCG@10 / R@10 / R@100 on `--split` (dev by default);
+  (`--no-standardize`) or standardised (7b), and standardised from the similarity init (7c)
+  (`Predictor.similarity_init`: (7) set to start as a negative L1 distance between projections of the two inputs,
+  then trained): after each epoch the training loss, R@1 on the training queries, and nDCG@10 / R@10 / R@100 on `--split` (dev by default);
 - BM25 on the same queries.
 Same seed, same numbers. Choices: the pool term's temperature 1, AdamW at --lr, ReLU, width 256, distill.py's
 --batch-size and --nce-negatives; a random unit-scale u in place of W[y+] - W[y-] (the ranking depends on u only
@@ -87,19 +87,6 @@ def zero_shot(h_q: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
     return unit(h_q) @ unit(h_d).T
 
 
-def similarity_init(pred: Predictor, u: torch.Tensor, seed: int) -> None:
-    """(7) set to start as a similarity: with ReLU, act(x) + act(-x) = |x|, so A = [M; -M], B = [-M; M], b1 = 0 and
-    W2 with v = W2^T u = -1 give s = -|M (x_q - x_d)|_1 (x the inputs as A and B read them, M Gaussian P/2 x H)."""
-    hidden, width = pred.A.in_features, pred.A.out_features
-    m = torch.randn(width // 2, hidden, generator=torch.Generator().manual_seed(seed + 1)) / math.sqrt(hidden)
-    with torch.no_grad():
-        pred.A.weight.zero_(), pred.A.bias.zero_(), pred.B.weight.zero_()
-        pred.A.weight[:2 * len(m)] = torch.cat([m, -m])
-        pred.B.weight[:2 * len(m)] = torch.cat([-m, m])
-        pred.W2.weight.copy_(-u[:, None].expand(hidden, width) / (u @ u))
-        pred.W2.bias.zero_()
-
-
 def train_predictor(h_train: torch.Tensor, gold: list[set[int]], h_d: torch.Tensor, h_eval: torch.Tensor,
                     evaluate, standardize: bool, args, similarity: bool = False) -> list[dict]:
     """(7) trained by (11) alone, batched as distill.py batches it (`PoolBatches`: --batch-size queries per step against
@@ -112,7 +99,7 @@ def train_predictor(h_train: torch.Tensor, gold: list[set[int]], h_d: torch.Tens
         pred.standardize(h_train, h_d, seed=args.seed)
     u = torch.randn(hidden, generator=torch.Generator().manual_seed(args.seed)) / math.sqrt(hidden)
     if similarity:
-        similarity_init(pred, u, args.seed)
+        pred.similarity_init(u, args.seed)
     opt = torch.optim.AdamW(pred.parameters(), lr=args.lr)
     batches = PoolBatches(h_train, gold, n, args.batch_size, args.negatives, torch.Generator().manual_seed(args.seed))
     rows = []

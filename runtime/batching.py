@@ -66,7 +66,8 @@ def pool_queries(cfg, student, train_q: dict[str, str], train_rel: dict, qids: l
     rest = [q for q in train_q if q not in set(qids)]
     n_extra = len(rest) if cfg.nce_queries == 0 else max(0, cfg.nce_queries - len(qids))
     extra = subset(rest, n_extra, torch.Generator().manual_seed(cfg.seed + 1)) if n_extra else []
-    folder = cache_dir("queryemb", f"{cfg.bench}-{fingerprint(student.lm)}-{ids_digest(extra)}-f16")  # shared by runs
+    folder = cache_dir("queryemb",  # shared by runs
+                       f"{cfg.bench}-{fingerprint(student.lm)}-{ids_digest(extra)}{student.tag}-f16")
     h_extra = encode_corpus(student, extra, [train_q[q] for q in extra], folder, kind="queries") if extra else h_q[:0]
     gold = [{doc_index[d] for d, g in train_rel[q].items() if g > 0} for q in qids + extra]
     return torch.cat([h_q, h_extra]), gold

@@ -102,7 +102,8 @@ def copy_into(lm, path: Path, model: str) -> None:
 
 # ---------------------------------------------------------------------------- the student's predictor
 def save_predictor(student, path: str | Path, meta: dict) -> None:
-    save_tensors(path, student.predictor.state_dict(), {"kind": "predictor", "act": student.predictor.act_name, **meta})
+    save_tensors(path, student.predictor.state_dict(), {"kind": "predictor", "act": student.predictor.act_name,
+                                                           "reading": student.reading, **meta})
 
 
 def load_predictor_tensors(path: str | Path, teacher_fingerprint: str) -> tuple[dict, dict]:

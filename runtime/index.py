@@ -49,8 +49,9 @@ def cache_key(student, doc_ids: list[str], texts: list[str], kind: str) -> dict:
         h.update(d.encode() + b"\0" + t.encode() + b"\1")
     pieces = ("pre", "max_doc_tokens") if kind == "docs" else ("pre_q", "post_q")
     prompt = {k: v for k, v in prompt_pieces(student.prompt).items() if k in pieces}
+    reading = getattr(student, "reading", "last")  # (6m): caches of the last token keep the key they had before it
     return {"model_fingerprint": fingerprint(student.lm), "prompt": prompt, "kind": kind,
-            "corpus": h.hexdigest(), "n_docs": len(doc_ids)}
+            "corpus": h.hexdigest(), "n_docs": len(doc_ids)} | ({"reading": reading} if reading != "last" else {})
 
 
 def encode_corpus(student, doc_ids: list[str], texts: list[str], folder: str | Path,

@@ -299,11 +299,13 @@ def files_fingerprint(path: str, lm) -> str | None:
     return h.hexdigest()
 
 
-def forward_last(lm, seqs: list[list[int]], pad_id: int, prefix=None) -> torch.Tensor:
+def forward_last(lm, seqs: list[list[int]], pad_id: int, prefix=None, spans=None) -> torch.Tensor:
     """f(x)[last] for a batch of token lists: the trunk's normed hidden state at each row's last token, (B, H).
     Right padding; with causal attention the pads after the last token cannot change it.
     prefix = (key/value cache of a shared first P tokens, P): every sequence starts with those P tokens and only
-    the rest is computed (same result up to float rounding; see `prefix_cache`)."""
+    the rest is computed (same result up to float rounding; see `prefix_cache`).
+    spans = one (start, stop) per row, positions at or after P: the mean of the states over [start, stop) instead
+    (METHOD.md (6m); the last token's state where a span is empty)."""
     dev = next(lm.parameters()).device
     start = prefix[1] if prefix else 0
     ids, mask, lengths = pad_right([s[start:] for s in seqs], pad_id)
@@ -316,7 +318,15 @@ def forward_last(lm, seqs: list[list[int]], pad_id: int, prefix=None) -> torch.T
         kw = {cache_arg(lm): cache, "use_cache": True,
               "position_ids": torch.arange(start, start + ids.shape[1], device=dev)[None].expand(len(seqs), -1)}
     hidden = lm.model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state  # (B, T, H)
-    return hidden[torch.arange(len(seqs), device=dev), lengths.to(dev) - 1]
+    last = hidden[torch.arange(len(seqs), device=dev), lengths.to(dev) - 1]
+    if spans is None:
+        return last
+    pos = torch.arange(start, start + ids.shape[1], device=dev)                           # (T,)
+    lo, hi = (torch.tensor(x, device=dev)[:, None] for x in zip(*spans))                  # (B, 1) each
+    weight = ((pos >= lo) & (pos < hi)).float()                                           # (B, T)
+    count = weight.sum(1, keepdim=True)
+    mean = torch.einsum("bt,bth->bh", weight, hidden.float()) / count.clamp_min(1)
+    return torch.where(count > 0, mean, last.float())
 
 
 def last_logits(lm, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -364,20 +374,24 @@ def prefix_cache(lm, seqs: list[list[int]], prefix_len: int):
 
 
 def last_hidden(lm, seqs: list[list[int]], batch_size: int = 8, pad_id: int = 0, desc: str = "encode",
-                quiet: bool = False, prefix_len: int = 0) -> torch.Tensor:
+                quiet: bool = False, prefix_len: int = 0, spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
     """forward_last over many sequences: sorted by length (little padding), batched, returned in input order as
     (N, H) float32 on the CPU. The forward runs in torch.inference_mode; `out` is an ordinary tensor, so the
     result can feed autograd (as the predictor's input). `prefix_len` > 0: the shared first tokens are encoded once.
+    `spans` (one (start, stop) per sequence): the mean of the states over each span instead of the last token's.
     In float32 under bf16-autocast (`exact`): a row does not depend on the rows batched with it."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = torch.zeros(len(seqs), lm.config.hidden_size)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if seqs:  # a sequence no longer than the shared prefix (an empty document's (6)) shortens what is shared
+        prefix_len = min(prefix_len, min(len(s) for s in seqs) - 1)
     with exact():
         prefix = prefix_cache(lm, seqs, prefix_len)
         for b in progress(parallel.shard(len(batches)), desc=desc, quiet=quiet or len(batches) < 3):
             idx = batches[b]  # under torchrun batch b runs on rank b % N; the zero rows of the others are summed in
             with torch.inference_mode():
-                out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id, prefix).float().cpu()
+                out[idx] = forward_last(lm, [seqs[i] for i in idx], pad_id, prefix,
+                                        [spans[i] for i in idx] if spans else None).float().cpu()
     return parallel.sum_ranks(out)
 
 

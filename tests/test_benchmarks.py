@@ -83,12 +83,3 @@ def test_frozen_features_by_hand_and_end_to_end(tmp_path, monkeypatch, tiny):
     assert all(0 <= a["bm25"][m] <= 1 for m in frozen_features.REPORTED) and a["eval_queries"] == 4
     assert a["outsized"]["last"]["documents"]["ratio"] >= 1
     assert "| bm25 |" in (tmp_path / "a.md").read_text()
-    # the similarity init scores -|M (x_q - x_d)|_1 up to a per-query constant (u . (h_q + b2))
-    torch.manual_seed(0)
-    pred, u = frozen_features.Predictor(6, 8), torch.randn(6)
-    frozen_features.similarity_init(pred, u, 0)
-    h_q, h_d = torch.randn(3, 6), torch.randn(5, 6)
-    with torch.no_grad():
-        s = pred.scores(h_q, pred.doc_side(h_d), u) - (h_q @ u)[:, None]
-        m = pred.A.weight[:4]
-        torch.testing.assert_close(s, -(h_q[:, None] - h_d[None]).matmul(m.T).abs().sum(-1), rtol=1e-5, atol=1e-5)

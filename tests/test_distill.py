@@ -229,6 +229,38 @@ def test_psyqa_distill_and_evaluate(env):
     assert ev["systems"]["student"]["full_pool"]["R@1"] == res["systems"]["student"]["full_pool"]["R@1"]
 
 
+def test_mean_reading_and_similarity_start(env, monkeypatch):
+    """--reading mean (6m) --init similarity (7c): the run saves its reading with the predictor, caches the corpus
+    apart from the last-token reading's, and `evaluate.py --student` (which reads the reading from the checkpoint)
+    ranks the test queries as distill.py's Step 6 did; a run killed in round 1 and resumed (the start is not applied
+    again) ends as the uninterrupted one; the start needs ReLU and an even width."""
+    import evaluate
+    tmp, root = env
+    res = distill.main(_args(tmp, root, "mean", "--reading", "mean", "--init", "similarity"))
+    meta = json.loads((tmp / "mean" / "predictor.safetensors.json").read_text())
+    assert meta["reading"] == "mean" and meta["config"]["init"] == "similarity"
+    assert [p.name for p in (tmp / "cache" / "docemb").iterdir() if p.name.endswith("-mean-f16")]
+    ev = evaluate.main(["--data-dir", str(root), "--student", str(tmp / "mean"), "--systems", "student",
+                        "--output-dir", str(tmp / "mean-eval"), "--quiet", "--max-queries", "0"])
+    for m in ("R@1", "MRR@10", "nDCG@10"):
+        assert ev["systems"]["student"]["full_pool"][m] == res["systems"]["student"]["full_pool"][m]
+    orig = distill.step5_train_predictor
+
+    def dies(student, pairs, h_q, h_d, cache, cfg, r, log, pool):
+        if r == 1:
+            raise KeyboardInterrupt("killed")
+        return orig(student, pairs, h_q, h_d, cache, cfg, r, log, pool)
+    monkeypatch.setattr(distill, "step5_train_predictor", dies)
+    with pytest.raises(KeyboardInterrupt):
+        distill.main(_args(tmp, root, "cut", "--reading", "mean", "--init", "similarity"))
+    monkeypatch.setattr(distill, "step5_train_predictor", orig)
+    resumed = distill.main(_args(tmp, root, "cut", "--reading", "mean", "--init", "similarity", "--resume"))
+    assert resumed["systems"]["student"]["full_pool"] == res["systems"]["student"]["full_pool"]
+    for bad in (["--act", "gelu"], ["--width", "15"]):
+        with pytest.raises(ValueError, match="--init similarity needs --act relu and an even --width"):
+            distill.main(_args(tmp, root, "bad", "--init", "similarity", *bad))
+
+
 def test_hub_correction_row(env):
     """--hub-correction center adds the corrected student (12) as a row over the whole pool and on C(q)."""
     tmp, root = env

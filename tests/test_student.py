@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import make_lm
-from runtime.index import Index, StaleCacheError, encode_corpus
+from runtime.index import Index, StaleCacheError, cache_key, encode_corpus
 from jepa import ACTS, Predictor, naive_scores
 from losses import Weights, total_loss
 from student import Student
@@ -84,6 +84,58 @@ def test_student_encodings_match_plain_transformers(tiny):
         want_d = lm(input_ids=torch.tensor([s.prompt.doc_prefix(d)]), output_hidden_states=True).hidden_states[-1][0, -1]
     assert torch.allclose(s.encode_queries([q])[0], want_q, atol=1e-5)
     assert torch.allclose(s.encode_docs([d])[0], want_d, atol=1e-5)
+
+
+def test_mean_reading_by_hand(tiny):
+    """(6m) --reading mean: h_q and h_d are the means of the plain forward's last hidden states over the query's /
+    document's own tokens (the template around them left out), batched with other lengths and with the shared
+    prefix cached; an empty document falls back to its last token; the cache key and the cache folder's tag differ
+    from the last-token reading's, whose key is the one it had before (6m)."""
+    lm, tok = tiny
+    s = Student(Teacher(lm, tok, batch_size=3), width=8, reading="mean")
+    qs, ds = ["how do you write an email", "help"], ["walk to computer", "grab the red cup and sit down", ""]
+    p = s.prompt
+
+    def states(seq):
+        with torch.no_grad():
+            return lm(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states[-1][0]
+    for q, got in zip(qs, s.encode_queries(qs)):
+        seq = p.query_only(q)
+        assert torch.allclose(got, states(seq)[len(p.pre_q):len(seq) - len(p.post_q)].mean(0), atol=1e-5)
+    got = s.encode_docs(ds)
+    for d, g in zip(ds[:2], got):
+        assert torch.allclose(g, states(p.doc_prefix(d))[len(p.pre):].mean(0), atol=1e-5)
+    assert torch.allclose(got[2], states(p.doc_prefix(""))[-1], atol=1e-5)
+    last = Student(s.teacher, width=8)
+    key = cache_key(s, ["a"], ["x"], "docs")
+    assert key.pop("reading") == "mean" and key == cache_key(last, ["a"], ["x"], "docs") and "reading" not in key
+    assert (s.tag, last.tag) == ("-mean", "")
+    with pytest.raises(ValueError, match="reading 'max'"):
+        Student(s.teacher, reading="max")
+
+
+@pytest.mark.parametrize("standardized", [False, True])
+def test_similarity_init_by_hand(standardized):
+    """(7c): s_S(q, d) = u . h_q - |M (x_q - x_d)|_1, x the inputs as A and B read them, M = the first P/2 rows of
+    A; the factorised scorer gives what the per-pair predictor + head give; ReLU and an even width required."""
+    torch.manual_seed(0)
+    H, V, P = 12, 20, 8
+    p = Predictor(H, P).double()
+    if standardized:
+        p.standardize(torch.randn(30, H, dtype=torch.float64) * 4 + 1, torch.randn(30, H, dtype=torch.float64) - 2)
+    head = torch.randn(V, H, dtype=torch.float64)
+    u = head[3] - head[5]
+    p.similarity_init(u, seed=1)
+    hq, hd = torch.randn(3, H, dtype=torch.float64), torch.randn(5, H, dtype=torch.float64)
+    m = p.A.weight[:P // 2]
+    assert torch.equal(p.A.weight[P // 2:], -m) and torch.equal(p.B.weight, -p.A.weight)
+    with torch.no_grad():
+        want = (hq @ u)[:, None] - (p.q_in(hq)[:, None] - p.d_in(hd)[None]).matmul(m.T).abs().sum(-1)
+        assert torch.allclose(p.scores(hq, p.doc_side(hd), u), want, atol=1e-10)
+        assert torch.allclose(naive_scores(p, hq, hd, head, 3, 5), want, atol=1e-10)
+    for bad in (Predictor(H, P, "gelu"), Predictor(H, 7)):
+        with pytest.raises(ValueError, match="similarity init"):
+            bad.similarity_init(u)
 
 
 def test_only_predictor_gets_gradients(tiny):
