@@ -98,10 +98,10 @@ class Predictor(nn.Module):
             getattr(self, f"{side}_shift").copy_(x.mean(0))
             getattr(self, f"{side}_scale").copy_(1 / std.clamp_min(1e-6))
 
-    def similarity_init(self, u: torch.Tensor, seed: int = 0, scale: float = 1.0) -> None:
+    def similarity_init(self, u: torch.Tensor, seed: int = 0) -> None:
         """(7c) Start (7) as a similarity of its two inputs instead of h_hat = h_q: with ReLU, act(x) + act(-x) = |x|,
-        so A = [M; -M], B = [-M; M], b1 = 0, b2 = 0 and W2 = -scale u 1^T / |u|^2 (v = W2^T u = -scale) give
-        s_S(q, d) = u . h_q - scale |M (x_q - x_d)|_1, x the inputs as A and B read them (7b), M a seeded Gaussian
+        so A = [M; -M], B = [-M; M], b1 = 0, b2 = 0 and W2 = -u 1^T / |u|^2 (v = W2^T u = -1) give
+        s_S(q, d) = u . h_q - |M (x_q - x_d)|_1, x the inputs as A and B read them (7b), M a seeded Gaussian
         (P/2 x H, entries of variance 1/H). u . h_q is the same for every document of a query: the ranking is by
         the L1 distance of the projections. Needs an even width and ReLU."""
         if self.act_name != "relu" or self.A.out_features % 2:
@@ -115,7 +115,7 @@ class Predictor(nn.Module):
         with torch.no_grad():
             self.A.weight.copy_(torch.cat([m, -m])), self.A.bias.zero_()
             self.B.weight.copy_(torch.cat([-m, m]))
-            self.W2.weight.copy_(-scale * u[:, None].expand(hidden, width) / (u @ u)), self.W2.bias.zero_()
+            self.W2.weight.copy_(-u[:, None].expand(hidden, width) / (u @ u)), self.W2.bias.zero_()
 
     def q_in(self, h_q: torch.Tensor) -> torch.Tensor:
         """(7b) h_q as A reads it."""
