@@ -21,7 +21,8 @@ distillation", Steps 0-7, equations (8)-(11)).
 Shapes: N pairs, B queries, n documents, H hidden, V vocabulary, P predictor width.
 
 Choices not fixed by the paper: the whole procedure above (rounds, k, the round-0 policy, top-k picks, the pair
-cache), the pool term (11), a fresh AdamW per round, seeded draws. `--resume` ends with the same numbers.
+cache), the pool term (11), mean-pooled states (6m) and the similarity start (7c) at lr 1e-5 (chosen on dev), a fresh
+AdamW per round, seeded draws. `--resume` ends with the same numbers.
 """
 from __future__ import annotations
 
@@ -88,12 +89,14 @@ class DistillConfig(RunConfig):
     standardize: bool = field(True, "the predictor's inputs standardised per dimension (7b), from the training "
                                     "queries and the corpus (ours; chosen on dev)")
     act: str = field("relu", "the predictor's activation (7), ours: relu chosen on dev", choices=list(ACTS))
-    reading: str = field("last", "h_q, h_d: the state at the last token (5)/(6), or mean = the mean over the text's "
-                                 "tokens (6m, ours)", choices=list(READINGS))
-    init: str = field("zero", "the predictor's start: zero = h_hat = h_q (7); similarity = a negative L1 distance "
-                              "of its inputs (7c, ours; needs --act relu)", choices=list(INITS))
+    reading: str = field("mean", "h_q, h_d: mean = the mean of the states over the text's tokens (6m, ours; chosen "
+                                 "on dev), last = the state at the last token (5)/(6)", choices=list(READINGS))
+    init: str = field("similarity", "the predictor's start: similarity = a negative L1 distance of its inputs (7c, "
+                                    "ours; needs --act relu; chosen on dev), zero = h_hat = h_q (7)",
+                      choices=list(INITS))
     epochs: int = field(30, "predictor epochs E per round over all pairs so far")
-    lr: float = field(1e-3, "AdamW learning rate of the predictor")
+    lr: float = field(1e-5, "AdamW learning rate of the predictor (chosen on dev with --init similarity; 1e-3 "
+                            "before it)")
     batch_size: int = field(32, "pairs per predictor step")
     # the run: data, models, devices, evaluation, outputs
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")

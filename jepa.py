@@ -1,6 +1,6 @@
 """The JEPA predictor g_phi between the frozen trunk and the frozen head, METHOD.md equation (7).
 
-    h_hat = h_q + W2 act(A h_q + B h_d + b1) + b2          W2 = 0, b2 = 0 at init, so h_hat = h_q before training
+    h_hat = h_q + W2 act(A h_q + B h_d + b1) + b2          W2 = 0, b2 = 0 at init (h_hat = h_q), or the start (7c)
     A and B read each input standardised per dimension, (h - mean) / std (7b, ours; --no-standardize: as they are)
     z_S = W h_hat,  s_S = z_S[y+] - z_S[y-] = u . h_hat     with u = W[y+] - W[y-]
 
@@ -11,7 +11,8 @@ which costs n x P per query instead of n x (P H + H) for the naive per-pair pred
 Shapes: B queries, n documents, H hidden, P predictor width.
 
 Choices not fixed by the paper:
-- residual on h_q with a zero-initialised output layer (the paper says "two-layer MLP", "document embedding as latent");
+- residual on h_q with a zero-initialised output layer (the paper says "two-layer MLP", "document embedding as latent"),
+  or started as a distance between the two inputs (7c, `similarity_init`: distill.py's default, chosen on dev);
 - act (`--act`): ReLU (the default, chosen on dev: as good as GELU there and 4x faster to score), GELU (erf form),
   SiLU or GELU's tanh approximation; width P = 256 (`--width`);
 - A and B are one Linear on [h_q; h_d] split in two, so the factorisation is exact, not an approximation;
