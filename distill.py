@@ -21,8 +21,8 @@ distillation", Steps 0-7, equations (8)-(11)).
 Shapes: N pairs, B queries, n documents, H hidden, V vocabulary, P predictor width.
 
 Choices not fixed by the paper: the whole procedure above (rounds, k, the round-0 policy, top-k picks, the pair
-cache), the pool term (11), mean-pooled states (6m) and the similarity start (7c) at lr 1e-5 (chosen on dev), a fresh
-AdamW per round, seeded draws. `--resume` ends with the same numbers.
+cache), the pool term (11), mean-pooled states (6m) and the similarity start (7c) at lr 1e-5 on pools of texts
+(chosen on dev; `RECIPES`), a fresh AdamW per round, seeded draws. `--resume` ends with the same numbers.
 """
 from __future__ import annotations
 
@@ -89,14 +89,14 @@ class DistillConfig(RunConfig):
     standardize: bool = field(True, "the predictor's inputs standardised per dimension (7b), from the training "
                                     "queries and the corpus (ours; chosen on dev)")
     act: str = field("relu", "the predictor's activation (7), ours: relu chosen on dev", choices=list(ACTS))
-    reading: str = field("mean", "h_q, h_d: mean = the mean of the states over the text's tokens (6m, ours; chosen "
-                                 "on dev), last = the state at the last token (5)/(6)", choices=list(READINGS))
-    init: str = field("similarity", "the predictor's start: similarity = a negative L1 distance of its inputs (7c, "
-                                    "ours; needs --act relu; chosen on dev), zero = h_hat = h_q (7)",
-                      choices=list(INITS))
+    reading: str = field("auto", "h_q, h_d: mean = the mean of the states over the text's tokens (6m, ours), last = the "
+                                 "state at the last token (5)/(6); auto = the bench's RECIPES (chosen on dev)",
+                         choices=["auto", *READINGS])
+    init: str = field("auto", "the predictor's start: similarity = a negative L1 distance of its inputs (7c, ours; "
+                              "needs --act relu), zero = h_hat = h_q (7); auto = the bench's RECIPES",
+                      choices=["auto", *INITS])
     epochs: int = field(30, "predictor epochs E per round over all pairs so far")
-    lr: float = field(1e-5, "AdamW learning rate of the predictor (chosen on dev with --init similarity; 1e-3 "
-                            "before it)")
+    lr: float = field(None, "AdamW learning rate of the predictor (default: the bench's RECIPES)")
     batch_size: int = field(32, "pairs per predictor step")
     # the run: data, models, devices, evaluation, outputs
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")
@@ -115,11 +115,22 @@ class DistillConfig(RunConfig):
     refresh_cache: bool = field(False, "rebuild the document cache (and recompute damaged teacher-target chunks)")
     quick: bool = field(False, "small CPU run: fewer queries, rounds and epochs (QUICK; the teacher: TrainConfig's)")
 
+    # the student's recipe where --reading / --init / --lr are left unset, chosen on dev (RESULTS.md, first section):
+    # sets that are a pool of texts to retrieve from (VirtualHome, BEIR-format) and sets whose documents are a few
+    # labels (ESConv's 8 strategies, PsyQA's 7; measured on ESConv's dev: the first recipe within noise, lower)
+    RECIPES = {"texts": {"reading": "mean", "init": "similarity", "lr": 1e-5},
+               "labels": {"reading": "last", "init": "zero", "lr": 1e-3}}
+    LABEL_BENCHES = ("esconv", "psyqa")
+
     # --quick (common.config_from_args): these caps, on every field the user did not set
     QUICK = {"max_train_queries": 16, "max_test_queries": 16, "rounds": 2, "k": 1, "epochs": 20, "rerank_k": 4,
              "nce_queries": 128, "teacher_k": 4}
 
     def __post_init__(self):
+        recipe = self.RECIPES["labels" if self.bench in self.LABEL_BENCHES else "texts"]
+        self.reading = recipe["reading"] if self.reading == "auto" else self.reading
+        self.init = recipe["init"] if self.init == "auto" else self.init
+        self.lr = recipe["lr"] if self.lr is None else self.lr
         check_values(self)
         check_sizes(self, ("rounds", "k", "epochs", "width", "batch_size", "rerank_k", "teacher_batch"), 1)
         check_sizes(self, ("max_train_queries", "max_test_queries", "teacher_k", "nce_queries"), 0)

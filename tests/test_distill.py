@@ -142,6 +142,13 @@ def test_flags_parse():
     assert cfg.weights.lmbda == 2.0 and cfg.weights.jepa == 0
     cfg = config_from_args(distill.DistillConfig, p.parse_args(["--no-rkl"]))
     assert cfg.no_rkl and cfg.weights.lmbda == 0.0 and cfg.eval_teacher
+    # the student's recipe per kind of set (RECIPES, chosen on dev), each flag the user sets kept
+    recipe = lambda c: (c.reading, c.init, c.lr)  # noqa: E731
+    assert recipe(config_from_args(distill.DistillConfig, p.parse_args([]))) == ("mean", "similarity", 1e-5)
+    assert recipe(config_from_args(distill.DistillConfig, p.parse_args(["--bench", "esconv"]))) == ("last", "zero", 1e-3)
+    assert recipe(distill.DistillConfig(bench="psyqa")) == ("last", "zero", 1e-3)
+    mixed = config_from_args(distill.DistillConfig, p.parse_args(["--bench", "esconv", "--reading", "mean", "--lr", "3e-4"]))
+    assert recipe(mixed) == ("mean", "zero", 3e-4)
 
 
 def test_sample_top_takes_the_best_unscored():
