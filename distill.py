@@ -144,7 +144,7 @@ class DistillConfig(RunConfig):
             raise ValueError("--no-jepa together with --no-rkl (or --lmbda 0) leaves no loss")
         if self.init == "similarity" and (self.act != "relu" or self.width % 2):
             raise ValueError(f"--init similarity needs --act relu and an even --width, not --act {self.act} "
-                             f"--width {self.width}")
+                             f"--width {self.width} (pass --init zero to keep them)")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: choose one")
         self.one_set()
