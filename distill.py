@@ -22,7 +22,7 @@ Shapes: N pairs, B queries, n documents, H hidden, V vocabulary, P predictor wid
 
 Choices not fixed by the paper: the whole procedure above (rounds, k, the round-0 policy, top-k picks, the pair
 cache), the pool term (11), mean-pooled states (6m) and the similarity start (7c) at lr 1e-5 on pools of texts
-(chosen on dev; `RECIPES`), a fresh AdamW per round, seeded draws. `--resume` ends with the same numbers.
+(chosen on dev; runtime/recipes.py), a fresh AdamW per round, seeded draws. `--resume` ends with the same numbers.
 """
 from __future__ import annotations
 
@@ -44,12 +44,13 @@ from runtime import parallel
 from runtime.batching import PoolBatches, batches, pool_queries
 from runtime.caches import PairCache
 from runtime.checkpoints import save_predictor
-from runtime.common import (add_dataclass_args, cache_dir, check_sizes, check_values, cli, config_from_args, field,
-                            progress, resolve_device, save_tensors, subset, write_json)
+from runtime.common import (add_dataclass_args, cache_dir, cli, config_from_args, field, progress, resolve_device,
+                            save_tensors, subset, write_json)
 from runtime.config import RunConfig
 from runtime.index import encode_corpus
 from runtime.llm import DEFAULT_MODEL, fingerprint
 from runtime.metrics import BM25
+from runtime.recipes import check_distill, fill_recipe
 from runtime.reporting import write_log
 from runtime.runs import resume_distill, start_distill
 from runtime.training import resume_or_restart
@@ -89,14 +90,14 @@ class DistillConfig(RunConfig):
     standardize: bool = field(True, "the predictor's inputs standardised per dimension (7b), from the training "
                                     "queries and the corpus (ours; chosen on dev)")
     act: str = field("relu", "the predictor's activation (7), ours: relu chosen on dev", choices=list(ACTS))
-    reading: str = field("auto", "h_q, h_d: mean = the mean of the states over the text's tokens (6m, ours), last = the "
-                                 "state at the last token (5)/(6); auto = the bench's RECIPES (chosen on dev)",
+    reading: str = field("auto", "h_q, h_d: mean = the mean of the states over the text's tokens (6m, ours), last = "
+                                 "the state at the last token (5)/(6); auto = runtime.recipes.RECIPES (chosen on dev)",
                          choices=["auto", *READINGS])
     init: str = field("auto", "the predictor's start: similarity = a negative L1 distance of its inputs (7c, ours; "
-                              "needs --act relu), zero = h_hat = h_q (7); auto = the bench's RECIPES",
+                              "needs --act relu), zero = h_hat = h_q (7); auto = RECIPES",
                       choices=["auto", *INITS])
     epochs: int = field(30, "predictor epochs E per round over all pairs so far")
-    lr: float = field(None, "AdamW learning rate of the predictor (default: the bench's RECIPES)")
+    lr: float = field(None, "AdamW learning rate of the predictor (default: RECIPES)")
     batch_size: int = field(32, "pairs per predictor step")
     # the run: data, models, devices, evaluation, outputs
     teacher: str = field("", "teacher checkpoint folder (default runs/teacher-{bench}[-quick]; trained if absent)")
@@ -115,38 +116,13 @@ class DistillConfig(RunConfig):
     refresh_cache: bool = field(False, "rebuild the document cache (and recompute damaged teacher-target chunks)")
     quick: bool = field(False, "small CPU run: fewer queries, rounds and epochs (QUICK; the teacher: TrainConfig's)")
 
-    # the student's recipe where --reading / --init / --lr are left unset, chosen on dev (RESULTS.md, first section):
-    # sets that are a pool of texts to retrieve from (VirtualHome, BEIR-format) and sets whose documents are a few
-    # labels (ESConv's 8 strategies, PsyQA's 7; measured on ESConv's dev: the first recipe within noise, lower)
-    RECIPES = {"texts": {"reading": "mean", "init": "similarity", "lr": 1e-5},
-               "labels": {"reading": "last", "init": "zero", "lr": 1e-3}}
-    LABEL_BENCHES = ("esconv", "psyqa")
-
     # --quick (common.config_from_args): these caps, on every field the user did not set
     QUICK = {"max_train_queries": 16, "max_test_queries": 16, "rounds": 2, "k": 1, "epochs": 20, "rerank_k": 4,
              "nce_queries": 128, "teacher_k": 4}
 
     def __post_init__(self):
-        recipe = self.RECIPES["labels" if self.bench in self.LABEL_BENCHES else "texts"]
-        self.reading = recipe["reading"] if self.reading == "auto" else self.reading
-        self.init = recipe["init"] if self.init == "auto" else self.init
-        self.lr = recipe["lr"] if self.lr is None else self.lr
-        check_values(self)
-        check_sizes(self, ("rounds", "k", "epochs", "width", "batch_size", "rerank_k", "teacher_batch"), 1)
-        check_sizes(self, ("max_train_queries", "max_test_queries", "teacher_k", "nce_queries"), 0)
-        check_sizes(self, ("nce_negatives",), 1)
-        if self.tau_s <= 0 or self.tau <= 0 or self.lmbda < 0 or self.lr <= 0 or self.listwise < 0 or self.nce < 0 \
-                or self.nce_tau <= 0:
-            raise ValueError(f"--tau-s {self.tau_s}, --tau {self.tau}, --lmbda {self.lmbda}, --lr {self.lr}, "
-                             f"--listwise {self.listwise}, --nce {self.nce}, --nce-tau {self.nce_tau}: need tau_s > 0, "
-                             "tau > 0, lmbda >= 0, lr > 0, listwise >= 0, nce >= 0, nce_tau > 0")
-        if self.no_jepa and (self.no_rkl or self.lmbda == 0) and not self.listwise and not self.nce:
-            raise ValueError("--no-jepa together with --no-rkl (or --lmbda 0) leaves no loss")
-        if self.init == "similarity" and (self.act != "relu" or self.width % 2):
-            raise ValueError(f"--init similarity needs --act relu and an even --width, not --act {self.act} "
-                             f"--width {self.width} (pass --init zero to keep them)")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite contradict each other: choose one")
+        fill_recipe(self)  # --reading / --init / --lr left unset: the bench's RECIPES entry (chosen on dev)
+        check_distill(self)
         self.one_set()
         suffix = ("" if self.model == DEFAULT_MODEL else "-" + self.model.strip("/").replace("/", "_")) + (
             "-quick" if self.quick else "")

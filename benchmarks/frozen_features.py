@@ -13,7 +13,8 @@ the states over the query's / document's own tokens (the student's `--reading me
 - the predictor (7) trained by the pool term (11) alone (no teacher), batched as distill.py does it, its inputs raw
   (`--no-standardize`) or standardised (7b), and standardised from the similarity init (7c)
   (`Predictor.similarity_init`: (7) set to start as a negative L1 distance between projections of the two inputs,
-  then trained): after each epoch the training loss, R@1 on the training queries, and nDCG@10 / R@10 / R@100 on `--split` (dev by default);
+  then trained): after each epoch the training loss, R@1 on the training queries, and nDCG@10 / R@10 / R@100 on
+  `--split` (dev by default);
 - BM25 on the same queries.
 Same seed, same numbers. Choices: the pool term's temperature 1, AdamW at --lr, ReLU, width 256, distill.py's
 --batch-size and --nce-negatives; a random unit-scale u in place of W[y+] - W[y-] (the ranking depends on u only

@@ -1,4 +1,5 @@
 """distill.py end to end on a tiny random model and a VirtualHome-layout fixture task."""
+import contextlib
 import csv
 import json
 
@@ -58,10 +59,9 @@ def test_end_to_end_schema_loss_and_determinism(env):
                                                 for k in b["systems"]}}
 
 
-def test_resume_equals_uninterrupted(env, monkeypatch):
-    """A run killed in round 1 and resumed ends with the same metrics as an uninterrupted run."""
-    tmp, root = env
-    full = distill.main(_args(tmp, root, "full"))
+@contextlib.contextmanager
+def killed_in_round_1(monkeypatch):
+    """Inside the `with`, distill.py's Step 5 is killed when round 1 starts (a KeyboardInterrupt)."""
     orig = distill.step5_train_predictor
 
     def dies(student, pairs, h_q, h_d, cache, cfg, r, log, pool):
@@ -69,9 +69,18 @@ def test_resume_equals_uninterrupted(env, monkeypatch):
             raise KeyboardInterrupt("killed")
         return orig(student, pairs, h_q, h_d, cache, cfg, r, log, pool)
     monkeypatch.setattr(distill, "step5_train_predictor", dies)
-    with pytest.raises(KeyboardInterrupt):
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(distill, "step5_train_predictor", orig)
+
+
+def test_resume_equals_uninterrupted(env, monkeypatch):
+    """A run killed in round 1 and resumed ends with the same metrics as an uninterrupted run."""
+    tmp, root = env
+    full = distill.main(_args(tmp, root, "full"))
+    with killed_in_round_1(monkeypatch), pytest.raises(KeyboardInterrupt):
         distill.main(_args(tmp, root, "cut"))
-    monkeypatch.setattr(distill, "step5_train_predictor", orig)
     with pytest.raises(FileExistsError, match="--resume"):
         distill.main(_args(tmp, root, "cut"))
     resumed = distill.main(_args(tmp, root, "cut", "--resume"))
@@ -144,11 +153,11 @@ def test_flags_parse():
     assert cfg.no_rkl and cfg.weights.lmbda == 0.0 and cfg.eval_teacher
     # the student's recipe per kind of set (RECIPES, chosen on dev), each flag the user sets kept
     recipe = lambda c: (c.reading, c.init, c.lr)  # noqa: E731
-    assert recipe(config_from_args(distill.DistillConfig, p.parse_args([]))) == ("mean", "similarity", 1e-5)
-    assert recipe(config_from_args(distill.DistillConfig, p.parse_args(["--bench", "esconv"]))) == ("last", "zero", 1e-3)
+    parsed = lambda *argv: config_from_args(distill.DistillConfig, p.parse_args(list(argv)))  # noqa: E731
+    assert recipe(parsed()) == ("mean", "similarity", 1e-5)
+    assert recipe(parsed("--bench", "esconv")) == ("last", "zero", 1e-3)
     assert recipe(distill.DistillConfig(bench="psyqa")) == ("last", "zero", 1e-3)
-    mixed = config_from_args(distill.DistillConfig, p.parse_args(["--bench", "esconv", "--reading", "mean", "--lr", "3e-4"]))
-    assert recipe(mixed) == ("mean", "zero", 3e-4)
+    assert recipe(parsed("--bench", "esconv", "--reading", "mean", "--lr", "3e-4")) == ("mean", "zero", 3e-4)
 
 
 def test_sample_top_takes_the_best_unscored():
@@ -251,16 +260,8 @@ def test_mean_reading_and_similarity_start(env, monkeypatch):
                         "--output-dir", str(tmp / "mean-eval"), "--quiet", "--max-queries", "0"])
     for m in ("R@1", "MRR@10", "nDCG@10"):
         assert ev["systems"]["student"]["full_pool"][m] == res["systems"]["student"]["full_pool"][m]
-    orig = distill.step5_train_predictor
-
-    def dies(student, pairs, h_q, h_d, cache, cfg, r, log, pool):
-        if r == 1:
-            raise KeyboardInterrupt("killed")
-        return orig(student, pairs, h_q, h_d, cache, cfg, r, log, pool)
-    monkeypatch.setattr(distill, "step5_train_predictor", dies)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_round_1(monkeypatch), pytest.raises(KeyboardInterrupt):
         distill.main(_args(tmp, root, "cut", "--reading", "mean", "--init", "similarity"))
-    monkeypatch.setattr(distill, "step5_train_predictor", orig)
     resumed = distill.main(_args(tmp, root, "cut", "--reading", "mean", "--init", "similarity", "--resume"))
     assert resumed["systems"]["student"]["full_pool"] == res["systems"]["student"]["full_pool"]
     for bad in (["--act", "gelu"], ["--width", "15"]):
